@@ -1,0 +1,61 @@
+"""The `medsyn` command: a thin typer layer over the package API.
+
+User errors (`MedsynError`) print one line and exit with code 2; nothing else is caught, so bugs still
+show a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from medsyn import __version__
+from medsyn.cli import data as data_cli
+from medsyn.errors import MedsynError
+
+app = typer.Typer(
+    name="medsyn",
+    help="Synthetic medical images that can be shared in place of patient data.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_cli.register(app)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"medsyn {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """medsyn: train, generate and evaluate synthetic medical images."""
+
+
+def main() -> None:
+    err = Console(stderr=True)
+    try:
+        app(standalone_mode=False)
+    except MedsynError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted; completed work is kept (checkpoints and caches are written atomically)")
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(1)
+    except Exception as exc:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

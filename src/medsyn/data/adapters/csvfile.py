@@ -1,0 +1,91 @@
+"""`csv:FILE`: an image-path column, 0/1 label columns, optional patient, mask and split columns.
+
+Columns are found by name (`image=`, `labels=A,B`, `patient=`, `mask=`, `split=` options) or detected:
+image from path/image/filename/Path/Image Index, patient from patient_id/patient/Patient ID/patientid,
+labels = every other column whose values are all 0, 1 or blank (blank = masked out, stored as NaN).
+Relative paths are relative to the CSV's folder. This is the format `medsyn generate` writes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medsyn.data.adapters.common import (
+    FileSource,
+    channels_option,
+    check_options,
+    fallback_patient_ids,
+    missing_files_error,
+    read_csv_checked,
+)
+from medsyn.data.base import make_table
+from medsyn.data.spec import DatasetSpec
+from medsyn.errors import DataError
+
+IMAGE_COLUMNS = ("path", "image", "filename", "file", "Path", "Image Index", "image_path")
+PATIENT_COLUMNS = ("patient_id", "patient", "Patient ID", "patientid", "PatientID")
+SPLIT_VALUES = {"train", "val", "test", "trainval", ""}
+
+
+def _pick(df: pd.DataFrame, spec: DatasetSpec, key: str, candidates: tuple[str, ...], required: bool) -> str | None:
+    if key in spec.options:
+        name = spec.options[key]
+        if name not in df.columns:
+            raise DataError(f"{spec.location}: no column {name!r} (from {key}=); found {', '.join(df.columns)}")
+        return name
+    found = next((c for c in candidates if c in df.columns), None)
+    if found is None and required:
+        raise DataError(
+            f"{spec.location}: no image path column; name it with ?{key}=COLUMN or use one of {', '.join(candidates)}"
+        )
+    return found
+
+
+def _is_binary(col: pd.Series) -> bool:
+    return bool(col.str.strip().isin(["0", "1", "0.0", "1.0", ""]).all()) and bool((col.str.strip() != "").any())
+
+
+def open_csv(spec: DatasetSpec) -> FileSource:
+    check_options(spec, ("image", "labels", "patient", "mask", "split", "channels"))
+    path = Path(spec.location).expanduser()
+    df = read_csv_checked(path, [], "label CSV")
+    if df.empty:
+        raise DataError(f"{path}: label CSV has no rows")
+    image_col = _pick(df, spec, "image", IMAGE_COLUMNS, required=True)
+    patient_col = _pick(df, spec, "patient", PATIENT_COLUMNS, required=False)
+    mask_col = _pick(df, spec, "mask", ("mask", "mask_path"), required=False)
+    split_col = _pick(df, spec, "split", ("split",), required=False)
+    used = {image_col, patient_col, mask_col, split_col}
+    if "labels" in spec.options:
+        classes = [c.strip() for c in spec.options["labels"].split(",") if c.strip()]
+        missing = [c for c in classes if c not in df.columns]
+        if missing:
+            raise DataError(f"{path}: label column(s) {', '.join(missing)} not in CSV")
+        bad = [c for c in classes if not _is_binary(df[c])]
+        if bad:
+            raise DataError(f"{path}: label column(s) {', '.join(bad)} hold values other than 0, 1 or blank")
+    else:
+        classes = [c for c in df.columns if c not in used and _is_binary(df[c])]
+    if not classes:
+        raise DataError(f"{path}: no label columns (0/1 values); name them with ?labels=A,B")
+    base = path.parent
+    sources = [str(p if (p := Path(v)).is_absolute() else base / p) for v in df[image_col]]
+    missing_files = [s for s in sources if not Path(s).is_file()]
+    if missing_files:
+        raise missing_files_error(missing_files, f"images in {path.name}")
+    rows = pd.DataFrame({"source": sources})
+    rows["patient_id"] = df[patient_col].str.strip() if patient_col else ""
+    rows["mask"] = [str(base / m) if m else "" for m in df[mask_col]] if mask_col else ""
+    if split_col:
+        bad_split = sorted(set(df[split_col]) - SPLIT_VALUES)
+        if bad_split:
+            raise DataError(f"{path}: split column has value(s) {bad_split[:3]}; expected train, val, test")
+        rows["split"] = df[split_col]
+    for c in classes:
+        rows[c] = pd.to_numeric(df[c].str.strip().replace("", np.nan)).astype(np.float32)
+    info: dict = {"format": "csv", "image_column": image_col, "patient_column": patient_col}
+    fallback_patient_ids(rows, info)
+    return FileSource("csv", classes, make_table(rows, classes), channels_option(spec), info)

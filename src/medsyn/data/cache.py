@@ -1,0 +1,346 @@
+"""The prepared cache: every image decoded and resized once into a uint8 memory-mapped array.
+
+Layout of a cache folder (written under a temporary name, renamed only when complete):
+    images.npy   uint8 (N, C, S, S), NumPy format, opened with mmap_mode='r' (RAM does not grow with N)
+    masks.npy    uint8 (N, 1, S, S), only when the dataset has masks (0 = none for that image)
+    index.csv    row, source, patient_id, split, has_mask, one column per class (1 / 0 / blank = masked)
+    meta.json    settings, classes, counts, label policy, skipped files, content hash
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from numpy.lib.format import open_memmap
+
+from medsyn import __version__
+from medsyn.data.adapters import open_dataset
+from medsyn.data.base import Source
+from medsyn.data.images import FITS, fit_square
+from medsyn.data.spec import DatasetSpec, parse_spec
+from medsyn.data.splits import assign_splits, cap_per_class, check_no_leak, select_classes
+from medsyn.errors import ConfigError, DataError
+from medsyn.io import atomic_dir, write_json_atomic
+from medsyn.progress import progress_bar
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PrepareSettings:
+    """Everything that determines a cache's content; its hash decides whether a prepare is a no-op."""
+
+    spec: str
+    size: int
+    fit: str = "pad"
+    val: float = 0.1
+    test: float = 0.2
+    seed: int = 0
+    classes: tuple[str, ...] | None = None
+    normal: str | None = None
+    cap: int | None = None
+    skip_bad: bool = False
+
+    def key(self) -> str:
+        text = json.dumps({**asdict(self), "format": FORMAT_VERSION}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _plan(settings: PrepareSettings) -> tuple[Source, pd.DataFrame, list[str]]:
+    """Open the source and decide which rows go where (labels, selection, splits, caps); no pixels."""
+    src = open_dataset(settings.spec)
+    table, classes = src.table.copy(), list(src.classes)
+    if settings.classes or settings.normal:
+        table, classes = select_classes(table, classes, list(settings.classes or classes), settings.normal)
+    if table.empty:
+        raise DataError(f"{settings.spec}: no images to prepare")
+    table["split"] = assign_splits(table, classes, settings.val, settings.test, settings.seed)
+    if settings.cap:
+        table = cap_per_class(table, classes, settings.cap, settings.seed)
+    check_no_leak(table)
+    return src, table, classes
+
+
+_WORKER_SOURCE: Source | None = None
+
+
+def _init_worker(src: Source) -> None:
+    global _WORKER_SOURCE
+    _WORKER_SOURCE = src
+    torch.set_num_threads(1)
+
+
+def _decode(args: tuple[int, int, str]) -> tuple[np.ndarray | None, np.ndarray | None, str]:
+    """Decode, resize and quantise one image (and mask); returns an error line instead of raising."""
+    i, size, fit = args
+    assert _WORKER_SOURCE is not None
+    try:
+        img = fit_square(_WORKER_SOURCE.read_image(i), size, fit)
+        mask = _WORKER_SOURCE.read_mask(i)
+    except DataError as exc:
+        return None, None, str(exc)
+    img_u8 = np.round(img * 255.0).astype(np.uint8)
+    if mask is None:
+        return img_u8, None, ""
+    mask_u8 = (fit_square(mask[None].astype(np.float32), size, fit, nearest=True) > 0.5).astype(np.uint8)
+    return img_u8, mask_u8, ""
+
+
+def _hash_files(*paths: Path) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for p in paths:
+        with open(p, "rb") as fh:
+            while chunk := fh.read(1 << 24):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _counts(table: pd.DataFrame, classes: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for split in ("train", "val", "test"):
+        part = table[table["split"] == split]
+        out[split] = {
+            "images": len(part),
+            "patients": int(part["patient_id"].nunique()),
+            "positives": {c: int((part[c] > 0).sum()) for c in classes},
+            "masked": {c: int(part[c].isna().sum()) for c in classes if part[c].isna().any()},
+        }
+    return out
+
+
+def prepare(
+    spec: str | DatasetSpec,
+    size: int,
+    out: str | os.PathLike[str],
+    *,
+    fit: str = "pad",
+    val: float = 0.1,
+    test: float = 0.2,
+    seed: int = 0,
+    classes: list[str] | None = None,
+    normal: str | None = None,
+    cap: int | None = None,
+    skip_bad: bool = False,
+    workers: int | None = None,
+    force: bool = False,
+    quiet: bool = False,
+) -> PreparedDataset:
+    """Decode `spec` once at `size` px into a cache folder `out`; a repeat with the same settings is a no-op.
+
+    `workers` decoding processes (default: up to 8, one per core; 0 decodes in this process).
+    Corrupt images raise DataError unless `skip_bad`, which skips them and records them in meta.json.
+    """
+    if not 8 <= size <= 2048:
+        raise ConfigError(f"image size {size} must be between 8 and 2048 px")
+    if fit not in FITS:
+        raise ConfigError(f"--fit must be one of {', '.join(FITS)}, got {fit!r}")
+    parsed = parse_spec(spec)
+    if parsed.kind == "phantom" and "size" not in parsed.options:
+        parsed = parsed.with_options(size=size)  # render at the target size instead of resampling
+    settings = PrepareSettings(
+        str(parsed), size, fit, val, test, seed, tuple(classes) if classes else None, normal, cap, skip_bad
+    )
+    out = Path(out)
+    meta_path = out / "meta.json"
+    if meta_path.is_file():
+        existing = PreparedDataset(out)
+        if existing.meta.get("settings_key") == settings.key():
+            return existing
+        if not force:
+            raise DataError(
+                f"{out} holds a cache prepared with other settings ({existing.meta.get('spec')}, "
+                f"size {existing.size}); pass --force to replace it or choose another --out"
+            )
+    elif out.exists() and any(out.iterdir()) and not force:
+        raise DataError(f"{out} exists and is not a medsyn cache; choose another --out or pass --force")
+
+    src, table, class_names = _plan(settings)
+    n, c = len(table), src.channels
+    has_masks = bool((table["mask"] != "").any())
+    if workers is None:
+        workers = 0 if n < 512 else min(8, os.cpu_count() or 1)
+    skipped: list[dict[str, str]] = []
+    with atomic_dir(out) as tmp:
+        images = open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, c, size, size))
+        masks = open_memmap(tmp / "masks.npy", mode="w+", dtype=np.uint8, shape=(n, 1, size, size)) if has_masks else None
+        has_mask = np.zeros(n, bool)
+        src_rows = _source_rows(src, table)
+        jobs = ((int(r), size, fit) for r in src_rows)
+        keep = np.ones(n, bool)
+        with progress_bar(f"prepare {parsed.kind} {size}px", total=n, quiet=quiet) as advance:
+            for pos, (img, mask, err) in enumerate(_run_decode(src, jobs, workers)):
+                if err:
+                    if not skip_bad:
+                        raise DataError(f"{err} (pass --skip-bad to skip and count corrupt images)")
+                    keep[pos] = False
+                    skipped.append({"source": str(table["source"].iat[pos]), "error": err})
+                else:
+                    images[pos] = img
+                    if masks is not None and mask is not None:
+                        masks[pos], has_mask[pos] = mask, True
+                advance(1)
+        if not keep.all():
+            images, masks = _compact(tmp, images, masks, keep)
+        table = table.loc[keep].reset_index(drop=True)
+        images.flush()
+        if masks is not None:
+            masks.flush()
+        index = table[["source", "patient_id", "split"]].copy()
+        index.insert(0, "row", np.arange(len(table)))
+        index["has_mask"] = has_mask[keep].astype(int)
+        for cl in class_names:
+            index[cl] = table[cl].to_numpy()
+        index.to_csv(tmp / "index.csv", index=False, float_format="%g")
+        if index.empty:
+            raise DataError(f"{parsed}: every image was unreadable; nothing to prepare")
+        files = [tmp / "images.npy", tmp / "index.csv"] + ([tmp / "masks.npy"] if masks is not None else [])
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "medsyn_version": __version__,
+            "spec": str(parsed),
+            "source_format": parsed.kind,
+            "name": src.name,
+            "classes": class_names,
+            "size": size,
+            "channels": c,
+            "fit": fit,
+            "resize": f"aspect kept; {fit}: "
+            + ("long side to size, short side centred on black padding" if fit == "pad" else "short side to size, centre crop")
+            + "; Lanczos antialiasing",
+            "settings": asdict(settings),
+            "settings_key": settings.key(),
+            "label_policy": src.info.get("uncertainty_policy", "n/a"),
+            "source_info": src.info,
+            "counts": _counts(table, class_names),
+            "skipped": {"count": len(skipped), "files": skipped[:50]},
+            "content_hash": _hash_files(*files),
+        }
+        write_json_atomic(tmp / "meta.json", meta)
+        del images, masks
+    return PreparedDataset(out)
+
+
+def _source_rows(src: Source, table: pd.DataFrame) -> np.ndarray:
+    """Row numbers in `src.table` for each planned row (selection and caps drop rows, so map by source)."""
+    position = pd.Series(np.arange(len(src.table)), index=src.table["source"].to_numpy())
+    position = position[~position.index.duplicated()]
+    return position.loc[table["source"].to_numpy()].to_numpy()
+
+
+def _run_decode(src: Source, jobs: Any, workers: int) -> Any:
+    if workers <= 0:
+        _init_worker(src)
+        yield from map(_decode, jobs)
+        return
+    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(src,)) as pool:
+        yield from pool.map(_decode, jobs, chunksize=64)
+
+
+def _compact(tmp: Path, images: np.memmap, masks: np.memmap | None, keep: np.ndarray) -> tuple[Any, Any]:
+    """Rewrite the arrays without the skipped rows (rare path: only with --skip-bad)."""
+    out = []
+    for name, arr in (("images", images), ("masks", masks)):
+        if arr is None:
+            out.append(None)
+            continue
+        new = open_memmap(tmp / f"{name}.tmp.npy", mode="w+", dtype=np.uint8, shape=(int(keep.sum()), *arr.shape[1:]))
+        kept = np.flatnonzero(keep)
+        for start in range(0, len(kept), 4096):
+            new[start : start + 4096] = arr[kept[start : start + 4096]]
+        new.flush()
+        del arr
+        os.replace(tmp / f"{name}.tmp.npy", tmp / f"{name}.npy")
+        out.append(np.load(tmp / f"{name}.npy", mmap_mode="r+"))
+    return out[0], out[1]
+
+
+class PreparedDataset:
+    """A prepared cache folder, opened read-only and memory-mapped."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        meta_path = self.path / "meta.json"
+        if not meta_path.is_file():
+            raise DataError(f"{self.path}: not a prepared medsyn cache (no meta.json); run 'medsyn data prepare'")
+        try:
+            self.meta: dict[str, Any] = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{meta_path}: corrupt meta.json ({exc})") from None
+        if self.meta.get("format_version") != FORMAT_VERSION:
+            raise DataError(
+                f"{self.path}: cache format {self.meta.get('format_version')} is not {FORMAT_VERSION} "
+                "(prepared by another medsyn version); prepare it again"
+            )
+        self.classes: list[str] = list(self.meta["classes"])
+        self.size: int = int(self.meta["size"])
+        self.channels: int = int(self.meta["channels"])
+        dtypes = {"source": str, "patient_id": str, "split": str}
+        self.index = pd.read_csv(self.path / "index.csv", dtype=dtypes, keep_default_na=False, na_values={c: [""] for c in self.classes})
+        self.images = np.load(self.path / "images.npy", mmap_mode="r")
+        mask_path = self.path / "masks.npy"
+        self.masks = np.load(mask_path, mmap_mode="r") if mask_path.is_file() else None
+        if len(self.images) != len(self.index):
+            raise DataError(f"{self.path}: images.npy has {len(self.images)} rows but index.csv {len(self.index)}")
+        self.labels: np.ndarray = self.index[self.classes].to_numpy(dtype=np.float32)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def spec(self) -> str:
+        return str(self.meta["spec"])
+
+    def rows(self, split: str | None = None) -> np.ndarray:
+        """Row numbers of one split ('train', 'val', 'test'), or all rows."""
+        if split is None:
+            return np.arange(len(self.index))
+        if split not in ("train", "val", "test"):
+            raise ConfigError(f"unknown split {split!r}; expected train, val or test")
+        return np.flatnonzero(self.index["split"].to_numpy() == split)
+
+    def torch_dataset(self, rows: np.ndarray | str | None = None) -> CachedImages:
+        if isinstance(rows, str) or rows is None:
+            rows = self.rows(rows)
+        return CachedImages(self.path, np.asarray(rows), self.labels)
+
+
+class CachedImages(torch.utils.data.Dataset):
+    """Torch view of some rows of a cache: (uint8 tensor (C,S,S), float32 labels (K,)).
+
+    Holds only the path; each DataLoader worker opens its own memory map (nothing large is pickled).
+    Convert batches on the device with `to_signed` / `to_unit`, which is cheaper than per item.
+    """
+
+    def __init__(self, path: Path, rows: np.ndarray, labels: np.ndarray) -> None:
+        self.path, self.rows, self.labels = path, rows, torch.from_numpy(labels[rows])
+        self._images: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_images": None}
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._images is None:
+            self._images = np.load(self.path / "images.npy", mmap_mode="r")
+        return torch.from_numpy(np.array(self._images[self.rows[i]])), self.labels[i]
+
+
+def to_signed(x: torch.Tensor) -> torch.Tensor:
+    """uint8 batch -> float in [-1, 1] (GAN convention)."""
+    return x.float().div_(127.5).sub_(1.0)
+
+
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    """uint8 batch -> float in [0, 1] (classifier convention)."""
+    return x.float().div_(255.0)

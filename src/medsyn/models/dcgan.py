@@ -1,0 +1,130 @@
+"""DCGAN family: unconditional DCGAN, conditional GAN (projection D) and AC-GAN, sharing one set of blocks.
+
+Layout for size S = base * 2^n (base 4 or 7): the generator maps [z; embed(y)] from 1x1 to base x base with a
+ConvTranspose, then doubles n times; the discriminator mirrors it. Feature channels at resolution r are
+width * min(8, S / 2r), i.e. the classic 64 px DCGAN (ngf*8 at 4x4 ... ngf at 32x32).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from medsyn.errors import ConfigError
+from medsyn.models.base import Discriminator, Generator
+from medsyn.models.config import GANConfig, resolution_plan, stage_channels, validate
+
+D_NORMS = ("batch", "spectral", "none")
+
+
+def _options(cfg: GANConfig) -> dict[str, Any]:
+    """extra options. `d_norm`: discriminator normalisation, 'batch' as in the paper, 'spectral' or 'none' for
+    gradient penalties (ill-defined with batch statistics). `embed_dim`: label embedding size (cgan/acgan)."""
+    defaults: dict[str, Any] = {"d_norm": "batch"}
+    if cfg.name != "dcgan":
+        defaults["embed_dim"] = 64
+    opts = validate(cfg, defaults)
+    if opts["d_norm"] not in D_NORMS:
+        raise ConfigError(f"{cfg.name}: extra.d_norm must be one of {list(D_NORMS)}, got {opts['d_norm']!r}")
+    emb = opts.get("embed_dim", 1)
+    if not isinstance(emb, int) or isinstance(emb, bool) or emb < 1:
+        raise ConfigError(f"{cfg.name}: extra.embed_dim must be a positive integer, got {emb!r}")
+    return opts
+
+
+def _dcgan_init(module: nn.Module) -> None:
+    """Radford et al.: all weights N(0, 0.02), BatchNorm scale N(1, 0.02), biases zero."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d | nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
+def _channels(cfg: GANConfig, res: int) -> int:
+    return stage_channels(cfg.width, cfg.size, 2 * res, 8)
+
+
+class DCGANGenerator(Generator):
+    """ConvTranspose + BN + ReLU stack; conditional models append a linear embedding of multi-hot y to z."""
+
+    def __init__(self, cfg: GANConfig) -> None:
+        super().__init__(cfg)
+        opts = _options(cfg)
+        base, n = resolution_plan(cfg.size)
+        self.embed = nn.Linear(cfg.num_classes, opts["embed_dim"]) if self.conditional else None
+        in_dim = cfg.z_dim + (opts["embed_dim"] if self.conditional else 0)
+        res = base
+        layers: list[nn.Module] = [
+            nn.ConvTranspose2d(in_dim, _channels(cfg, res), base, 1, 0, bias=False),
+            nn.BatchNorm2d(_channels(cfg, res)),
+            nn.ReLU(inplace=True),
+        ]
+        for _ in range(n - 1):
+            layers += [
+                nn.ConvTranspose2d(_channels(cfg, res), _channels(cfg, 2 * res), 4, 2, 1, bias=False),
+                nn.BatchNorm2d(_channels(cfg, 2 * res)),
+                nn.ReLU(inplace=True),
+            ]
+            res *= 2
+        layers += [nn.ConvTranspose2d(_channels(cfg, res), cfg.channels, 4, 2, 1), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+        _dcgan_init(self)
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        labels = self._labels(y, z.shape[0], z)
+        h = z if self.embed is None else torch.cat([z, self.embed(labels)], dim=1)
+        return self.net(h[:, :, None, None])
+
+
+class DCGANDiscriminator(Discriminator):
+    """Conv + norm + LeakyReLU(0.2) stack down to base x base, then a base x base conv to one logit.
+
+    cgan adds a projection term <embed(y), mean-pooled features>; acgan adds a multi-label classifier head
+    and ignores y (the auxiliary classifier is its only use of labels, as in Odena et al.).
+    """
+
+    def __init__(self, cfg: GANConfig) -> None:
+        super().__init__(cfg)
+        opts = _options(cfg)
+        base, n = resolution_plan(cfg.size)
+        batch_norm = opts["d_norm"] == "batch"
+        res = cfg.size // 2
+        layers: list[nn.Module] = [
+            nn.Conv2d(cfg.channels, _channels(cfg, res), 4, 2, 1),
+            nn.LeakyReLU(0.2, inplace=True),
+        ]
+        for _ in range(n - 1):
+            c_in, c_out = _channels(cfg, res), _channels(cfg, res // 2)
+            layers.append(nn.Conv2d(c_in, c_out, 4, 2, 1, bias=not batch_norm))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(_channels(cfg, res // 2)))
+            layers.append(nn.LeakyReLU(0.2, inplace=True))
+            res //= 2
+        feat = _channels(cfg, base)
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Conv2d(feat, 1, base, 1, 0)
+        self.project = nn.Linear(cfg.num_classes, feat, bias=False) if cfg.name == "cgan" else None
+        self.classifier = nn.Conv2d(feat, cfg.num_classes, base, 1, 0) if cfg.name == "acgan" else None
+        _dcgan_init(self)
+        if opts["d_norm"] == "spectral":
+            for m in list(self.modules()):
+                if isinstance(m, nn.Conv2d | nn.Linear):
+                    spectral_norm(m)
+
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        h = self.features(x)
+        logits = self.head(h).flatten(1).squeeze(1)
+        if self.project is not None:
+            labels = self._labels(y, x.shape[0], x)
+            logits = logits + (self.project(labels) * h.mean(dim=(2, 3))).sum(dim=1)
+        class_logits = None if self.classifier is None else self.classifier(h).flatten(1)
+        return logits, class_logits
