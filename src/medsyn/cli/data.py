@@ -12,7 +12,7 @@ from rich.table import Table
 from medsyn.data.cache import prepare
 from medsyn.data.inspect import inspect_dataset, inspect_table
 
-console = Console()
+console = Console(soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -26,7 +26,9 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", help="Cache folder to write."),
         fit: str = typer.Option("pad", help="Keep aspect ratio by 'pad' (black borders) or 'crop' (centre)."),
         val: float = typer.Option(0.1, help="Validation fraction (of patients)."),
-        test: float = typer.Option(0.2, help="Test fraction (of patients), unless the data has an official test split."),
+        test: float = typer.Option(
+            0.2, help="Test fraction (of patients), unless the data has an official test split."
+        ),
         seed: int = typer.Option(0, help="Split and cap seed."),
         classes: str = typer.Option("", help="Comma-separated subset of classes to keep."),
         normal: str = typer.Option("", help="Add an explicit normal class with this name (e.g. 'No Finding')."),
@@ -44,7 +46,9 @@ def register(app: typer.Typer) -> None:
             workers=None if workers < 0 else workers, force=force, quiet=quiet,
         )  # fmt: skip
         counts = ds.meta["counts"]
-        parts = ", ".join(f"{s} {counts[s]['images']} images / {counts[s]['patients']} patients" for s in counts)
+        parts = ", ".join(
+            f"{s} {counts[s]['images']} images / {counts[s]['patients']} patients" for s in ("train", "val", "test")
+        )
         console.print(f"{ds.path}: {len(ds)} images at {ds.size}px, {len(ds.classes)} classes ({parts})")
         if ds.meta["skipped"]["count"]:
             console.print(f"[yellow]skipped {ds.meta['skipped']['count']} unreadable images (listed in meta.json)")

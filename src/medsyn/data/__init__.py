@@ -1,8 +1,8 @@
 """Data layer: dataset adapters, patient-level splits and the prepared (memory-mapped) cache.
 
-    from medsyn.data import open_dataset, prepare, PreparedDataset
-    src = open_dataset("nih:/data/cxr14")             # lazy Source: table + read_image(i)
-    ds = prepare("nih:/data/cxr14", size=256, out="cache/nih256")
+from medsyn.data import open_dataset, prepare, PreparedDataset
+src = open_dataset("nih:/data/cxr14")             # lazy Source: table + read_image(i)
+ds = prepare("nih:/data/cxr14", size=256, out="cache/nih256")
 """
 
 from __future__ import annotations

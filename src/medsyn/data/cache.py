@@ -171,7 +171,9 @@ def prepare(
     skipped: list[dict[str, str]] = []
     with atomic_dir(out) as tmp:
         images = open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, c, size, size))
-        masks = open_memmap(tmp / "masks.npy", mode="w+", dtype=np.uint8, shape=(n, 1, size, size)) if has_masks else None
+        masks = (
+            open_memmap(tmp / "masks.npy", mode="w+", dtype=np.uint8, shape=(n, 1, size, size)) if has_masks else None
+        )
         has_mask = np.zeros(n, bool)
         src_rows = _source_rows(src, table)
         jobs = ((int(r), size, fit) for r in src_rows)
@@ -214,7 +216,11 @@ def prepare(
             "channels": c,
             "fit": fit,
             "resize": f"aspect kept; {fit}: "
-            + ("long side to size, short side centred on black padding" if fit == "pad" else "short side to size, centre crop")
+            + (
+                "long side to size, short side centred on black padding"
+                if fit == "pad"
+                else "short side to size, centre crop"
+            )
             + "; Lanczos antialiasing",
             "settings": asdict(settings),
             "settings_key": settings.key(),
@@ -284,7 +290,9 @@ class PreparedDataset:
         self.size: int = int(self.meta["size"])
         self.channels: int = int(self.meta["channels"])
         dtypes = {"source": str, "patient_id": str, "split": str}
-        self.index = pd.read_csv(self.path / "index.csv", dtype=dtypes, keep_default_na=False, na_values={c: [""] for c in self.classes})
+        self.index = pd.read_csv(
+            self.path / "index.csv", dtype=dtypes, keep_default_na=False, na_values={c: [""] for c in self.classes}
+        )
         self.images = np.load(self.path / "images.npy", mmap_mode="r")
         mask_path = self.path / "masks.npy"
         self.masks = np.load(mask_path, mmap_mode="r") if mask_path.is_file() else None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import unquote
 
 from medsyn.errors import SpecError
 
@@ -55,8 +55,10 @@ def parse_spec(spec: str | DatasetSpec | dict[str, Any]) -> DatasetSpec:
         raise SpecError(f"unknown dataset spec {text!r}: kind must be one of {', '.join(KINDS)}")
     if kind != "phantom" and not location:
         raise SpecError(f"dataset spec {text!r} needs a location, e.g. '{kind}:/path/to/data'")
-    try:
-        options = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)))
-    except ValueError as exc:
-        raise SpecError(f"bad options in dataset spec {text!r}: {exc}") from None
+    options = {}
+    for part in query.split("&") if query else []:
+        key, eq, value = part.partition("=")
+        if not key or not eq:
+            raise SpecError(f"bad option {part!r} in dataset spec {text!r}; expected key=value")
+        options[unquote(key)] = unquote(value)  # '+' stays '+' (regexes), unlike form decoding
     return DatasetSpec(kind, location if sep else "", options)

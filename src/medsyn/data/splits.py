@@ -130,8 +130,6 @@ def select_classes(
     return out, new_classes
 
 
-
-
 def cap_per_class(
     table: pd.DataFrame, classes: list[str], cap: int, seed: int = 0, split: str = "train"
 ) -> pd.DataFrame:

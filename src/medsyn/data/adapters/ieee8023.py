@@ -7,8 +7,6 @@ is the all-zero label. Files listed under two patient ids are linked by the spli
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 
 from medsyn.data.adapters.common import (
@@ -40,7 +38,9 @@ def open_ieee8023(spec: DatasetSpec) -> FileSource:
     check_options(spec, ("view", "channels"))
     view = option(spec, "view", "all", ("all", "frontal"))
     root = require_dir(spec.location, "ieee8023 covid-chestxray")
-    df = read_csv_checked(root / "metadata.csv", ["patientid", "finding", "view", "modality", "filename"], "metadata.csv")
+    df = read_csv_checked(
+        root / "metadata.csv", ["patientid", "finding", "view", "modality", "filename"], "metadata.csv"
+    )
     xray = df[df["modality"].str.strip() == "X-ray"]
     todo = xray["finding"].str.strip().str.lower() == "todo"
     kept = xray[~todo]

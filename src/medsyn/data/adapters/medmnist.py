@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medsyn.data.adapters.common import check_options
 from medsyn.data.adapters.nih import NIH_CLASSES
 from medsyn.data.base import Source, make_table
 from medsyn.data.spec import DatasetSpec
-from medsyn.data.adapters.common import check_options
 from medsyn.errors import DataError
 
 KNOWN_CLASSES = {
@@ -51,7 +51,9 @@ def open_medmnist(spec: DatasetSpec) -> MedMNISTSource:
     images = np.concatenate([arrays[f"{s}_images"] for s in SPLITS])
     labels = np.concatenate([arrays[f"{s}_labels"].reshape(len(arrays[f"{s}_images"]), -1) for s in SPLITS])
     if images.ndim not in (3, 4) or images.dtype != np.uint8:
-        raise DataError(f"{path}: expected uint8 images of shape (N,H,W) or (N,H,W,3), got {images.dtype} {images.shape}")
+        raise DataError(
+            f"{path}: expected uint8 images of shape (N,H,W) or (N,H,W,3), got {images.dtype} {images.shape}"
+        )
     stem = path.stem.split("_")[0].lower()
     multilabel = labels.shape[1] > 1
     n_classes = labels.shape[1] if multilabel else int(labels.max()) + 1

@@ -13,8 +13,8 @@ from medsyn.data.adapters.common import (
     check_options,
     fallback_patient_ids,
     missing_files_error,
-    require_dir,
     read_csv_checked,
+    require_dir,
 )
 from medsyn.data.base import make_table
 from medsyn.data.spec import DatasetSpec

@@ -1,0 +1,114 @@
+"""The prepared cache: memory-mapped, atomic, a no-op when repeated, corrupt images fatal or skipped."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import SHARED_DATA, needs_data, write_png
+from medsyn.data import PreparedDataset, open_dataset, prepare, to_signed, to_unit
+from medsyn.data import cache as cache_mod
+from medsyn.errors import DataError
+
+
+def make_csv_dataset(root, n=12, corrupt=(), size=(40, 30)):
+    rows = []
+    for i in range(n):
+        p = write_png(root / "img" / f"{i}.png", size=size, seed=i)
+        if i in corrupt:
+            p.write_bytes(p.read_bytes()[:60])  # truncated PNG
+        rows.append(
+            {"path": f"img/{i}.png", "patient_id": f"p{i // 2}", "Effusion": str(i % 2), "Nodule": str(int(i % 3 == 0))}
+        )
+    pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
+    return f"csv:{root / 'labels.csv'}"
+
+
+def test_prepare_writes_memmap_index_and_meta(tmp_path):
+    spec = make_csv_dataset(tmp_path)
+    ds = prepare(spec, 16, tmp_path / "cache", quiet=True, workers=0)
+    assert isinstance(ds.images, np.memmap) and ds.images.shape == (12, 1, 16, 16) and ds.images.dtype == np.uint8
+    assert list(ds.index.columns[:5]) == ["row", "source", "patient_id", "split", "has_mask"]
+    assert ds.classes == ["Effusion", "Nodule"] and ds.labels.shape == (12, 2)
+    assert (ds.index.groupby("patient_id")["split"].nunique() == 1).all()
+    assert ds.meta["fit"] == "pad" and "aspect kept" in ds.meta["resize"]
+    # 40x30 padded to 16x16: rows 0-1 and 14-15 are black padding (30*16/40 = 12 rows of image)
+    assert ds.images[:, :, :2].max() == 0 and ds.images[:, :, 2:14].max() > 0
+    x, y = ds.torch_dataset("train")[0]
+    assert x.dtype == torch.uint8 and x.shape == (1, 16, 16) and y.shape == (2,)
+    assert to_signed(x).min() >= -1 and to_unit(x).max() <= 1
+
+
+def test_second_prepare_is_noop_and_other_settings_need_force(tmp_path):
+    spec = make_csv_dataset(tmp_path)
+    prepare(spec, 16, tmp_path / "cache", quiet=True, workers=0)
+    stamp = (tmp_path / "cache" / "images.npy").stat().st_mtime_ns
+    prepare(spec, 16, tmp_path / "cache", quiet=True, workers=0)
+    assert (tmp_path / "cache" / "images.npy").stat().st_mtime_ns == stamp
+    with pytest.raises(DataError, match="--force"):
+        prepare(spec, 32, tmp_path / "cache", quiet=True)
+    assert prepare(spec, 32, tmp_path / "cache", quiet=True, force=True, workers=0).size == 32
+
+
+def test_killed_prepare_leaves_no_cache(tmp_path, monkeypatch):
+    spec = make_csv_dataset(tmp_path)
+    calls = {"n": 0}
+    real = cache_mod._decode
+
+    def dying(args):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real(args)
+
+    monkeypatch.setattr(cache_mod, "_decode", dying)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(spec, 16, tmp_path / "cache", quiet=True, workers=0)
+    assert not (tmp_path / "cache").exists()
+    assert not list(tmp_path.glob(".cache*"))  # no partial folder left behind
+
+
+def test_corrupt_image_fatal_by_default_and_skipped_with_flag(tmp_path):
+    spec = make_csv_dataset(tmp_path, corrupt=(3,))
+    with pytest.raises(DataError, match=r"3\.png.*--skip-bad"):
+        prepare(spec, 16, tmp_path / "cache", quiet=True, workers=0)
+    ds = prepare(spec, 16, tmp_path / "cache", quiet=True, workers=0, skip_bad=True)
+    assert len(ds) == 11 and ds.meta["skipped"]["count"] == 1
+    assert "3.png" in ds.meta["skipped"]["files"][0]["source"]
+    assert len(ds.images) == len(ds.index) == 11
+
+
+def test_parallel_decode_equals_serial(tmp_path):
+    spec = make_csv_dataset(tmp_path, n=20)
+    a = prepare(spec, 16, tmp_path / "a", quiet=True, workers=0)
+    b = prepare(spec, 16, tmp_path / "b", quiet=True, workers=2)
+    np.testing.assert_array_equal(np.asarray(a.images), np.asarray(b.images))
+    assert a.meta["content_hash"] == b.meta["content_hash"]
+
+
+def test_class_selection_normal_and_cap_recorded(tmp_path):
+    spec = make_csv_dataset(tmp_path, n=24)
+    ds = prepare(spec, 16, tmp_path / "c", quiet=True, workers=0, classes=["Effusion"], normal="No Finding", cap=3)
+    assert ds.classes == ["Effusion", "No Finding"]
+    train = ds.labels[ds.rows("train")]
+    assert (train[:, 0] == 1).sum() <= 3 and (train[:, 1] == 1).sum() <= 3
+    assert ds.meta["settings"]["cap"] == 3
+
+
+def test_open_non_cache_is_clear_error(tmp_path):
+    with pytest.raises(DataError, match="not a prepared medsyn cache"):
+        PreparedDataset(tmp_path)
+
+
+@needs_data("covid-chestxray")
+def test_covid_cache_keeps_masks_and_aspect(tmp_path):
+    spec = f"ieee8023:{SHARED_DATA / 'covid-chestxray'}"
+    ds = prepare(spec, 32, tmp_path / "c", quiet=True)
+    assert ds.masks is not None and ds.masks.shape == (len(ds), 1, 32, 32)
+    has = ds.index["has_mask"].to_numpy() == 1
+    assert has.sum() == (open_dataset(spec).table["mask"] != "").sum() > 0
+    assert ds.masks[has].reshape(has.sum(), -1).max(axis=1).min() == 1
+    assert ds.masks[~has].max() == 0
+    assert ds.meta["source_info"]["rows_todo_left_out"] == 78

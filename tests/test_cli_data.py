@@ -1,0 +1,63 @@
+"""The data CLI as a user runs it: results on success; one line and exit code 2 on bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from conftest import SHARED_DATA, needs_data, run_cli, write_png
+
+
+def assert_one_line_error(proc, *fragments):
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    text = " ".join(lines)
+    assert text.startswith("error:"), proc.stderr
+    for f in fragments:
+        assert f in text, (f, proc.stderr)
+
+
+def test_bad_inputs_exit_2_with_one_line(tmp_path):
+    assert_one_line_error(run_cli("data", "inspect", f"nih:{tmp_path / 'missing'}"), "not found")
+    assert_one_line_error(run_cli("data", "inspect", "bogus:/x"), "unknown dataset spec")
+    pd.DataFrame({"Image Index": ["a.png"]}).to_csv(tmp_path / "Data_Entry_2017.csv", index=False)
+    assert_one_line_error(run_cli("data", "inspect", f"nih:{tmp_path}"), "Finding Labels")
+    write_png(tmp_path / "f" / "a" / "1.png")
+    (tmp_path / "f" / "b").mkdir()
+    assert_one_line_error(
+        run_cli("data", "prepare", f"folder:{tmp_path / 'f'}", "--out", str(tmp_path / "c")), "empty class"
+    )
+
+
+def test_corrupt_image_fatal_then_skipped(tmp_path):
+    for cls in ("a", "b"):
+        for i in range(3):
+            write_png(tmp_path / "f" / cls / f"{i}.png", seed=i)
+    bad = tmp_path / "f" / "b" / "2.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    out = tmp_path / "cache"
+    assert_one_line_error(
+        run_cli("data", "prepare", f"folder:{tmp_path / 'f'}", "--out", str(out), "--size", "16"), "2.png"
+    )
+    assert not out.exists()
+    ok = run_cli(
+        "data", "prepare", f"folder:{tmp_path / 'f'}", "--out", str(out), "--size", "16", "--skip-bad", "--quiet"
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "skipped 1" in ok.stdout
+    assert json.loads((out / "meta.json").read_text())["skipped"]["count"] == 1
+
+
+@needs_data("nih-cxr14-sample")
+def test_inspect_and_prepare_nih_sample(tmp_path):
+    spec = f"nih:{SHARED_DATA / 'nih-cxr14-sample'}"
+    proc = run_cli("data", "inspect", spec, "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["images"] == 703 and report["patients"] == 192
+    assert report["image_sizes"] == {"64x64": 703}
+    proc = run_cli("data", "prepare", spec, "--size", "32", "--out", str(tmp_path / "c"), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "703 images at 32px" in proc.stdout
