@@ -48,7 +48,11 @@ class SmallCNN(Classifier):
         c_in = in_channels
         widths = [width * 2**i for i in range(4)]
         for i, c_out in enumerate(widths):
-            layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(inplace=True),
+            ]
             if i < len(widths) - 1:
                 layers.append(nn.MaxPool2d(2))
             c_in = c_out
@@ -83,8 +87,10 @@ def build_classifier(name: str, in_channels: int, num_classes: int, size: int) -
     if size < CLASSIFIERS[name]:
         raise ConfigError(f"classifier {name} needs images of at least {CLASSIFIERS[name]} px, got {size}")
     if in_channels < 1 or num_classes < 0:
-        raise ConfigError(f"classifier {name}: in_channels must be >= 1 and num_classes >= 0, "
-                          f"got {in_channels} and {num_classes}")
+        raise ConfigError(
+            f"classifier {name}: in_channels must be >= 1 and num_classes >= 0, "
+            f"got {in_channels} and {num_classes}"
+        )
     if name == "densenet121":
         return DenseNet121Classifier(in_channels, num_classes)
     return SmallCNN(in_channels, num_classes)

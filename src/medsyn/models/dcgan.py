@@ -35,8 +35,12 @@ def _options(cfg: GANConfig) -> dict[str, Any]:
     return opts
 
 
-def _dcgan_init(module: nn.Module) -> None:
-    """Radford et al.: all weights N(0, 0.02), BatchNorm scale N(1, 0.02), biases zero."""
+def _dcgan_init(module: nn.Module, label_layer: nn.Linear | None) -> None:
+    """Radford et al.: all weights N(0, 0.02), BatchNorm scale N(1, 0.02), biases zero.
+
+    The label layer (G's embedding, D's projection) is the exception: at N(0, 0.02) the label signal starts
+    ~50x weaker than z and conditioning is learned very slowly, so it gets an embedding-style N(0, 1) init.
+    """
     for m in module.modules():
         if isinstance(m, nn.Conv2d | nn.ConvTranspose2d | nn.Linear):
             nn.init.normal_(m.weight, 0.0, 0.02)
@@ -45,6 +49,8 @@ def _dcgan_init(module: nn.Module) -> None:
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.normal_(m.weight, 1.0, 0.02)
             nn.init.zeros_(m.bias)
+    if label_layer is not None:
+        nn.init.normal_(label_layer.weight, 0.0, 1.0)
 
 
 def _channels(cfg: GANConfig, res: int) -> int:
@@ -75,7 +81,7 @@ class DCGANGenerator(Generator):
             res *= 2
         layers += [nn.ConvTranspose2d(_channels(cfg, res), cfg.channels, 4, 2, 1), nn.Tanh()]
         self.net = nn.Sequential(*layers)
-        _dcgan_init(self)
+        _dcgan_init(self, self.embed)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         labels = self._labels(y, z.shape[0], z)
@@ -112,7 +118,7 @@ class DCGANDiscriminator(Discriminator):
         self.head = nn.Conv2d(feat, 1, base, 1, 0)
         self.project = nn.Linear(cfg.num_classes, feat, bias=False) if cfg.name == "cgan" else None
         self.classifier = nn.Conv2d(feat, cfg.num_classes, base, 1, 0) if cfg.name == "acgan" else None
-        _dcgan_init(self)
+        _dcgan_init(self, self.project)
         if opts["d_norm"] == "spectral":
             for m in list(self.modules()):
                 if isinstance(m, nn.Conv2d | nn.Linear):

@@ -113,7 +113,8 @@ class ModulatedConv2d(nn.Module):
         x = x * styles[:, :, None, None].to(x.dtype)
         x = F.conv2d(x, weight, padding=self.pad)
         if self.demodulate:
-            dcoefs = (styles.square() @ weight.float().square().sum(dim=(2, 3)).t() + 1e-8).rsqrt()
+            with torch.autocast(x.device.type, enabled=False):  # tiny (B, in) @ (in, out): keep it fp32
+                dcoefs = (styles.square() @ weight.float().square().sum(dim=(2, 3)).t() + 1e-8).rsqrt()
             x = x * dcoefs[:, :, None, None].to(x.dtype)
         return x
 
@@ -210,7 +211,8 @@ class StyleGAN2Generator(Generator):
     def forward(
         self, z: torch.Tensor, y: torch.Tensor | None = None, truncation_psi: float = 1.0
     ) -> torch.Tensor:
-        """`truncation_psi` < 1 pulls w toward its running mean: less diverse, more typical images."""
+        """`truncation_psi` < 1 pulls w toward its running mean: less diverse, more typical images.
+        The mean is over all labels (as in StyleGAN2-ADA), so strong truncation also weakens conditioning."""
         labels = self._labels(y, z.shape[0], z)
         w = self.mapping(z, labels)
         if self.training and torch.is_grad_enabled():

@@ -1,0 +1,107 @@
+"""`medsyn train`, `medsyn generate` and `medsyn export`: thin wrappers over the package API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from medsyn.errors import ConfigError
+from medsyn.generate import export, generate
+from medsyn.train import TrainConfig, train
+from medsyn.train.run import read_run_meta
+
+console = Console()
+
+
+def _base_config(spec: str | None, config: Path | None, out: Path, resume: bool) -> dict[str, Any]:
+    """Settings before command-line overrides: --config FILE, else the run's own config when resuming."""
+    if config is not None:
+        base = TrainConfig.from_yaml(config).to_dict()
+    elif resume and spec is None:
+        base = read_run_meta(out)["config"]
+    else:
+        base = {}
+    if spec is not None:
+        base["data"] = spec
+    if not base.get("data"):
+        raise ConfigError("give a dataset SPEC (e.g. nih:/data/cxr14 or phantom), --config FILE, or --resume")
+    return base
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("train")
+    def train_cmd(
+        spec: str = typer.Argument(
+            None,
+            help="Dataset spec (nih:/data/cxr14, medmnist:f.npz, phantom?n=2000) or a prepared cache folder.",
+        ),
+        out: Path = typer.Option(..., "--out", "-o", help="Run folder (checkpoints, samples, losses)."),
+        model: str = typer.Option(None, help="dcgan | cgan | acgan | stylegan2 (default cgan)."),
+        size: int = typer.Option(None, help="Image size in px (default 64)."),
+        steps: int = typer.Option(None, help="Generator steps (per class for dcgan; default 10000)."),
+        batch: int = typer.Option(None, help="Images per step and process (default 64)."),
+        width: int = typer.Option(None, help="Model width (feature channels at full resolution; default 64)."),
+        loss: str = typer.Option(None, help="ns | hinge | wgan-gp (default: the model's)."),
+        lr_g: float = typer.Option(None, "--lr-g", help="Generator learning rate (default: the model's)."),
+        lr_d: float = typer.Option(None, "--lr-d", help="Discriminator learning rate (default: the model's)."),
+        r1_gamma: float = typer.Option(None, "--r1-gamma", help="R1 weight (default: the model's; 0 = off)."),
+        ema_decay: float = typer.Option(None, "--ema-decay", help="EMA decay of the generator (default 0.999)."),
+        augment: str = typer.Option(None, help="none | diffaugment | ada (default none)."),
+        precision: str = typer.Option(None, help="auto | fp32 | bf16 | fp16 (default auto)."),
+        channels_last: bool = typer.Option(
+            None, "--channels-last/--no-channels-last", help="Memory format (default: on with bf16/fp16)."
+        ),
+        device: str = typer.Option(None, help="auto | cpu | cuda (default auto)."),
+        seed: int = typer.Option(None, help="Training seed (default 0)."),
+        classes: str = typer.Option(None, help="Comma-separated subset of the data's classes."),
+        cache: Path = typer.Option(None, help="Where a spec is prepared (default: RUN/../.medsyn-cache)."),
+        sample_every: int = typer.Option(None, "--sample-every", help="Steps between sample grids."),
+        ckpt_every: int = typer.Option(None, "--ckpt-every", help="Steps between checkpoints."),
+        log_every: int = typer.Option(None, "--log-every", help="Steps between losses.csv rows."),
+        workers: int = typer.Option(None, help="DataLoader workers (default: 0 on CPU, 4 per GPU)."),
+        config: Path = typer.Option(None, "--config", help="YAML config (e.g. RUN/config.yaml); options override it."),
+        resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where it stopped."),
+        quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    ) -> None:
+        """Train a GAN; under torchrun it trains data-parallel on every process (rank 0 writes)."""
+        base = _base_config(spec, config, out, resume)
+        given = {
+            "model": model, "size": size, "steps": steps, "batch": batch, "width": width, "loss": loss,
+            "lr_g": lr_g, "lr_d": lr_d, "r1_gamma": r1_gamma, "ema_decay": ema_decay, "augment": augment,
+            "precision": precision, "channels_last": channels_last, "device": device, "seed": seed,
+            "classes": [c.strip() for c in classes.split(",") if c.strip()] if classes is not None else None,
+            "cache": str(cache) if cache is not None else None, "sample_every": sample_every,
+            "ckpt_every": ckpt_every, "log_every": log_every, "workers": workers,
+        }  # fmt: skip
+        base.update({k: v for k, v in given.items() if v is not None})
+        run = train(TrainConfig.from_dict(base), out, resume=resume, quiet=quiet)
+        console.print(f"run folder: {run}")
+
+    @app.command("generate")
+    def generate_cmd(
+        run: Path = typer.Argument(..., help="Run folder, or a folder written by 'medsyn export'."),
+        out: Path = typer.Option(..., "--out", "-o", help="Folder for the synthetic set."),
+        n: int = typer.Option(None, "--n", help="Images, with the training label distribution."),
+        per_class: int = typer.Option(None, "--per-class", help="Images per class (and per 'No Finding')."),
+        balance: bool = typer.Option(False, "--balance", help="Top every class up to the largest class count."),
+        seed: int = typer.Option(0, help="Sampling seed."),
+        batch: int = typer.Option(256, help="Images per generator call."),
+        device: str = typer.Option("auto", help="auto | cpu | cuda."),
+        precision: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16."),
+        quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    ) -> None:
+        """Write PNGs, labels in the source dataset's format and manifest.json (EMA generator)."""
+        folder = generate(run, n, out, per_class=per_class, balance=balance, seed=seed, batch=batch,
+                          device=device, precision=precision, quiet=quiet)  # fmt: skip
+        console.print(f"synthetic set: {folder}")
+
+    @app.command("export")
+    def export_cmd(
+        run: Path = typer.Argument(..., help="Run folder."),
+        out: Path = typer.Option(..., "--out", "-o", help="Folder for generator.safetensors + generator.json."),
+    ) -> None:
+        """Export the EMA generator(s) as safetensors + JSON, loadable without pickle."""
+        console.print(f"exported generator: {export(run, out)}")

@@ -1,0 +1,422 @@
+"""Fidelity of a synthetic set: how close its feature distribution is to the real one.
+
+All metrics take float64 feature arrays (N, D) (from `medsyn.evaluate.features`) plus the feature
+space they came from, and return dataclasses whose `to_dict()` is JSON-ready. Every value carries the
+backbone name, its implementation string and the sample sizes, because FID/KID/PRDC values are only
+comparable at the same backbone and the same N.
+
+* FID (Heusel et al. 2017), float64, `scipy.linalg.sqrtm` with pytorch-fid's eps-offset fallback.
+  FID is biased upward at small N, so `compute_fid` also gives a real-vs-real baseline at the same N
+  (disjoint real subsets) and the synthetic FID against the same real subsets: the fair comparison.
+* KID (Binkowski et al. 2018): unbiased MMD^2 with the cubic polynomial kernel
+  k(x, y) = (x.y / D + 1)^3 over random subsets, mean and std (as clean-fid / torch-fidelity).
+* Precision, recall, density, coverage (Naeem et al. 2020), k = 5; equal to the `prdc` package on
+  the same inputs (exact distances; see `medsyn.evaluate.neighbors`), with bounded memory.
+* Per-class FID on features grouped by label, with a stated reason for skipped classes.
+* Intensity-histogram divergences (KL both ways, their mean, Jensen-Shannon) of the pixel values.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import scipy.linalg
+import torch
+
+from medsyn.errors import ConfigError, DataError
+from medsyn.evaluate.features import FeatureExtractor, FeatureSpace
+from medsyn.evaluate.neighbors import as_feature_sets, ball_counts, knn
+from medsyn.evaluate.utility import as_unit_tensor, batches, check_images
+
+MIN_FID_IMAGES = 10
+"""Fewest images per set for an FID: below this the covariance estimate is meaningless."""
+
+ARRAY = {"array": True}
+"""Field metadata: large per-image arrays, left out of `to_dict()` unless asked for."""
+
+
+def to_jsonable(value: Any) -> Any:
+    """numpy scalars/arrays -> Python, non-finite floats -> None (strict JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return to_jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class Result:
+    """Mixin for result dataclasses: `to_dict(arrays=False)` gives plain JSON-ready dicts."""
+
+    def to_dict(self, arrays: bool = False) -> dict[str, Any]:
+        return {
+            f.name: _dump(getattr(self, f.name), arrays)
+            for f in fields(self)  # type: ignore[arg-type]
+            if arrays or not f.metadata.get("array")
+        }
+
+
+def _dump(value: Any, arrays: bool) -> Any:
+    if isinstance(value, Result):
+        return value.to_dict(arrays)
+    if isinstance(value, list):
+        return [_dump(v, arrays) for v in value]
+    return to_jsonable(value)
+
+
+# ----------------------------------------------------------------------------------------------- FID
+
+
+def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and unbiased covariance (N - 1), float64, as pytorch-fid."""
+    return features.mean(axis=0), np.cov(features, rowvar=False).reshape(features.shape[1], -1)
+
+
+def _frechet(
+    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float
+) -> tuple[float, bool]:
+    """Frechet distance and whether the eps offset was needed (singular covariance product)."""
+    diff = mu1 - mu2
+    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+    offset = not np.isfinite(covmean).all()
+    if offset:
+        shift = np.eye(len(mu1)) * eps
+        covmean = scipy.linalg.sqrtm((sigma1 + shift) @ (sigma2 + shift))
+    if np.iscomplexobj(covmean):
+        imag = float(np.max(np.abs(np.diagonal(covmean).imag)))
+        if imag > 1e-3:
+            raise DataError(
+                f"FID: the covariance product has no real square root (max |imag| {imag:.3g}); "
+                "the features are degenerate (too few images or constant features)"
+            )
+        covmean = covmean.real
+    value = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean)
+    return float(value), offset
+
+
+def frechet_distance(
+    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6
+) -> float:
+    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^1/2) in float64 (may be a tiny negative for equal inputs)."""
+    args = [np.asarray(a, dtype=np.float64) for a in (mu1, sigma1, mu2, sigma2)]
+    return _frechet(*args, eps=eps)[0]
+
+
+@dataclass
+class FIDBaseline(Result):
+    """FIDs at n images per side over `repeats` random draws (mean and std).
+
+    real_vs_real: between two disjoint real subsets (the floor a perfect generator would reach at this
+    n); synthetic_vs_real: between the first of those subsets and n synthetic images.
+    """
+
+    n: int
+    repeats: int
+    real_vs_real: float
+    real_vs_real_std: float
+    synthetic_vs_real: float
+    synthetic_vs_real_std: float
+
+
+@dataclass
+class FIDResult(Result):
+    fid: float
+    backbone: str
+    implementation: str
+    n_real: int
+    n_synthetic: int
+    dim: int
+    baseline: FIDBaseline | None
+    notes: list[str] = field(default_factory=list)
+
+
+def compute_fid(
+    real: np.ndarray | torch.Tensor,
+    synthetic: np.ndarray | torch.Tensor,
+    space: FeatureSpace | FeatureExtractor,
+    *,
+    baseline: bool = True,
+    baseline_repeats: int = 3,
+    seed: int = 0,
+    eps: float = 1e-6,
+) -> FIDResult:
+    """FID between all real and all synthetic features, with the same-N real-vs-real baseline.
+
+    Baseline: n = min(N_synthetic, N_real // 2); per repeat, two disjoint random real subsets A, B of
+    n images and n random synthetic images S; reports FID(A, B) and FID(A, S). Skipped (with a note)
+    when the real set has fewer than 2 * MIN_FID_IMAGES images.
+    """
+    meta = FeatureSpace.of(space)
+    if baseline_repeats < 1:
+        raise ConfigError(f"FID: baseline_repeats must be >= 1, got {baseline_repeats}")
+    r, s = as_feature_sets("FID", MIN_FID_IMAGES, real=real, synthetic=synthetic)
+    value, offset = _frechet(*feature_stats(r), *feature_stats(s), eps=eps)
+    notes = []
+    if offset:
+        notes.append(f"singular covariance product: eps={eps} added to the diagonals")
+    if min(len(r), len(s)) <= r.shape[1]:
+        notes.append(
+            f"N <= D={r.shape[1]}: covariances are rank-deficient and FID is biased upward; "
+            "compare only with the same-N baseline"
+        )
+    base = None
+    n = min(len(s), len(r) // 2)
+    if baseline and n < MIN_FID_IMAGES:
+        notes.append(f"baseline skipped: needs at least {2 * MIN_FID_IMAGES} real images, got {len(r)}")
+    elif baseline:
+        rng = np.random.default_rng(seed)
+        rr, sr = [], []
+        for _ in range(baseline_repeats):
+            perm = rng.permutation(len(r))
+            a = feature_stats(r[perm[:n]])
+            rr.append(_frechet(*a, *feature_stats(r[perm[n : 2 * n]]), eps=eps)[0])
+            sr.append(_frechet(*a, *feature_stats(s[rng.choice(len(s), n, replace=False)]), eps=eps)[0])
+        base = FIDBaseline(
+            n, baseline_repeats, float(np.mean(rr)), float(np.std(rr)), float(np.mean(sr)), float(np.std(sr))
+        )
+    return FIDResult(value, meta.name, meta.implementation, len(r), len(s), r.shape[1], base, notes)
+
+
+# ----------------------------------------------------------------------------------------------- KID
+
+
+@dataclass
+class KIDResult(Result):
+    kid: float  # mean over subsets of the unbiased MMD^2
+    kid_std: float  # std over subsets
+    n_subsets: int
+    subset_size: int
+    backbone: str
+    implementation: str
+    n_real: int
+    n_synthetic: int
+
+
+def compute_kid(
+    real: np.ndarray | torch.Tensor,
+    synthetic: np.ndarray | torch.Tensor,
+    space: FeatureSpace | FeatureExtractor,
+    *,
+    n_subsets: int = 100,
+    subset_size: int = 1000,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+) -> KIDResult:
+    """KID: unbiased MMD^2, kernel (x.y / D + 1)^3, over `n_subsets` random subsets of
+    m = min(N_real, N_synthetic, subset_size) images per set, drawn without replacement.
+    Kernel sums in float64 on `device` (a GPU makes the 100 x 3 Gram matrices cheap)."""
+    meta = FeatureSpace.of(space)
+    r, s = as_feature_sets("KID", 2, real=real, synthetic=synthetic)
+    if n_subsets < 1 or subset_size < 2:
+        raise ConfigError(f"KID needs n_subsets >= 1 and subset_size >= 2, got {n_subsets}, {subset_size}")
+    d = r.shape[1]
+    m = min(len(r), len(s), subset_size)
+    rng = np.random.default_rng(seed)
+    rt, st = (torch.from_numpy(a).to(device or "cpu") for a in (r, s))
+    values = np.empty(n_subsets)
+    for i in range(n_subsets):
+        x = st[torch.from_numpy(rng.choice(len(s), m, replace=False)).to(st.device)]
+        y = rt[torch.from_numpy(rng.choice(len(r), m, replace=False)).to(rt.device)]
+        kxx, kyy, kxy = ((a @ b.T / d + 1) ** 3 for a, b in ((x, x), (y, y), (x, y)))
+        within = (kxx.sum() - kxx.trace() + kyy.sum() - kyy.trace()) / (m * (m - 1))
+        values[i] = float(within - 2 * kxy.sum() / m**2)
+    return KIDResult(
+        float(values.mean()),
+        float(values.std()),
+        n_subsets,
+        m,
+        meta.name,
+        meta.implementation,
+        len(r),
+        len(s),
+    )
+
+
+# ---------------------------------------------------------------------------------------------- PRDC
+
+
+@dataclass
+class PRDCResult(Result):
+    precision: float
+    recall: float
+    density: float
+    coverage: float
+    k: int
+    backbone: str
+    implementation: str
+    n_real: int
+    n_synthetic: int
+
+
+def compute_prdc(
+    real: np.ndarray | torch.Tensor,
+    synthetic: np.ndarray | torch.Tensor,
+    space: FeatureSpace | FeatureExtractor,
+    *,
+    k: int = 5,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> PRDCResult:
+    """Precision, recall, density, coverage (Naeem et al. 2020) as `prdc.compute_prdc`.
+
+    Radii are leave-one-out k-NN distances within each set; all comparisons strict (`<`). Exact and
+    chunked (no N x N matrix), so 10k x 10k runs in memory on a laptop and on a GPU with `device`.
+    Identical to `prdc` unless two distances tie exactly in real arithmetic (quantised features, e.g.
+    rounded values): then any float64 implementation decides `<` by rounding, prdc by sklearn's GEMM
+    rounding and this one consistently with the same float64 value for each pair, so a few counts can
+    differ.
+    """
+    meta = FeatureSpace.of(space)
+    if k < 1:
+        raise ConfigError(f"PRDC needs k >= 1, got {k}")
+    r, s = as_feature_sets("PRDC", k + 1, real=real, synthetic=synthetic)
+    opts: dict[str, Any] = {"device": device, "progress": progress}
+    real_radii = knn(r, r, k, exclude_self=True, **opts).distances[:, -1]
+    fake_radii = knn(s, s, k, exclude_self=True, **opts).distances[:, -1]
+    in_real = ball_counts(s, r, real_radii, **opts)  # synthetic points inside real k-NN balls
+    in_fake = ball_counts(r, s, fake_radii, **opts)  # real points inside synthetic k-NN balls
+    return PRDCResult(
+        precision=float((in_real.counts > 0).mean()),
+        recall=float((in_fake.counts > 0).mean()),
+        density=float((1.0 / k) * in_real.counts.mean()),  # same float operations as prdc
+        coverage=float(in_real.covered.mean()),
+        k=k,
+        backbone=meta.name,
+        implementation=meta.implementation,
+        n_real=len(r),
+        n_synthetic=len(s),
+    )
+
+
+# ------------------------------------------------------------------------------------- per-class FID
+
+
+@dataclass
+class ClassFID(Result):
+    name: str
+    n_real: int
+    n_synthetic: int
+    result: FIDResult | None
+    skipped: str | None  # why no FID was computed for this class
+
+
+def _class_members(labels: np.ndarray, n: int, classes: list[str], what: str) -> list[np.ndarray]:
+    """Row indices per class: multi-hot (N, K) 0/1/NaN -> rows with a 1; class ids (N,) -> rows == k."""
+    labels = np.asarray(labels)
+    if len(labels) != n:
+        raise DataError(f"per-class FID: {len(labels)} {what} labels for {n} {what} feature rows")
+    if labels.ndim == 2 and labels.shape[1] == len(classes):
+        return [np.flatnonzero(labels[:, j] == 1) for j in range(len(classes))]
+    if labels.ndim == 1:
+        return [np.flatnonzero(labels == j) for j in range(len(classes))]
+    raise DataError(
+        f"per-class FID: {what} labels must be (N,) class ids or (N, {len(classes)}) multi-hot, "
+        f"got shape {labels.shape}"
+    )
+
+
+def per_class_fid(
+    real: np.ndarray | torch.Tensor,
+    real_labels: np.ndarray,
+    synthetic: np.ndarray | torch.Tensor,
+    synthetic_labels: np.ndarray,
+    space: FeatureSpace | FeatureExtractor,
+    classes: list[str],
+    *,
+    min_images: int = 50,
+    baseline: bool = True,
+    seed: int = 0,
+) -> list[ClassFID]:
+    """FID per class on the images carrying that label (multi-label: an image counts for each label).
+
+    A class with fewer than `min_images` real or synthetic images is skipped, with the reason and
+    the number needed; each computed class gets its own same-N baseline when it has enough real images.
+    """
+    if min_images < MIN_FID_IMAGES:
+        raise ConfigError(f"per-class FID: min_images must be >= {MIN_FID_IMAGES}, got {min_images}")
+    r, s = as_feature_sets("per-class FID", 1, real=real, synthetic=synthetic)
+    real_rows = _class_members(real_labels, len(r), classes, "real")
+    syn_rows = _class_members(synthetic_labels, len(s), classes, "synthetic")
+    out = []
+    for j, name in enumerate(classes):
+        nr, ns = len(real_rows[j]), len(syn_rows[j])
+        if min(nr, ns) < min_images:
+            reason = f"needs at least {min_images} real and {min_images} synthetic images, has {nr} and {ns}"
+            out.append(ClassFID(name, nr, ns, None, reason))
+            continue
+        res = compute_fid(r[real_rows[j]], s[syn_rows[j]], space, baseline=baseline, seed=seed + j)
+        out.append(ClassFID(name, nr, ns, res, None))
+    return out
+
+
+# ----------------------------------------------------------------------------- intensity histograms
+
+
+@dataclass
+class HistogramDivergence(Result):
+    """Divergences (nats) between the pixel-intensity histograms of the two sets.
+
+    kl_real_synthetic = KL(P_real || P_synthetic): large when the synthetic set lacks intensities that
+    real images have; kl_synthetic_real the reverse; symmetric_kl their mean; js the Jensen-Shannon
+    divergence (bounded by ln 2). Histograms: `bins` equal bins on [0, 1], additive smoothing with
+    `alpha` pseudo-counts per bin (so no empty bin makes KL infinite).
+    """
+
+    kl_real_synthetic: float
+    kl_synthetic_real: float
+    symmetric_kl: float
+    js: float
+    bins: int
+    alpha: float
+    n_real: int
+    n_synthetic: int
+    real_histogram: np.ndarray = field(metadata=ARRAY)  # probabilities (bins,)
+    synthetic_histogram: np.ndarray = field(metadata=ARRAY)
+
+
+def intensity_histogram(images: Any, bins: int = 256, alpha: float = 1.0, batch_size: int = 256) -> np.ndarray:
+    """Smoothed probability histogram of all pixel values in [0, 1] (uint8 or float images), batched."""
+    images = check_images(images)
+    counts = torch.zeros(bins, dtype=torch.float64)
+    for idx in batches(len(images), batch_size):
+        x = as_unit_tensor(np.asarray(images[idx]))
+        b = (x.flatten() * bins).long().clamp_(0, bins - 1)
+        counts += torch.bincount(b, minlength=bins).double()
+    p = (counts + alpha) / (counts.sum() + alpha * bins)
+    return p.numpy()
+
+
+def _kl(p: np.ndarray, q: np.ndarray) -> float:
+    return float(np.sum(p * np.log(p / q)))
+
+
+def histogram_divergence(
+    real_images: Any, synthetic_images: Any, *, bins: int = 256, alpha: float = 1.0
+) -> HistogramDivergence:
+    """Pixel-intensity histogram divergences of two image sets (see `HistogramDivergence`)."""
+    if bins < 2 or alpha <= 0:
+        raise ConfigError(f"histogram divergence needs bins >= 2 and alpha > 0, got {bins}, {alpha}")
+    p = intensity_histogram(real_images, bins, alpha)
+    q = intensity_histogram(synthetic_images, bins, alpha)
+    m = (p + q) / 2
+    kl_pq, kl_qp = _kl(p, q), _kl(q, p)
+    return HistogramDivergence(
+        kl_pq,
+        kl_qp,
+        (kl_pq + kl_qp) / 2,
+        (_kl(p, m) + _kl(q, m)) / 2,
+        bins,
+        alpha,
+        len(real_images),
+        len(synthetic_images),
+        p,
+        q,
+    )

@@ -1,0 +1,495 @@
+"""Patient re-identification (linkage) attack on synthetic images, after Packhäuser et al. 2022.
+
+A siamese verification network decides whether two radiographs show the same patient. It is trained on
+same/different-patient pairs of the REAL training split, checked on pairs of held-out patients it never
+saw, and then asked, for every synthetic image, which training patient it resembles most. A synthetic
+image scoring above a threshold chosen on held-out real data is "linked" to that training patient.
+
+    model = train_reid(train_x, train_pids, ReidConfig(epochs=10))
+    ver = verification_auroc(model, test_x, test_pids)           # AUROC + CI, thresholds at 1% / 5% FPR
+    res = match_synthetic(model, synth_x, train_x, train_pids, ver, heldout_images=test_x)
+
+Thresholds: the pair-level threshold (FPR on single held-out pairs) is what the paper uses, but taking
+the best of many gallery images raises the chance that an unrelated image crosses it. `match_synthetic`
+therefore also reports, when given held-out real images, how often images of unseen patients cross the
+same threshold (the false-link baseline), and gallery-calibrated thresholds at which only 1% / 5% of
+them do. Report the synthetic fraction next to that baseline.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.stats import norm
+from torch import nn
+
+from medsyn.errors import ConfigError, DataError
+from medsyn.evaluate.utility import (
+    as_unit_tensor,
+    batches,
+    bootstrap_counts,
+    check_images,
+    check_patient_ids,
+    coerce_config,
+    grouped_auc,
+    light_augment,
+    percentile_ci,
+    progress_bar,
+)
+from medsyn.models.classifiers import Classifier, build_classifier
+from medsyn.seed import seed_everything
+
+#: Pair heads. "cosine": logit = s * (cos(e1, e2) - t) on a learned projection e of the encoder features;
+#: it is largest for identical images, so a near-copy of a training image always scores at least as high
+#: as any other image of that patient -- what a linkage attack must guarantee.
+#: "absdiff" / "absdiff+product": an MLP on |f1-f2| (and f1*f2), as in Packhäuser et al. 2022; more
+#: flexible, but nothing makes identical images score highest (the product term rewards busy images).
+HEADS = ("cosine", "absdiff", "absdiff+product")
+
+
+class CosineHead(nn.Module):
+    """Unit-length projection of the features; pair logit = scale * (e1 . e2 - offset), both learned."""
+
+    def __init__(self, feature_dim: int, embed_dim: int) -> None:
+        super().__init__()
+        self.project = nn.Linear(feature_dim, embed_dim)
+        self.scale = nn.Parameter(torch.tensor(10.0))
+        self.offset = nn.Parameter(torch.tensor(0.5))
+        self.embed_dim = embed_dim
+
+    def embed(self, f: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.project(f), dim=-1)
+
+    def forward(self, ea: torch.Tensor, eb: torch.Tensor) -> torch.Tensor:
+        return self.scale * ((ea * eb).sum(-1) - self.offset)
+
+
+class MLPHead(nn.Module):
+    """MLP on |f1 - f2| (and f1 * f2 when `product`), on the raw encoder features."""
+
+    def __init__(self, feature_dim: int, hidden: int, product: bool) -> None:
+        super().__init__()
+        self.product, self.embed_dim = product, feature_dim
+        in_dim = 2 * feature_dim if product else feature_dim
+        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 1))
+
+    def embed(self, f: torch.Tensor) -> torch.Tensor:
+        return f
+
+    def forward(self, ea: torch.Tensor, eb: torch.Tensor) -> torch.Tensor:
+        parts = [(ea - eb).abs()] + ([ea * eb] if self.product else [])
+        return self.mlp(torch.cat(parts, dim=-1)).squeeze(-1)
+
+
+@dataclass
+class ReidConfig:
+    """Training settings of the verification network."""
+
+    encoder: str = "smallcnn"  # or "densenet121"
+    head: str = "cosine"  # see HEADS
+    embed_dim: int = 128  # cosine head: projection size
+    hidden: int = 64  # MLP heads: hidden units
+    epochs: int = 10
+    steps_per_epoch: int = 50
+    batch_pairs: int = 32  # pairs per step, half same-patient, half different-patient
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    augment: bool = True
+    patience: int = 3  # only used when validation patients are given
+    seed: int = 0
+    device: str = "cpu"
+    embed_batch_size: int = 256
+    chunk_mb: int = 128  # memory bound for one block of pair scoring
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        if self.head not in HEADS:
+            raise ConfigError(f"reid.head must be one of {', '.join(HEADS)}, got {self.head!r}")
+        for key in (
+            "embed_dim",
+            "hidden",
+            "epochs",
+            "steps_per_epoch",
+            "patience",
+            "embed_batch_size",
+            "chunk_mb",
+        ):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"reid.{key} must be >= 1, got {getattr(self, key)!r}")
+        if self.batch_pairs < 2 or not self.lr > 0:
+            raise ConfigError(f"reid.batch_pairs must be >= 2 and lr > 0, got {self.batch_pairs}, {self.lr}")
+
+
+class ReidModel(nn.Module):
+    """Shared encoder + pair head -> same-patient logit (symmetric in the two images).
+
+    After `train_reid`: `train_patients` (ids seen in training, to refuse them at verification time),
+    `history` (per-epoch loss / val AUROC) and `cfg`.
+    """
+
+    def __init__(self, encoder: Classifier, cfg: ReidConfig) -> None:
+        super().__init__()
+        self.encoder, self.cfg = encoder, cfg
+        d = encoder.feature_dim
+        self.head: CosineHead | MLPHead = (
+            CosineHead(d, cfg.embed_dim) if cfg.head == "cosine"
+            else MLPHead(d, cfg.hidden, product=cfg.head == "absdiff+product")
+        )  # fmt: skip
+        self.train_patients: frozenset[str] = frozenset()
+        self.history: dict[str, Any] = {}
+
+    def embedding(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (N, C, S, S) in [0, 1] -> the embeddings the head compares."""
+        return self.head.embed(self.encoder(x))
+
+    def forward(self, xa: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
+        e = self.embedding(torch.cat([xa, xb]))
+        return self.head(e[: len(xa)], e[len(xa) :])
+
+    @torch.no_grad()
+    def embed(self, images: Any) -> torch.Tensor:
+        """Embeddings (N, E) of all images, computed once in batches (eval mode)."""
+        images = check_images(images)
+        device = next(self.parameters()).device
+        self.eval()
+        return torch.cat(
+            [
+                self.embedding(as_unit_tensor(images[idx]).to(device))
+                for idx in batches(len(images), self.cfg.embed_batch_size)
+            ]
+        )
+
+    def _block(self) -> int:
+        """Pairs per scoring block so that one block stays under `chunk_mb`."""
+        per_pair = 4 * (4 * self.head.embed_dim + self.cfg.hidden)
+        return max(1, self.cfg.chunk_mb * 2**20 // per_pair)
+
+    @torch.no_grad()
+    def score_pairs(self, emb: torch.Tensor, ia: np.ndarray, ib: np.ndarray) -> np.ndarray:
+        """Logits of pairs (emb[ia[j]], emb[ib[j]]), in blocks."""
+        self.eval()
+        out = [
+            self.head(emb[ia[s]], emb[ib[s]]).double().cpu().numpy()
+            for s in (slice(i, i + self._block()) for i in range(0, len(ia), self._block()))
+        ]
+        return np.concatenate(out) if out else np.zeros(0)
+
+    @torch.no_grad()
+    def best_match(self, query: torch.Tensor, gallery: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """For each query embedding, the highest logit over all gallery embeddings and its gallery index."""
+        self.eval()
+        gb = min(len(gallery), self._block())
+        qb = max(1, self._block() // gb)
+        best = torch.full((len(query),), -math.inf, dtype=torch.float64)
+        arg = torch.zeros(len(query), dtype=torch.long)
+        for q0 in range(0, len(query), qb):
+            fq = query[q0 : q0 + qb]
+            for g0 in range(0, len(gallery), gb):
+                fg = gallery[g0 : g0 + gb]
+                s = (
+                    self.head(fq[:, None, :].expand(-1, len(fg), -1), fg[None, :, :].expand(len(fq), -1, -1))
+                    .double()
+                    .cpu()
+                )
+                value, index = s.max(dim=1)
+                better = value > best[q0 : q0 + qb]
+                best[q0 : q0 + qb][better] = value[better]
+                arg[q0 : q0 + qb][better] = index[better] + g0
+        return best.numpy(), arg.numpy()
+
+
+class PairSampler:
+    """Deterministic balanced pair sampling from patient ids, uniform over patients.
+
+    Uniform over patients (not images) so that a patient with 60 follow-ups does not dominate.
+    """
+
+    def __init__(self, patient_ids: np.ndarray, seed: int) -> None:
+        uniq, codes = np.unique(patient_ids, return_inverse=True)
+        self.order = np.argsort(codes, kind="stable")  # image indices grouped by patient
+        self.counts = np.bincount(codes, minlength=len(uniq))
+        self.starts = np.concatenate([[0], np.cumsum(self.counts)[:-1]])
+        self.multi = np.flatnonzero(self.counts >= 2)
+        self.n_patients = len(uniq)
+        self.rng = np.random.default_rng(seed)
+
+    def positives(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        p = self.rng.choice(self.multi, n)
+        i = self.rng.integers(0, self.counts[p])
+        j = self.rng.integers(0, self.counts[p] - 1)
+        j = j + (j >= i)  # a different image of the same patient
+        return self.order[self.starts[p] + i], self.order[self.starts[p] + j]
+
+    def negatives(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        p = self.rng.integers(0, self.n_patients, n)
+        q = (p + 1 + self.rng.integers(0, self.n_patients - 1, n)) % self.n_patients  # q != p
+        return (
+            self.order[self.starts[p] + self.rng.integers(0, self.counts[p])],
+            self.order[self.starts[q] + self.rng.integers(0, self.counts[q])],
+        )
+
+    def all_positives(self, max_per_patient: int) -> tuple[np.ndarray, np.ndarray]:
+        """Every same-patient pair, at most `max_per_patient` (a random subset) per patient."""
+        ia, ib = [], []
+        for p in self.multi:
+            members = self.order[self.starts[p] : self.starts[p] + self.counts[p]]
+            a, b = np.triu_indices(len(members), k=1)
+            if len(a) > max_per_patient:
+                keep = np.sort(self.rng.choice(len(a), max_per_patient, replace=False))
+                a, b = a[keep], b[keep]
+            ia.append(members[a])
+            ib.append(members[b])
+        return np.concatenate(ia), np.concatenate(ib)
+
+
+def _check_pairs_possible(ids: np.ndarray, what: str, seed: int) -> PairSampler:
+    sampler = PairSampler(ids, seed)
+    if sampler.n_patients < 2 or len(sampler.multi) == 0:
+        raise DataError(
+            f"{what} needs at least 2 patients and one patient with >= 2 images; got "
+            f"{sampler.n_patients} patients, {len(sampler.multi)} with several images"
+        )
+    return sampler
+
+
+def train_reid(
+    images: Any,
+    patient_ids: Sequence[Any],
+    cfg: ReidConfig | Mapping[str, Any] | None = None,
+    *,
+    val_images: Any = None,
+    val_patient_ids: Sequence[Any] | None = None,
+) -> ReidModel:
+    """Train the verification network on balanced same/different-patient pairs of the training split.
+
+    With validation images (other patients), keeps the epoch with the best validation AUROC
+    (early stopping); otherwise trains all epochs.
+    """
+    cfg = coerce_config(ReidConfig, cfg)
+    images = check_images(images, "re-id training images")
+    ids = check_patient_ids(patient_ids, len(images), "re-id training")
+    assert ids is not None
+    sampler = _check_pairs_possible(ids, "re-identification training", cfg.seed)
+    if val_images is not None:
+        val_images = check_images(val_images, "re-id validation images")
+        val_ids = check_patient_ids(val_patient_ids, len(val_images), "re-id validation")
+        if val_ids is None:
+            raise DataError("re-id validation images need patient ids")
+        _check_disjoint(ids, val_ids, "re-id validation")
+    seed_everything(cfg.seed)
+    device = torch.device(cfg.device)
+    encoder = build_classifier(cfg.encoder, images.shape[1], 0, images.shape[2])
+    model = ReidModel(encoder, cfg).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    n_pos = cfg.batch_pairs // 2
+    target = torch.cat([torch.ones(n_pos), torch.zeros(cfg.batch_pairs - n_pos)]).to(device)
+    history: list[dict[str, Any]] = []
+    best_auc, best_epoch, best_state, waited = -math.inf, cfg.epochs, None, 0
+    with progress_bar(cfg.progress) as bar:
+        task = bar.add_task("re-id", total=cfg.epochs * cfg.steps_per_epoch) if bar else None
+        for epoch in range(1, cfg.epochs + 1):
+            model.train()
+            total = 0.0
+            for _ in range(cfg.steps_per_epoch):
+                pa, pb = sampler.positives(n_pos)
+                na, nb = sampler.negatives(cfg.batch_pairs - n_pos)
+                x = as_unit_tensor(images[np.concatenate([pa, na, pb, nb])])
+                x = (light_augment(x, gen) if cfg.augment else x).to(device)
+                e = model.embedding(x)
+                loss = F.binary_cross_entropy_with_logits(
+                    model.head(e[: len(e) // 2], e[len(e) // 2 :]), target
+                )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += loss.item()
+                if bar:
+                    bar.advance(task)
+            row: dict[str, Any] = {"epoch": epoch, "train_loss": total / cfg.steps_per_epoch}
+            if val_images is not None:
+                auc = verification_auroc(model, val_images, val_ids, n_bootstrap=0)["auroc"]
+                row["val_auroc"] = auc
+                if auc > best_auc:
+                    best_auc, best_epoch, waited = auc, epoch, 0
+                    best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+                else:
+                    waited += 1
+            history.append(row)
+            if val_images is not None and waited >= cfg.patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    model.train_patients = frozenset(ids.tolist())
+    model.history = {
+        "epochs": history,
+        "best_epoch": best_epoch,
+        "best_val_auroc": best_auc if best_state is not None else None,
+        "n_images": len(images),
+        "n_patients": sampler.n_patients,
+        "n_patients_with_pairs": len(sampler.multi),
+        "pairs_seen": len(history) * cfg.steps_per_epoch * cfg.batch_pairs,
+        "config": asdict(cfg),
+    }
+    return model
+
+
+def _check_disjoint(train_ids: Sequence[str] | frozenset[str], other: np.ndarray, what: str) -> None:
+    shared = sorted(set(other.tolist()) & set(train_ids))
+    if shared:
+        raise DataError(
+            f"{what}: {len(shared)} patient(s) were seen in re-id training (e.g. {shared[0]!r}); "
+            "use held-out patients"
+        )
+
+
+def verification_auroc(
+    model: ReidModel,
+    images: Any,
+    patient_ids: Sequence[Any],
+    *,
+    n_bootstrap: int = 1000,
+    ci_level: float = 0.95,
+    fpr_targets: Sequence[float] = (0.01, 0.05),
+    max_pos_pairs_per_patient: int = 50,
+    n_negative_pairs: int = 20000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Same-patient verification AUROC on pairs of held-out patients, with a patient-bootstrap CI.
+
+    Positives: every same-patient pair (at most `max_pos_pairs_per_patient` per patient, so one patient
+    with many follow-ups cannot dominate); negatives: random different-patient pairs. The CI resamples
+    patients: a positive pair counts k times when its patient is drawn k times, a negative k_a * k_b.
+    Also returns the pair-level thresholds (logits) at the FPR targets, with the TPR they give.
+    """
+    images = check_images(images, "re-id verification images")
+    ids = check_patient_ids(patient_ids, len(images), "re-id verification")
+    assert ids is not None
+    _check_disjoint(model.train_patients, ids, "verification_auroc")
+    sampler = _check_pairs_possible(ids, "verification", seed)
+    pa, pb = sampler.all_positives(max_pos_pairs_per_patient)
+    na, nb = sampler.negatives(n_negative_pairs)
+    emb = model.embed(images)
+    s_pos, s_neg = model.score_pairs(emb, pa, pb), model.score_pairs(emb, na, nb)
+    scores = np.concatenate([s_pos, s_neg])
+    y = np.concatenate([np.ones(len(s_pos)), np.zeros(len(s_neg))])
+    uniq, inv = np.unique(scores, return_inverse=True)
+    uniq_ids, codes = np.unique(ids, return_inverse=True)
+    ca, cb = codes[np.concatenate([pa, na])], codes[np.concatenate([pb, nb])]
+
+    def auc(counts: np.ndarray) -> float:
+        w = np.where(y == 1, counts[ca], counts[ca] * counts[cb])
+        return grouped_auc(inv, len(uniq), w * y, w * (1 - y))
+
+    point = auc(np.ones(len(uniq_ids)))
+    reps = np.array([auc(c) for c in bootstrap_counts(len(uniq_ids), n_bootstrap, seed)])
+    lo, hi = percentile_ci(reps, ci_level)
+    thresholds = {}
+    for fpr in fpr_targets:
+        thr = float(np.quantile(s_neg, 1 - fpr, method="higher"))
+        thresholds[str(fpr)] = {
+            "threshold": thr,
+            "fpr": float((s_neg > thr).mean()),
+            "tpr": float((s_pos > thr).mean()),
+        }
+    return {
+        "auroc": point,
+        "ci_low": lo,
+        "ci_high": hi,
+        "ci_level": ci_level,
+        "n_bootstrap": n_bootstrap,
+        "ci_method": "percentile bootstrap over patients",
+        "n_images": len(images),
+        "n_patients": len(uniq_ids),
+        "n_positive_pairs": len(s_pos),
+        "n_negative_pairs": len(s_neg),
+        "thresholds": thresholds,
+        "score": "same-patient logit; a pair is linked when score > threshold",
+    }
+
+
+def wilson_ci(k: int, n: int, level: float) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (sound near 0, where linkage fractions live)."""
+    if n == 0:
+        return math.nan, math.nan
+    z = float(norm.ppf(0.5 + level / 2))
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (0.0 if k == 0 else centre - half), (1.0 if k == n else centre + half)
+
+
+def _fraction(flags: np.ndarray, level: float) -> dict[str, Any]:
+    k, n = int(flags.sum()), len(flags)
+    lo, hi = wilson_ci(k, n, level)
+    return {"fraction": k / n if n else math.nan, "n_matched": k, "n": n, "ci_low": lo, "ci_high": hi}
+
+
+def match_synthetic(
+    model: ReidModel,
+    synthetic_images: Any,
+    train_images: Any,
+    train_patient_ids: Sequence[Any],
+    threshold: float | Mapping[str, Any],
+    *,
+    at_fpr: float = 0.01,
+    heldout_images: Any = None,
+    fpr_targets: Sequence[float] = (0.01, 0.05),
+    ci_level: float = 0.95,
+) -> dict[str, Any]:
+    """Link each synthetic image to its best-matching training patient and flag scores above `threshold`.
+
+    `threshold`: a logit, or the result of `verification_auroc` (its threshold at `at_fpr` is used).
+    Per-image arrays (numpy): best_patient, best_train_index, best_score, matched. With `heldout_images`
+    (real images of patients NOT in the training set) also the false-link baseline at that threshold and
+    gallery-calibrated thresholds (best-match scores of held-out images) at `fpr_targets`.
+    """
+    if isinstance(threshold, Mapping):
+        entry = threshold.get("thresholds", {}).get(str(at_fpr))
+        if entry is None:
+            raise ConfigError(
+                f"verification result has no threshold at FPR {at_fpr}; "
+                f"it has {sorted(threshold.get('thresholds', {}))}"
+            )
+        thr, source = float(entry["threshold"]), f"pair-level FPR {at_fpr} on held-out real pairs"
+    else:
+        thr, source = float(threshold), "given"
+    synthetic_images = check_images(synthetic_images, "synthetic images")
+    train_images = check_images(train_images, "re-id gallery (training) images")
+    train_ids = check_patient_ids(train_patient_ids, len(train_images), "re-id gallery")
+    assert train_ids is not None
+    gallery = model.embed(train_images)
+    best, arg = model.best_match(model.embed(synthetic_images), gallery)
+    matched = best > thr
+    out: dict[str, Any] = {
+        "threshold": thr,
+        "threshold_source": source,
+        "synthetic": _fraction(matched, ci_level),
+        "n_train_images": len(train_images),
+        "n_train_patients": len(np.unique(train_ids)),
+        "n_train_patients_linked": len(np.unique(train_ids[arg[matched]])),
+        "best_patient": train_ids[arg],
+        "best_train_index": arg,
+        "best_score": best,
+        "matched": matched,
+    }
+    if heldout_images is not None:
+        h_best, _ = model.best_match(model.embed(check_images(heldout_images, "held-out images")), gallery)
+        out["heldout_baseline"] = _fraction(h_best > thr, ci_level)
+        out["gallery_calibrated"] = {}
+        for fpr in fpr_targets:
+            g_thr = float(np.quantile(h_best, 1 - fpr, method="higher"))
+            out["gallery_calibrated"][str(fpr)] = {
+                "threshold": g_thr,
+                "heldout_fraction": float((h_best > g_thr).mean()),
+                "synthetic": _fraction(best > g_thr, ci_level),
+            }
+    return out

@@ -1,0 +1,355 @@
+"""Load a synthetic set as uint8 arrays with labels aligned to the REAL set's classes.
+
+Accepted inputs:
+
+* a folder written by `medsyn generate` (found by its manifest.json): its labels file is read in the
+  layout generate wrote (nih / chexpert / folder / csv), and the run's training settings (classes, size,
+  split seed, data) are kept so the evaluation can check it uses the generator's own training split;
+* a folder holding `labels.csv` (path, optional patient_id, 0/1 class columns), as other tools write;
+* a prepared medsyn cache folder (meta.json), or any dataset spec (`folder:DIR`, `csv:FILE`, `nih:DIR`,
+  `phantom?seed=1`, ...);
+* in Python, a tuple `(images, labels, classes)` of arrays (uint8, or float in [0, 1]).
+
+Labels are matched to the real classes by name (case, spaces and underscores ignored). A folder class
+named `A+B` (how `medsyn generate` stores multi-label images in the folder layout) is positive for A and
+B; a `No Finding` class the real set does not have means "no positive label". Synthetic classes with
+positive images that the real set lacks are an error; columns without any positive are ignored, with a
+note. Images of another size are resized exactly as `medsyn data prepare` resizes (aspect kept, padded,
+Lanczos), and grey/colour mismatches are converted; both are stated in the returned notes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.lib.format import open_memmap
+from PIL import Image
+
+from medsyn.data.adapters import open_dataset
+from medsyn.data.adapters.common import FileSource
+from medsyn.data.base import Source, make_table
+from medsyn.data.cache import PreparedDataset
+from medsyn.data.images import fit_square
+from medsyn.data.phantom import PhantomSource
+from medsyn.data.spec import parse_spec
+from medsyn.errors import DataError, SpecError
+from medsyn.progress import progress_bar
+
+NO_FINDING = "no finding"
+MANIFEST_FORMAT = "medsyn-synthetic"
+LAYOUT_SPECS = {"nih": "nih:{dir}", "chexpert": "chexpert:{dir}?view=all", "folder": "folder:{dir}"}
+MEMMAP_BYTES = 1 << 30
+"""Synthetic sets larger than this are decoded into a memory-mapped scratch file instead of RAM."""
+
+
+@dataclass
+class SyntheticInput:
+    """A synthetic set opened (label table read) but not decoded."""
+
+    source: Source
+    kind: str  # medsyn-generate | labels.csv | cache | spec | arrays
+    location: str
+    manifest: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def train_config(self) -> dict[str, Any] | None:
+        """The generator's training settings (medsyn generate sets only)."""
+        return (self.manifest or {}).get("train_config")
+
+    def native_size(self) -> int:
+        """Long side of the first image, in pixels (what the set would be evaluated at by default)."""
+        return max(self.source.read_image(0).shape[1:])
+
+
+@dataclass
+class SyntheticSet:
+    """Decoded synthetic images and labels over `classes` (the evaluated real classes)."""
+
+    images: np.ndarray  # uint8 (N, C, S, S), in RAM or a memmap
+    labels: np.ndarray  # float32 (N, K): 1 / 0 / NaN (not labelled for that class)
+    classes: list[str]
+    kind: str
+    location: str
+    manifest: dict[str, Any] | None
+    notes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready summary for metrics.json and the report."""
+        manifest = self.manifest or {}
+        return {
+            "location": self.location,
+            "kind": self.kind,
+            "images": len(self),
+            "size": int(self.images.shape[-1]),
+            "channels": int(self.images.shape[1]),
+            "positives": {c: int(np.nansum(self.labels[:, j] == 1)) for j, c in enumerate(self.classes)},
+            "unlabelled": {c: int(np.isnan(self.labels[:, j]).sum()) for j, c in enumerate(self.classes)
+                           if np.isnan(self.labels[:, j]).any()},
+            "generator": {k: manifest[k] for k in ("model", "mode", "seed", "generators", "medsyn_version")
+                          if k in manifest} or None,
+            "notes": self.notes,
+        }  # fmt: skip
+
+
+class ArraySource(Source):
+    """In-memory images (uint8 or float in [0, 1]) as a Source, so arrays and caches load like files."""
+
+    def __init__(self, name: str, images: Any, labels: np.ndarray, classes: list[str]) -> None:
+        shape = getattr(images, "shape", None)
+        if shape is None or len(shape) != 4 or shape[0] == 0:
+            raise DataError(f"{name}: synthetic images must be a non-empty (N, C, H, W) array, got shape {shape}")
+        labels = np.asarray(labels, dtype=np.float32).reshape(len(images), -1)
+        if labels.shape[1] != len(classes):
+            raise DataError(f"{name}: {labels.shape[1]} label columns for {len(classes)} class names")
+        rows = {"source": [f"{name}[{i}]" for i in range(len(images))], "patient_id": "", "split": "", "mask": ""}
+        rows.update({c: labels[:, j] for j, c in enumerate(classes)})
+        super().__init__(name, list(classes), make_table(rows, list(classes)), int(shape[1]))
+        self.images = images
+
+    def read_image(self, i: int) -> np.ndarray:
+        img = np.asarray(self.images[i])
+        if img.dtype == np.uint8:
+            return img.astype(np.float32) / 255.0
+        img = img.astype(np.float32)
+        if not np.isfinite(img).all():
+            raise DataError(f"{self.name}: synthetic image {i} contains NaN/inf pixel values")
+        if img.min() < -1e-3 or img.max() > 1 + 1e-3:
+            raise DataError(
+                f"{self.name}: float synthetic images must lie in [0, 1], image {i} spans "
+                f"[{img.min():.3g}, {img.max():.3g}]; convert [-1, 1] output with (x + 1) / 2"
+            )
+        return np.clip(img, 0.0, 1.0)
+
+
+def _read_manifest(folder: Path) -> dict[str, Any] | None:
+    path = folder / "manifest.json"
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: corrupt manifest.json ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        return None
+    return manifest
+
+
+def _generated_spec(folder: Path, manifest: dict[str, Any]) -> str:
+    layout = manifest.get("layout", "csv")
+    if layout in LAYOUT_SPECS:
+        return LAYOUT_SPECS[layout].format(dir=folder)
+    labels = folder / str(manifest.get("labels_file") or "labels.csv")
+    return f"csv:{labels}"
+
+
+def open_synthetic(synthetic: str | os.PathLike[str] | tuple[Any, ...] | SyntheticInput) -> SyntheticInput:
+    """Open a synthetic set (see the module docstring for the accepted forms); reads labels, no pixels."""
+    if isinstance(synthetic, SyntheticInput):
+        return synthetic
+    if isinstance(synthetic, tuple):
+        if len(synthetic) != 3:
+            raise DataError("synthetic arrays must be a tuple (images, labels, classes)")
+        images, labels, classes = synthetic
+        return SyntheticInput(ArraySource("arrays", images, labels, [str(c) for c in classes]), "arrays", "arrays")
+    text = str(synthetic)
+    folder = Path(text).expanduser()
+    if folder.is_dir():
+        manifest = _read_manifest(folder)
+        if manifest is not None:
+            src = open_dataset(_generated_spec(folder, manifest))
+            return SyntheticInput(src, "medsyn-generate", str(folder), manifest)
+        if (folder / "meta.json").is_file():
+            ds = PreparedDataset(folder)
+            return SyntheticInput(ArraySource(ds.spec, ds.images, ds.labels, ds.classes), "cache", str(folder))
+        if (folder / "labels.csv").is_file():
+            return SyntheticInput(open_dataset(f"csv:{folder / 'labels.csv'}"), "labels.csv", str(folder))
+        raise DataError(
+            f"{folder}: not a synthetic set: no manifest.json (medsyn generate), labels.csv or meta.json; "
+            f"pass a spec such as folder:{folder} or csv:FILE"
+        )
+    try:
+        spec = parse_spec(text)
+    except SpecError:
+        raise DataError(f"{text}: synthetic set not found (not a folder, and not a dataset spec)") from None
+    return SyntheticInput(open_dataset(spec), "spec", str(spec))
+
+
+# ---------------------------------------------------------------------------------------- labels
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[\s_]+", " ", name.strip().lower())
+
+
+def align_labels(
+    syn_classes: list[str], syn_labels: np.ndarray, classes: list[str], exclusive: bool, note_ignored: bool = True
+) -> tuple[np.ndarray, list[str]]:
+    """Synthetic labels (N, Ks) mapped onto `classes` (N, K), and notes.
+
+    `exclusive`: the source gives each image one class (a folder per class), so a class without a
+    folder is a negative (0); otherwise a class the synthetic set does not label is NaN (masked).
+    `note_ignored=False`: empty extra columns are expected (a `medsyn generate` label file always has
+    every column of its format, e.g. all 14 NIH findings), so ignoring them is not worth a note.
+    """
+    index = {_norm(c): j for j, c in enumerate(classes)}
+    out = np.full((len(syn_labels), len(classes)), 0.0 if exclusive else np.nan, dtype=np.float32)
+    covered: set[int] = set()
+    unknown, ignored = [], []
+    for s, name in enumerate(syn_classes):
+        col = syn_labels[:, s]
+        parts = [_norm(p) for p in name.split("+")] if "+" in name else [_norm(name)]
+        if all(p in index for p in parts):
+            for p in parts:
+                j = index[p]
+                if j in covered or exclusive:  # several sources for one class (A, A+B): positive wins
+                    out[:, j] = np.where(col == 1, 1.0, out[:, j])
+                else:
+                    out[:, j] = col
+                covered.add(j)
+        elif _norm(name) == NO_FINDING or not np.nansum(col == 1):
+            ignored.append(name)
+        else:
+            unknown.append(f"{name} ({int(np.nansum(col == 1))} images)")
+    if unknown:
+        raise DataError(
+            f"synthetic class(es) {', '.join(unknown)} are not in the real set (classes: {', '.join(classes)}); "
+            "evaluate against real data with these classes or drop those images"
+        )
+    notes = []
+    dropped = [c for c in ignored if _norm(c) != NO_FINDING]
+    if dropped and note_ignored:
+        notes.append(f"synthetic label columns not in the real set and without positives were ignored: {', '.join(dropped)}")
+    missing = [classes[j] for j in range(len(classes)) if j not in covered]
+    if missing:
+        notes.append(
+            f"the synthetic set has no labels for {', '.join(missing)}: "
+            + ("its images count as negatives (one class per folder)" if exclusive
+               else "masked out of TSTR training; their TSTR AUROC shows an untrained output")
+        )  # fmt: skip
+    return out, notes
+
+
+# ---------------------------------------------------------------------------------------- pixels
+
+
+def _to_channels(img: np.ndarray, channels: int) -> np.ndarray:
+    if img.shape[0] == channels:
+        return img
+    if img.shape[0] == 3 and channels == 1:
+        return (img * np.array([0.299, 0.587, 0.114], np.float32)[:, None, None]).sum(0, keepdims=True)
+    if img.shape[0] == 1 and channels == 3:
+        return np.repeat(img, 3, axis=0)
+    raise DataError(f"synthetic images have {img.shape[0]} channels; cannot convert to {channels}")
+
+
+def _file_channels(src: Source) -> int | None:
+    """Channels the first image file has on disk (FileSource converts on read, so look before)."""
+    if not isinstance(src, FileSource) or src.table.empty:
+        return None
+    path = src.table["source"].iat[0]
+    if Path(path).suffix.lower() in (".dcm", ".dicom"):
+        return 1
+    try:
+        with Image.open(path) as img:
+            return 3 if img.mode in ("RGB", "RGBA", "CMYK", "YCbCr", "P", "LAB", "HSV") else 1
+    except OSError as exc:
+        raise DataError(f"{path}: unreadable synthetic image ({exc})") from None
+
+
+def _decode(src: Source, size: int, channels: int, out: np.ndarray, quiet: bool) -> tuple[int, set[tuple[int, int]]]:
+    """Decode every image into `out` (uint8); returns how many were resized and their native sizes."""
+    threaded = isinstance(src, FileSource)
+    resized, shapes = 0, set()
+
+    def one(i: int) -> tuple[np.ndarray, tuple[int, int]]:
+        img = _to_channels(src.read_image(i), channels)
+        native = (int(img.shape[1]), int(img.shape[2]))
+        if native != (size, size):
+            img = fit_square(img, size, "pad")
+        return np.round(img * 255.0).astype(np.uint8), native
+
+    with progress_bar(f"load synthetic {size}px", total=len(src), quiet=quiet) as advance, ThreadPoolExecutor(
+        min(8, os.cpu_count() or 1) if threaded else 1
+    ) as pool:
+        for start in range(0, len(src), 256):
+            idx = range(start, min(start + 256, len(src)))
+            for i, (img, native) in zip(idx, pool.map(one, idx), strict=True):
+                out[i] = img
+                if native != (size, size):
+                    resized += 1
+                    shapes.add(native)
+            advance(len(idx))
+    return resized, shapes
+
+
+MIN_SYNTHETIC = 20
+"""Fewest synthetic images evaluate accepts: FID needs 10, PRDC k+1 = 6, membership inference 10, and
+TSTR training a few batches; below 20 no number in the report means anything."""
+
+
+def load_synthetic(
+    synthetic: str | os.PathLike[str] | tuple[Any, ...] | SyntheticInput,
+    classes: list[str],
+    size: int,
+    channels: int,
+    *,
+    scratch: Path | None = None,
+    quiet: bool = False,
+) -> SyntheticSet:
+    """Decode a synthetic set at `size` px with `channels`, labels aligned to `classes` (see module doc).
+
+    `scratch`: a folder for a memory-mapped image file when the set exceeds `MEMMAP_BYTES` (the caller
+    deletes it); without it such sets are decoded into RAM.
+    """
+    opened = open_synthetic(synthetic)
+    src = opened.source
+    notes = list(opened.notes)
+    if len(src) < MIN_SYNTHETIC:
+        raise DataError(
+            f"{opened.location}: {len(src)} synthetic images; evaluation needs at least {MIN_SYNTHETIC} "
+            "(FID needs 10, PRDC 6, membership inference 10, and TSTR training more); generate more"
+        )
+    if isinstance(src, PhantomSource) and "size" not in parse_spec(opened.location).options and src.size != size:
+        src = open_dataset(parse_spec(opened.location).with_options(size=size))  # render at size, no resampling
+    exclusive = src.info.get("format") == "folder"
+    labels, label_notes = align_labels(
+        list(src.classes), src.labels(), classes, exclusive, note_ignored=opened.kind != "medsyn-generate"
+    )
+    notes += label_notes
+    native_c = _file_channels(src)
+    if isinstance(src, FileSource):
+        src.channels = channels  # the reader converts grey/colour itself
+    if (native_c or src.channels) != channels:
+        notes.append(
+            f"synthetic images have {native_c or src.channels} channel(s), the real set {channels}: "
+            + ("converted to grey (luminance 0.299 R + 0.587 G + 0.114 B)" if channels == 1
+               else "grey repeated to 3 channels")
+        )  # fmt: skip
+    shape = (len(src), channels, size, size)
+    if scratch is not None and np.prod(shape) > MEMMAP_BYTES:
+        scratch.mkdir(parents=True, exist_ok=True)
+        images: np.ndarray = open_memmap(scratch / "synthetic-images.npy", mode="w+", dtype=np.uint8, shape=shape)
+    else:
+        images = np.empty(shape, dtype=np.uint8)
+    try:
+        resized, shapes = _decode(src, size, channels, images, quiet)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{opened.location}: cannot decode the synthetic images ({exc})") from None
+    if resized:
+        sizes = ", ".join(f"{w}x{h}" for h, w in sorted(shapes)[:3]) + (", ..." if len(shapes) > 3 else "")
+        notes.append(
+            f"{resized} of {len(src)} synthetic images were not {size}x{size} px ({sizes}): resized to {size} px "
+            "as the real cache was (aspect kept, padded, Lanczos)"
+        )
+    return SyntheticSet(images, labels, list(classes), opened.kind, opened.location, opened.manifest, notes)

@@ -1,0 +1,196 @@
+"""Draw a synthetic set from a run (EMA generator of its last checkpoint) or an exported generator folder.
+
+The output holds PNGs without any metadata, the labels in the source dataset's format and manifest.json
+(generator hashes, settings, counts; no timestamp, so the same command twice writes identical files).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from medsyn import __version__
+from medsyn.errors import CheckpointError, ConfigError
+from medsyn.generate.layout import Layout
+from medsyn.generate.plan import Plan, make_plan
+from medsyn.io import atomic_dir, write_json_atomic
+from medsyn.models import GANConfig, Generator, load_generator, save_generator
+from medsyn.models.checkpoint import WEIGHTS_NAME
+from medsyn.models.registry import build_generator
+from medsyn.progress import progress_bar
+from medsyn.train.checkpoint import checkpoint_file, load_checkpoint
+from medsyn.train.data import NO_FINDING
+from medsyn.train.run import read_run_meta, write_run_meta
+from medsyn.train.trainer import cpu_auto_precision, derive_seed, wants_cuda
+
+
+@dataclass(frozen=True)
+class GeneratorFile:
+    """One generator of a run: the checkpoint or safetensors file it comes from, and its group name."""
+
+    group: str
+    path: Path
+
+    def load(self) -> Generator:
+        """The EMA generator on CPU, eval mode; loading never unpickles code."""
+        if self.path.name.endswith(".safetensors"):
+            return load_generator(self.path)
+        ck = load_checkpoint(self.path)
+        try:
+            with torch.random.fork_rng(devices=[]):
+                G = build_generator(GANConfig.from_dict(ck["model"]))
+            G.load_state_dict(ck["G_ema"])
+        except (KeyError, RuntimeError, TypeError) as exc:
+            raise CheckpointError(f"{self.path}: generator weights do not match the stored model ({exc})") from None
+        return G.eval()
+
+    def sha256(self) -> str:
+        h = hashlib.sha256()
+        with open(self.path, "rb") as fh:
+            while chunk := fh.read(1 << 22):
+                h.update(chunk)
+        return h.hexdigest()
+
+
+def generator_files(folder: str | os.PathLike[str]) -> tuple[dict[str, Any], list[GeneratorFile]]:
+    """run.json and the generator files of a run folder or an exported generator folder."""
+    root = Path(folder)
+    meta = read_run_meta(root)
+    dirs = [(None, ".")] if meta["conditional"] else [(g["name"], g["dir"]) for g in meta["groups"]]
+    files = []
+    for name, rel in dirs:
+        sub = root / rel
+        if (sub / "checkpoints").is_dir():
+            path = checkpoint_file(sub / "checkpoints")
+        elif (sub / WEIGHTS_NAME).is_file():
+            path = sub / WEIGHTS_NAME
+        else:
+            raise CheckpointError(f"{sub}: no generator (checkpoints/last.pt or {WEIGHTS_NAME}); was it trained?")
+        files.append(GeneratorFile(name or "all", path))
+    return meta, files
+
+
+def _precision(precision: str, cuda: bool) -> torch.dtype | None:
+    """Autocast dtype (None: fp32). 'auto' is bf16 where the hardware has it natively, as in training."""
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise ConfigError(f"precision must be one of auto, fp32, bf16, fp16, got {precision!r}")
+    if precision == "auto":
+        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp32") if cuda else cpu_auto_precision()
+    if precision == "fp16" and not cuda:
+        raise ConfigError("precision fp16 needs a GPU; on CPU use bf16 or fp32")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def _batches(plan: Plan, gen_index: int, batch: int) -> Iterator[np.ndarray]:
+    idx = np.flatnonzero(plan.generator == gen_index)
+    for start in range(0, len(idx), batch):
+        yield idx[start : start + batch]
+
+
+def _wait(jobs: list[Future[None]], advance: Callable[[int], None]) -> None:
+    for job in jobs:
+        job.result()
+    advance(len(jobs))
+
+
+def _save_png(path: Path, image: np.ndarray) -> None:
+    """One uint8 (C, S, S) image as a PNG with no text chunks (no metadata at all)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pil = Image.fromarray(image[0], "L") if image.shape[0] == 1 else Image.fromarray(image.transpose(1, 2, 0), "RGB")
+    pil.save(path, format="PNG")
+
+
+def generate(
+    run_dir: str | os.PathLike[str],
+    n: int | None,
+    out: str | os.PathLike[str],
+    per_class: int | None = None,
+    balance: bool = False,
+    seed: int = 0,
+    batch: int = 256,
+    device: str = "auto",
+    precision: str = "auto",
+    quiet: bool = False,
+) -> Path:
+    """Write a synthetic set to `out`: `n` images with the training label distribution, or `per_class`
+    images per label group, or (`balance`) each group topped up to the largest group's training count."""
+    if batch < 1:
+        raise ConfigError(f"batch must be positive, got {batch}")
+    meta, files = generator_files(run_dir)
+    plan = make_plan(meta, n, per_class, balance, seed)
+    stats = meta["labels"]
+    classes = list(stats["classes"])
+    layout = Layout.for_source(stats["source_format"], classes, stats.get("source_options", {}))
+    cuda = wants_cuda(device)
+    dev = torch.device("cuda") if cuda else torch.device("cpu")
+    amp = _precision(precision, cuda)
+    out = Path(out)
+    paths = layout.image_paths(plan.labels)
+    with atomic_dir(out) as tmp, ThreadPoolExecutor(max_workers=4) as pool:
+        with progress_bar("generate", total=len(plan), quiet=quiet) as advance:
+            pending: list[Future[None]] = []  # PNG encoding of one batch overlaps drawing the next
+            for gi, file in enumerate(files):
+                G = file.load().to(dev)
+                for chunk in _batches(plan, gi, batch):
+                    images = _draw(G, plan, chunk, derive_seed(seed, gi, int(chunk[0])), dev, amp)
+                    _wait(pending, advance)
+                    pending = [pool.submit(_save_png, tmp / paths[i], images[j]) for j, i in enumerate(chunk)]
+            _wait(pending, advance)
+        layout.write_labels(tmp, out.name, paths, plan.labels)
+        no_finding = NO_FINDING if any(g["name"] == NO_FINDING for g in meta["groups"]) else None
+        write_json_atomic(tmp / "manifest.json", {
+            "format": "medsyn-synthetic",
+            "medsyn_version": __version__,
+            "model": meta["model"],
+            "train_config": meta["config"],
+            "generators": [{"group": f.group, "file": f.path.relative_to(Path(run_dir)).as_posix(),
+                            "sha256": f.sha256()} for f in files],
+            "mode": plan.mode,
+            "seed": seed,
+            "batch": batch,
+            "device": dev.type,
+            "precision": "fp32" if amp is None else str(amp).removeprefix("torch."),
+            "images": len(plan),
+            "counts": plan.counts(classes, no_finding),
+            "layout": layout.kind,
+            "labels_file": layout.labels_file,
+        })  # fmt: skip
+    return out
+
+
+@torch.no_grad()
+def _draw(
+    G: Generator, plan: Plan, chunk: np.ndarray, seed: int, dev: torch.device, amp: torch.dtype | None
+) -> np.ndarray:
+    """uint8 images for the plan rows `chunk`; z and any generator noise come from `seed` alone."""
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(seed)
+        z = torch.randn(len(chunk), G.z_dim, generator=torch.Generator().manual_seed(seed)).to(dev)
+        y = torch.from_numpy(plan.labels[chunk].astype(np.float32)).to(dev) if G.conditional else None
+        with torch.autocast(dev.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+            x = G(z, y).float()
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+
+
+def export(run_dir: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
+    """Write the run's EMA generator(s) as safetensors + JSON (no pickle), with the run description that
+    `generate` needs; local paths and hardware details of the run are left out."""
+    meta, files = generator_files(run_dir)
+    out = Path(out)
+    dirs = ["."] if meta["conditional"] else [g["dir"] for g in meta["groups"]]
+    with atomic_dir(out) as tmp:
+        for file, rel in zip(files, dirs, strict=True):
+            save_generator(file.load(), tmp / rel)
+        keep = ("model", "conditional", "config", "groups", "labels")
+        origin = [{"group": f.group, "sha256": f.sha256()} for f in files]
+        write_run_meta(tmp, {**{k: meta[k] for k in keep}, "exported_from": origin})
+    return out

@@ -1,0 +1,80 @@
+"""Synthetic sets in the source dataset's own layout, so every existing loader (medsyn's too) reads them.
+
+    nih       Data_Entry_2017.csv (Image Index, Finding Labels, Follow-up #, Patient ID) + images/
+    chexpert  train.csv (Path, Frontal/Lateral, the 14 observations) + train/patientN/study1/view1_*.png
+    folder    one sub-folder per class
+    other     labels.csv (path, patient_id, one 0/1 column per class) + images/, read by `csv:`
+
+Each synthetic image is its own synthetic patient. Ids start at 9,000,001, far above the real NIH
+(30,805) and CheXpert (64,540) ids, so mixing synthetic and real sets never merges two people in a
+patient-level split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medsyn.data.adapters.chexpert import CHEXPERT_CLASSES
+from medsyn.train.data import NO_FINDING
+
+FIRST_PATIENT_ID = 9_000_001
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where image i goes (relative path) and the label file that describes the set."""
+
+    kind: str  # nih | chexpert | folder | csv
+    labels_file: str | None
+    classes: list[str]
+    view: str = "frontal"
+
+    @classmethod
+    def for_source(cls, source_format: str, classes: list[str], options: dict[str, str]) -> Layout:
+        if source_format == "nih":
+            return cls("nih", "Data_Entry_2017.csv", classes)
+        if source_format == "chexpert":
+            return cls("chexpert", "train.csv", classes, options.get("view", "frontal"))
+        if source_format == "folder":
+            return cls("folder", None, classes)
+        return cls("csv", "labels.csv", classes)
+
+    def image_paths(self, labels: np.ndarray) -> list[str]:
+        if self.kind == "nih":
+            return [f"images/{FIRST_PATIENT_ID + i:08d}_000.png" for i in range(len(labels))]
+        if self.kind == "chexpert":
+            view = "lateral" if self.view == "lateral" else "frontal"
+            return [f"train/patient{FIRST_PATIENT_ID + i}/study1/view1_{view}.png" for i in range(len(labels))]
+        if self.kind == "folder":
+            return [f"{self._folder(row)}/{i:07d}.png" for i, row in enumerate(labels)]
+        return [f"images/{i:07d}.png" for i in range(len(labels))]
+
+    def _folder(self, row: np.ndarray) -> str:
+        positives = [c for c, v in zip(self.classes, row, strict=True) if v]
+        return "+".join(positives) if positives else NO_FINDING
+
+    def write_labels(self, out: Path, final_name: str, paths: list[str], labels: np.ndarray) -> None:
+        """Write the label file into `out` (the folder is renamed to `final_name` when complete)."""
+        ids = [str(FIRST_PATIENT_ID + i) for i in range(len(paths))]
+        if self.kind == "nih":
+            findings = ["|".join(c for c, v in zip(self.classes, row, strict=True) if v) or NO_FINDING
+                        for row in labels]  # fmt: skip
+            table = pd.DataFrame({"Image Index": [Path(p).name for p in paths], "Finding Labels": findings,
+                                  "Follow-up #": 0, "Patient ID": ids})  # fmt: skip
+        elif self.kind == "chexpert":
+            table = pd.DataFrame({"Path": [f"{final_name}/{p}" for p in paths]})
+            table["Frontal/Lateral"] = {"frontal": "Frontal", "lateral": "Lateral"}.get(self.view, "")
+            for c in CHEXPERT_CLASSES:  # observations the model was not trained on stay blank (not mentioned)
+                table[c] = labels[:, self.classes.index(c)].astype(float) if c in self.classes else np.nan
+        elif self.kind == "csv":
+            table = pd.DataFrame({"path": paths, "patient_id": ids})
+            for i, c in enumerate(self.classes):
+                table[c] = labels[:, i].astype(int)
+        else:
+            return
+        assert self.labels_file is not None
+        table.to_csv(out / self.labels_file, index=False, float_format="%.1f")

@@ -1,0 +1,105 @@
+"""What the report draws besides metrics.json: sample images, closest pairs and per-image distances.
+
+Collected once by the evaluation pipeline while the arrays are in memory; only small selections of
+images are kept (a few per class, the closest pairs), never whole sets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from medsyn.evaluate.fidelity import HistogramDivergence
+from medsyn.evaluate.privacy import DCRResult, MIAResult
+from medsyn.report import figures
+
+NO_FINDING_GROUP = "no finding"
+
+
+@dataclass
+class ReportAssets:
+    """Inputs of the figures; `real_images=False` keeps every real image out of the report."""
+
+    groups: list[tuple[str, np.ndarray | None, np.ndarray]] = field(default_factory=list)
+    closest: list[tuple[np.ndarray, np.ndarray | None, float]] = field(default_factory=list)
+    closest_threshold: float = float("nan")
+    distances: dict[str, tuple[np.ndarray, np.ndarray, float, float]] = field(default_factory=dict)
+    mia: dict[str, tuple[np.ndarray, np.ndarray, float]] = field(default_factory=dict)
+    intensity: tuple[np.ndarray, np.ndarray] | None = None
+    reid_scores: np.ndarray | None = None
+    reid_thresholds: dict[str, float] = field(default_factory=dict)
+    real_images: bool = True
+    per_group: int = 6
+
+    @classmethod
+    def collect(
+        cls,
+        train_images: Any,
+        train_labels: np.ndarray,
+        syn_images: np.ndarray,
+        syn_labels: np.ndarray,
+        classes: list[str],
+        dcrs: Mapping[str, DCRResult],
+        mias: Mapping[str, MIAResult],
+        hist: HistogramDivergence | None,
+        reid: Mapping[str, Any],
+        reid_scores: np.ndarray | None,
+        real_images: bool = True,
+        per_group: int = 6,
+        seed: int = 0,
+    ) -> ReportAssets:
+        rng = np.random.default_rng(seed)
+
+        def pick(images: Any, mask: np.ndarray) -> np.ndarray:
+            rows = np.flatnonzero(mask)
+            rows = np.sort(rng.choice(rows, min(per_group, len(rows)), replace=False)) if len(rows) else rows
+            return np.asarray(images[rows]) if len(rows) else np.zeros((0, *syn_images.shape[1:]), np.uint8)
+
+        groups = []
+        names = [*classes, NO_FINDING_GROUP]
+        for j, name in enumerate(names):
+            real_mask = (train_labels == 0).all(1) if j == len(classes) else train_labels[:, j] == 1
+            syn_mask = (syn_labels == 0).all(1) if j == len(classes) else syn_labels[:, j] == 1
+            if j == len(classes) and not (real_mask.any() or syn_mask.any()):
+                continue
+            groups.append((name, pick(train_images, real_mask) if real_images else None, pick(syn_images, syn_mask)))
+        assets = cls(groups=groups, real_images=real_images, per_group=per_group)
+        pixel = dcrs.get("pixel")
+        if pixel is not None:
+            assets.closest = [
+                (np.asarray(syn_images[c["synthetic_index"]]),
+                 np.asarray(train_images[np.array([c["train_index"]])])[0] if real_images else None,
+                 float(c["distance"]))
+                for c in pixel.closest
+            ]  # fmt: skip
+            assets.closest_threshold = pixel.threshold_p1
+        for key, res in dcrs.items():
+            title = f"{key} space ({res.space})"
+            assets.distances[title] = (res.synthetic_distances, res.holdout_distances, res.threshold_p1, res.threshold_p5)
+        for key, res in mias.items():
+            assets.mia[f"{key} ({res.space})"] = (res.member_distances, res.non_member_distances, res.auroc)
+        if hist is not None:
+            assets.intensity = (hist.real_histogram, hist.synthetic_histogram)
+        if reid_scores is not None and "matching" in reid:
+            match = reid["matching"]
+            assets.reid_scores = reid_scores
+            assets.reid_thresholds = {"pair-level 1% FPR": match["threshold"]} | {
+                f"{100 * float(fpr):g}% of held-out patients linked": v["threshold"]
+                for fpr, v in match.get("gallery_calibrated", {}).items()
+            }
+        return assets
+
+    def figures(self, metrics: Mapping[str, Any]) -> dict[str, str | None]:
+        """Every figure as base64 PNG (None when there is nothing to draw)."""
+        return {
+            "samples": figures.sample_grid(self.groups, self.per_group),
+            "closest": figures.closest_pairs(self.closest, self.closest_threshold),
+            "distances": figures.distance_histograms(self.distances),
+            "mia_roc": figures.roc_curves(self.mia),
+            "reid": figures.reid_scores(self.reid_scores, self.reid_thresholds),
+            "intensity": figures.intensity(*self.intensity) if self.intensity else None,
+            "utility": figures.utility_forest(metrics.get("utility", {})),
+        }

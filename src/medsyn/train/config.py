@@ -1,0 +1,194 @@
+"""`TrainConfig`: every setting of a training run, the same object on the CLI, in Python and in YAML.
+
+`config.yaml` in a run folder is this object with the model's defaults filled in, so
+`medsyn train --config RUN/config.yaml --out NEW` repeats the run even if a later medsyn changes a default.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medsyn.data.spec import parse_spec
+from medsyn.errors import ConfigError
+from medsyn.models import MODELS
+from medsyn.models.augment import DEFAULT_POLICY
+
+LOSSES = ("ns", "hinge", "wgan-gp")
+AUGMENTS = ("none", "diffaugment", "ada")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
+#: Settings a resumed run may change without invalidating its checkpoint (schedule, logging, hardware).
+RESUMABLE_CHANGES = frozenset(
+    {"steps", "sample_every", "ckpt_every", "log_every", "workers", "device", "precision", "channels_last"}
+)
+#: Models whose discriminator uses BatchNorm by default; a gradient penalty is ill-defined with batch
+#: statistics (Gulrajani et al. 2017), so wgan-gp switches their critic to no normalisation.
+_BATCHNORM_CRITICS = ("dcgan", "cgan", "acgan")
+
+
+@dataclass
+class TrainConfig:
+    """A training run. `None` means "the model's default" (see `medsyn.models.MODELS`)."""
+
+    data: str  # dataset spec (e.g. 'nih:/data/cxr14') or a prepared cache folder
+    model: str = "cgan"
+    size: int = 64
+    steps: int = 10_000
+    batch: int = 64
+    width: int = 64
+    z_dim: int = 100
+    model_extra: dict[str, Any] = field(default_factory=dict)
+    loss: str | None = None
+    lr_g: float | None = None
+    lr_d: float | None = None
+    betas: tuple[float, float] | None = None
+    r1_gamma: float | None = None
+    r1_every: int = 16  # lazy R1 (Karras et al. 2020): penalty every k steps, scaled by k
+    ema_decay: float = 0.999
+    augment: str = "none"
+    augment_policy: str = DEFAULT_POLICY
+    ada_target: float = 0.6
+    precision: str = "auto"
+    channels_last: bool | None = None  # None: on where it is faster (reduced precision)
+    device: str = "auto"
+    seed: int = 0
+    classes: list[str] | None = None  # train on a subset of the data's classes
+    cache: str | None = None  # where a spec is prepared; default RUN/../.medsyn-cache
+    split_seed: int = 0
+    sample_every: int = 500
+    ckpt_every: int = 500
+    log_every: int = 10
+    workers: int | None = None  # DataLoader workers; None: 0 on CPU, up to 4 per GPU
+    max_rollbacks: int = 3  # divergence guard: consecutive NaN/inf rollbacks before giving up
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["betas"] = list(self.betas) if self.betas is not None else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Inverse of `to_dict`; unknown keys are an error so a typo in a YAML file is not ignored."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"train config must be a mapping, got {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown train config key(s) {unknown}; known keys: {sorted(known)}")
+        if not d.get("data"):
+            raise ConfigError("train config needs 'data': a dataset spec or a prepared cache folder")
+        kw = dict(d)
+        if kw.get("betas") is not None:
+            betas = kw["betas"]
+            if not isinstance(betas, list | tuple) or len(betas) != 2:
+                raise ConfigError(f"betas must be two numbers, got {betas!r}")
+            kw["betas"] = (float(betas[0]), float(betas[1]))
+        if kw.get("classes") is not None:
+            kw["classes"] = [str(c) for c in kw["classes"]]
+        kw["model_extra"] = dict(kw.get("model_extra") or {})
+        cfg = cls(**kw)
+        cfg.validate()
+        return cfg
+
+    def to_yaml(self) -> str:
+        header = "# medsyn training run; repeat it with: medsyn train --config config.yaml --out NEW_RUN\n"
+        return header + yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str]) -> TrainConfig:
+        path = Path(path)
+        try:
+            d = yaml.safe_load(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+        try:
+            return cls.from_dict(d)
+        except TypeError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+
+    # ------------------------------------------------------------------ checks and defaults
+    def validate(self) -> None:
+        """Reject impossible settings early, with the offending value in the message."""
+        info = MODELS.get(self.model)
+        if info is None:
+            raise ConfigError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
+        if self.size not in info.sizes:
+            raise ConfigError(f"{self.model}: image size {self.size} unsupported; use one of {list(info.sizes)}")
+        for name, choices in (
+            ("loss", LOSSES),
+            ("augment", AUGMENTS),
+            ("precision", PRECISIONS),
+            ("device", DEVICES),
+        ):
+            value = getattr(self, name)
+            if value is not None and value not in choices:
+                raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        for name in (
+            "steps",
+            "batch",
+            "width",
+            "z_dim",
+            "r1_every",
+            "sample_every",
+            "ckpt_every",
+            "log_every",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        for name in ("lr_g", "lr_d", "r1_gamma"):
+            value = getattr(self, name)
+            if value is not None and (value < 0 or (value == 0 and name != "r1_gamma")):
+                raise ConfigError(f"{name} must be positive, got {value}")
+        if self.workers is not None and self.workers < 0:
+            raise ConfigError(f"workers must be >= 0, got {self.workers}")
+        if self.max_rollbacks < 0:
+            raise ConfigError(f"max_rollbacks must be >= 0, got {self.max_rollbacks}")
+        if self.classes is not None and not self.classes:
+            raise ConfigError("classes: give at least one class name, or leave it out for all classes")
+
+    def resolved(self) -> TrainConfig:
+        """A copy with the model's defaults filled in and absolute data paths (what config.yaml stores)."""
+        self.validate()
+        info = MODELS[self.model]
+        loss = self.loss or info.default_loss
+        extra = dict(self.model_extra)
+        if loss == "wgan-gp" and self.model in _BATCHNORM_CRITICS:
+            extra.setdefault("d_norm", "none")
+        return replace(
+            self,
+            data=_absolute_data(self.data),
+            cache=str(Path(self.cache).expanduser().absolute()) if self.cache else None,
+            loss=loss,
+            lr_g=self.lr_g if self.lr_g is not None else info.lr_g,
+            lr_d=self.lr_d if self.lr_d is not None else info.lr_d,
+            betas=tuple(self.betas) if self.betas is not None else tuple(info.betas),
+            r1_gamma=self.r1_gamma if self.r1_gamma is not None else info.r1_gamma,
+            model_extra=extra,
+        )
+
+    def changes_against(self, other: TrainConfig) -> list[str]:
+        """Names of settings that differ from `other` and would make resuming `other`'s checkpoint wrong."""
+        a, b = self.resolved().to_dict(), other.resolved().to_dict()
+        return [k for k in a if a[k] != b[k] and k not in RESUMABLE_CHANGES]
+
+
+def _absolute_data(data: str) -> str:
+    """Make a cache folder or a spec's file location absolute, so the config works from any directory."""
+    path = Path(data).expanduser()
+    if (path / "meta.json").is_file():
+        return str(path.absolute())
+    spec = parse_spec(data)
+    if spec.location and spec.kind != "phantom":
+        spec = type(spec)(spec.kind, str(Path(spec.location).expanduser().absolute()), spec.options)
+    return str(spec)

@@ -1,0 +1,189 @@
+"""Training data: the prepared cache, class selection, per-class groups and a resumable sharded sampler.
+
+Only the cache's `train` split is used. Label groups are the classes, plus "No Finding" when the data has
+images with no positive label (NIH's 'No Finding'); unconditional models train one generator per group.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
+
+from medsyn.data.cache import CachedImages, PreparedDataset, prepare
+from medsyn.data.spec import parse_spec
+from medsyn.data.splits import select_classes
+from medsyn.errors import DataError
+from medsyn.train.config import TrainConfig
+from medsyn.train.distributed import DistInfo, barrier
+
+NO_FINDING = "No Finding"
+
+
+@dataclass(frozen=True)
+class Group:
+    """One label group: a class (one-hot label) or No Finding (all-zero label)."""
+
+    name: str
+    label: tuple[float, ...]
+    count: int  # training images in the group
+    dir: str  # sub-run folder of a per-class (unconditional) run, relative to the run folder
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "label": list(self.label), "count": self.count, "dir": self.dir}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Group:
+        return cls(str(d["name"]), tuple(float(v) for v in d["label"]), int(d["count"]), str(d["dir"]))
+
+
+@dataclass
+class TrainData:
+    """The training rows of a prepared cache after class selection."""
+
+    cache: PreparedDataset
+    classes: list[str]
+    rows: np.ndarray  # cache row numbers of the training images
+    labels: np.ndarray  # (len(cache), K) float32 over `classes`, NaN = masked; only `rows` are used
+
+    @property
+    def source_format(self) -> str:
+        return str(self.cache.meta.get("source_format", parse_spec(self.cache.spec).kind))
+
+    def positives(self) -> np.ndarray:
+        """(len(rows), K) bool: NaN (masked) labels count as negative, as in conditioning."""
+        return np.nan_to_num(self.labels[self.rows], nan=0.0) > 0
+
+    def groups(self, per_class: bool) -> list[Group]:
+        """Label groups with their training counts; `per_class` gives each its own sub-run folder."""
+        pos = self.positives()
+        k = len(self.classes)
+        groups = []
+        names = [*self.classes, NO_FINDING] if _has_no_finding(self.classes, pos) else list(self.classes)
+        for i, name in enumerate(names):
+            label = tuple(float(j == i) for j in range(k))
+            count = int(pos[:, i].sum()) if i < k else int((~pos.any(axis=1)).sum())
+            groups.append(Group(name, label, count, f"classes/{_slug(name, i)}" if per_class else "."))
+        return groups
+
+    def group_rows(self, group: Group) -> np.ndarray:
+        """Training rows of one group: positives of a class, or images with no positive label."""
+        pos = self.positives()
+        keep = pos[:, group.label.index(1.0)] if any(group.label) else ~pos.any(axis=1)
+        return self.rows[keep]
+
+    def label_stats(self) -> dict[str, Any]:
+        """Aggregate training label distribution (multi-hot combinations and their counts), for generation."""
+        combos, counts = np.unique(self.positives().astype(np.int8), axis=0, return_counts=True)
+        order = np.lexsort(combos.T[::-1])
+        return {
+            "classes": list(self.classes),
+            "combos": [{"label": combos[i].tolist(), "count": int(counts[i])} for i in order],
+            "source_format": self.source_format,
+            "source_options": dict(parse_spec(self.cache.spec).options),
+            "train_images": len(self.rows),
+        }
+
+
+def _has_no_finding(classes: list[str], pos: np.ndarray) -> bool:
+    """The data has a 'no finding' notion when images without any positive label exist (and no class is
+    already called that, as in CheXpert)."""
+    return NO_FINDING.lower() not in {c.lower() for c in classes} and bool((~pos.any(axis=1)).any())
+
+
+def _slug(name: str, index: int) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return f"{index:02d}-{slug or 'class'}"
+
+
+def cache_dir_for(cfg: TrainConfig, out_dir: Path) -> Path:
+    """Where a spec is prepared: one folder per (spec, size, split seed) under `cfg.cache` or RUN/../."""
+    root = Path(cfg.cache) if cfg.cache else out_dir.absolute().parent / ".medsyn-cache"
+    spec = parse_spec(cfg.data)
+    key = hashlib.sha256(f"{spec}|{cfg.size}|{cfg.split_seed}".encode()).hexdigest()[:12]
+    return root / f"{spec.kind}-{cfg.size}px-{key}"
+
+
+def open_train_data(cfg: TrainConfig, out_dir: Path, info: DistInfo, quiet: bool) -> TrainData:
+    """Open (or prepare, on rank 0 first) the cache, check its size and select the configured classes."""
+    path = Path(cfg.data)
+    if (path / "meta.json").is_file():
+        cache = PreparedDataset(path)
+    else:
+        target = cache_dir_for(cfg, out_dir)
+        if info.main:
+            prepare(cfg.data, cfg.size, target, seed=cfg.split_seed, quiet=quiet)
+        barrier(info)
+        cache = PreparedDataset(target)
+    if cache.size != cfg.size:
+        raise DataError(f"{cache.path}: cache holds {cache.size} px images but the run asks for size {cfg.size}")
+    table = cache.index[cache.index["split"] == "train"]
+    if table.empty:
+        raise DataError(f"{cache.path}: the cache has no 'train' split images")
+    classes = list(cache.classes)
+    if cfg.classes:
+        table, classes = select_classes(table, classes, list(cfg.classes))
+    labels = np.full((len(cache), len(classes)), np.nan, dtype=np.float32)
+    rows = table["row"].to_numpy(dtype=np.int64)
+    labels[rows] = table[classes].to_numpy(dtype=np.float32)
+    return TrainData(cache, classes, rows, labels)
+
+
+class ShardedBatches(Sampler[list[int]]):
+    """Endless batches of positions into a dataset of `n` items, starting after `start` items.
+
+    Epoch e is the `DistributedSampler` permutation for (seed, e), sharded by rank; epochs are concatenated,
+    so the stream depends only on (n, seed, rank, world) and a resumed run continues it exactly.
+    """
+
+    def __init__(self, n: int, batch: int, info: DistInfo, seed: int, start: int = 0) -> None:
+        self.n, self.batch, self.info, self.seed, self.start = n, batch, info, seed, start
+        self._shards = DistributedSampler(
+            range(n), num_replicas=info.world, rank=info.rank, shuffle=True, seed=seed, drop_last=False
+        )
+
+    def _positions(self) -> Iterator[int]:
+        per_epoch = len(self._shards)
+        epoch, skip = divmod(self.start, per_epoch)
+        while True:
+            self._shards.set_epoch(epoch)
+            yield from list(self._shards)[skip:]
+            epoch, skip = epoch + 1, 0
+
+    def __iter__(self) -> Iterator[list[int]]:
+        positions = self._positions()
+        while True:
+            yield [next(positions) for _ in range(self.batch)]
+
+
+def make_loader(
+    data: TrainData,
+    rows: np.ndarray,
+    batch: int,
+    info: DistInfo,
+    seed: int,
+    start: int,
+    workers: int,
+    pin_memory: bool,
+) -> DataLoader:
+    """DataLoader over the memory-mapped cache: uint8 images and float labels (converted on the device)."""
+    if len(rows) == 0:
+        raise DataError(f"{data.cache.path}: no training images for this group")
+    dataset = CachedImages(data.cache.path, rows, data.labels)
+    return DataLoader(
+        dataset,
+        batch_sampler=ShardedBatches(len(rows), batch, info, seed, start),
+        num_workers=workers,
+        pin_memory=pin_memory,
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+        # a private generator: creating the iterator must not draw from the global RNG (exact resume)
+        generator=torch.Generator().manual_seed(seed),
+    )

@@ -1,0 +1,130 @@
+"""Generation: label recipes, source-format label files read back by medsyn's own adapters, export, reruns."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import typer
+from PIL import Image
+from typer.testing import CliRunner
+
+from medsyn.cli.train import register
+from medsyn.data import open_dataset
+from medsyn.data.adapters.chexpert import CHEXPERT_CLASSES
+from medsyn.data.cache import prepare
+from medsyn.errors import CheckpointError, ConfigError
+from medsyn.generate import export, generate
+from medsyn.generate.layout import Layout
+from medsyn.models import load_generator
+from medsyn.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A conditional (cgan) and a per-class (dcgan) run on a tiny phantom cache."""
+    tmp = tmp_path_factory.mktemp("runs")
+    cache = prepare("phantom?n=64&seed=0", 16, tmp / "cache", quiet=True).path
+    common = dict(data=str(cache), size=16, steps=2, batch=8, width=8, device="cpu", sample_every=100)
+    return {
+        "cgan": train(TrainConfig(model="cgan", **common), tmp / "cgan", quiet=True),
+        "dcgan": train(TrainConfig(model="dcgan", classes=["Effusion"], **common), tmp / "dcgan", quiet=True),
+    }
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_distribution_set_reads_back_and_reruns_identically(tmp_path: Path, runs: dict[str, Path]) -> None:
+    out = generate(runs["cgan"], 40, tmp_path / "syn", seed=3, quiet=True)
+    src = open_dataset(f"csv:{out / 'labels.csv'}")  # the csv: adapter reads what generate writes
+    assert len(src) == 40 and src.classes == json.loads((runs["cgan"] / "run.json").read_text())["labels"]["classes"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (
+        manifest["images"] == 40
+        and manifest["mode"] == "distribution"
+        and len(manifest["generators"][0]["sha256"]) == 64
+    )
+    counts = src.table[src.classes].sum().to_dict()
+    assert all(manifest["counts"][c] == counts[c] for c in src.classes)
+    png = Image.open(out / "images" / "0000000.png")
+    assert png.size == (16, 16) and png.mode == "L" and not png.info  # no text chunks, no metadata
+    again = generate(runs["cgan"], 40, tmp_path / "again", seed=3, quiet=True)
+    assert files(out) == files(again)  # no timestamps anywhere: reruns are byte-identical
+
+
+def test_per_class_and_balance_counts(tmp_path: Path, runs: dict[str, Path]) -> None:
+    groups = json.loads((runs["cgan"] / "run.json").read_text())["groups"]
+    per = json.loads(
+        (generate(runs["cgan"], None, tmp_path / "per", per_class=3, quiet=True) / "manifest.json").read_text()
+    )
+    assert set(per["counts"].values()) == {3} and set(per["counts"]) == {g["name"] for g in groups}
+    bal = json.loads(
+        (generate(runs["cgan"], None, tmp_path / "bal", balance=True, quiet=True) / "manifest.json").read_text()
+    )
+    largest = max(g["count"] for g in groups)
+    assert bal["images"] == sum(largest - g["count"] for g in groups)
+    with pytest.raises(ConfigError, match="exactly one"):
+        generate(runs["cgan"], 5, tmp_path / "x", per_class=2)
+
+
+def test_per_class_run_and_export_give_the_same_images(tmp_path: Path, runs: dict[str, Path]) -> None:
+    direct = generate(runs["dcgan"], None, tmp_path / "direct", per_class=4, quiet=True)
+    assert json.loads((direct / "manifest.json").read_text())["counts"] == {"Effusion": 4, "No Finding": 4}
+    shared = export(runs["dcgan"], tmp_path / "export")
+    assert not list(shared.rglob("*.pt")) and len(list(shared.rglob("generator.safetensors"))) == 2
+    via_export = generate(shared, None, tmp_path / "via", per_class=4, quiet=True)
+    assert {k: v for k, v in files(direct).items() if k.endswith(".png")} == {
+        k: v for k, v in files(via_export).items() if k.endswith(".png")
+    }
+    with pytest.raises(CheckpointError, match="not a medsyn run"):
+        generate(tmp_path, 4, tmp_path / "nothing")
+
+
+def _write_set(layout: Layout, out: Path, labels: np.ndarray) -> None:
+    paths = layout.image_paths(labels)
+    for p in paths:
+        (out / p).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("L", (16, 16)).save(out / p)
+    layout.write_labels(out, out.name, paths, labels)
+
+
+def test_nih_chexpert_and_folder_layouts_read_back(tmp_path: Path) -> None:
+    nih = ["Atelectasis", "Effusion", "Nodule"]
+    labels = np.array([[1, 0, 1], [0, 0, 0], [0, 1, 0]], dtype=np.uint8)
+    _write_set(Layout.for_source("nih", nih, {}), tmp_path / "nih", labels)
+    src = open_dataset(f"nih:{tmp_path / 'nih'}")
+    assert src.table[nih].to_numpy().tolist() == labels.tolist()
+    assert src.table["patient_id"].nunique() == 3  # one synthetic patient per image
+    entry = (tmp_path / "nih" / "Data_Entry_2017.csv").read_text()
+    assert "Atelectasis|Nodule" in entry and "No Finding" in entry
+
+    chex = ["Cardiomegaly", "Pleural Effusion"]
+    labels = np.array([[1, 0], [0, 1], [1, 1]], dtype=np.uint8)
+    _write_set(Layout.for_source("chexpert", chex, {"view": "frontal"}), tmp_path / "CheXpert-synth", labels)
+    src = open_dataset(f"chexpert:{tmp_path / 'CheXpert-synth'}")
+    assert len(src) == 3 and src.table[chex].to_numpy().tolist() == labels.tolist()
+    assert set(CHEXPERT_CLASSES) - set(chex) <= set(src.classes)
+
+    classes = ["normal", "pneumonia"]
+    labels = np.array([[1, 0], [0, 1], [0, 1]], dtype=np.uint8)
+    _write_set(Layout.for_source("folder", classes, {}), tmp_path / "folder", labels)
+    src = open_dataset(f"folder:{tmp_path / 'folder'}")
+    assert src.classes == classes and src.table[classes].sum().tolist() == [1, 2]
+
+
+def test_cli_generate_and_export(tmp_path: Path, runs: dict[str, Path]) -> None:
+    app = typer.Typer()
+    register(app)
+    app.callback()(lambda: None)
+    runner = CliRunner()
+    res = runner.invoke(app, ["generate", str(runs["cgan"]), "--n", "6", "--out", str(tmp_path / "syn"), "--quiet"])
+    assert res.exit_code == 0 and len(list((tmp_path / "syn" / "images").iterdir())) == 6
+    res = runner.invoke(app, ["export", str(runs["cgan"]), "--out", str(tmp_path / "exp")])
+    assert res.exit_code == 0 and (tmp_path / "exp" / "generator.safetensors").is_file()
+    assert load_generator(tmp_path / "exp").z_dim == 100  # the models package reads it without pickle
+    bad = runner.invoke(app, ["generate", str(tmp_path / "exp"), "--out", str(tmp_path / "x")])
+    assert isinstance(bad.exception, ConfigError)

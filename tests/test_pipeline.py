@@ -1,0 +1,232 @@
+"""`medsyn evaluate` end to end on the phantom, and the synthetic-set loader.
+
+The decisive test: a "synthetic" set of slightly perturbed copies of TRAINING images must be flagged by
+every privacy check (DCR, membership inference, re-identification), while independent phantom images of
+patients nobody trained on must not be. Models are tiny (1 epoch) so the file stays within a minute.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import typer
+import yaml
+from PIL import Image
+from typer.testing import CliRunner
+
+from medsyn.cli.evaluate import register
+from medsyn.data.cache import PreparedDataset, prepare
+from medsyn.data.phantom import PHANTOM_CLASSES, render_phantom
+from medsyn.errors import ConfigError, DataError
+from medsyn.evaluate.pipeline import evaluate, open_real, summary_rows
+from medsyn.evaluate.synthetic import align_labels, load_synthetic, open_synthetic
+from medsyn.generate.layout import Layout
+
+SIZE = 32
+TINY = {
+    "classifier": {"epochs": 1, "batch_size": 32},
+    "utility": {"n_bootstrap": 50},
+    "reid": {"epochs": 1, "steps_per_epoch": 12},
+    "kid_subsets": 20,
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models on a shared machine: one thread is faster
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory) -> PreparedDataset:
+    return prepare("phantom?n=480", SIZE, tmp_path_factory.mktemp("real") / "cache", quiet=True)
+
+
+def _save(folder: Path, paths: list[str], images: np.ndarray) -> None:
+    for rel, img in zip(paths, images, strict=True):
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img[0]).save(folder / rel)
+
+
+def write_generated(folder: Path, images: np.ndarray, labels: np.ndarray, train_config: dict) -> Path:
+    """A set laid out as `medsyn generate` writes it for an NIH-format run (labels file + manifest)."""
+    layout = Layout.for_source("nih", PHANTOM_CLASSES, {})
+    paths = layout.image_paths(labels)
+    _save(folder, paths, images)
+    layout.write_labels(folder, folder.name, paths, labels.astype(np.uint8))
+    manifest = {"format": "medsyn-synthetic", "layout": layout.kind, "labels_file": layout.labels_file,
+                "images": len(images), "model": "copies (test)", "seed": 0, "train_config": train_config}  # fmt: skip
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def copies(real, tmp_path_factory) -> dict:
+    """200 training images with +-3 grey levels of noise, evaluated through the Python API."""
+    rng = np.random.default_rng(0)
+    rows = np.sort(rng.choice(real.rows("train"), 200, replace=False))
+    noisy = np.asarray(real.images[rows]).astype(np.int16) + rng.integers(-3, 4, (len(rows), 1, SIZE, SIZE))
+    folder = write_generated(
+        tmp_path_factory.mktemp("syn") / "copies", np.clip(noisy, 0, 255).astype(np.uint8), real.labels[rows],
+        {"data": str(real.path), "size": SIZE, "split_seed": 0, "classes": None},
+    )  # fmt: skip
+    out = tmp_path_factory.mktemp("eval") / "copies"
+    return evaluate(real.path, folder, out, quick=True, device="cpu", settings=TINY, quiet=True)
+
+
+@pytest.fixture(scope="module")
+def independent(real, tmp_path_factory) -> tuple[dict, str, Path]:
+    """Phantom images of unseen patients, rendered at 40 px, in the folder layout, through the CLI."""
+    batch = render_phantom(250, 40, seed=0, start=100_000)
+    folder = tmp_path_factory.mktemp("syn") / "independent"
+    layout = Layout.for_source("folder", PHANTOM_CLASSES, {})
+    paths = layout.image_paths(batch.labels.astype(np.uint8))
+    _save(folder, paths, np.round(batch.images * 255).astype(np.uint8))
+    out = tmp_path_factory.mktemp("eval") / "independent"
+    settings = out.parent / "settings.yaml"
+    settings.write_text(yaml.safe_dump(TINY))
+    app = typer.Typer()
+    register(app)
+    args = ["--real", str(real.path), "--synthetic", f"folder:{folder}", "--out", str(out), "--quick",
+            "--device", "cpu", "--settings", str(settings), "--no-real-images", "--quiet"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return json.loads((out / "metrics.json").read_text()), result.output, out
+
+
+def _levels(metrics: dict) -> dict[str, str]:
+    return {c["check"].split(" (")[0] + (" feature" if "smallcnn" in c["check"] else ""): c["level"]
+            for c in metrics["privacy"]["checks"]}  # fmt: skip
+
+
+def test_copies_of_training_images_fail_every_privacy_check(copies):
+    levels = _levels(copies)
+    assert levels == {"dcr": "fail", "dcr feature": "fail", "membership inference": "fail", "re-identification": "fail"}
+    p = copies["privacy"]
+    assert p["dcr"]["pixel"]["fraction_below_p1"] > 0.9
+    assert p["membership_inference"]["pixel"]["auroc"] > 0.65
+    assert p["reidentification"]["matching"]["gallery_calibrated"]["0.05"]["synthetic"]["fraction"] > 0.9
+    assert copies["verdicts"]["private"]["level"] == "fail"
+
+
+def test_independent_unseen_patients_pass_privacy(independent):
+    metrics, _, _ = independent
+    levels = _levels(metrics)
+    assert "fail" not in levels.values(), metrics["privacy"]["checks"]
+    assert levels["membership inference"] == "pass"
+    p = metrics["privacy"]
+    assert p["dcr"]["pixel"]["fraction_below_p1"] < 0.05
+    assert abs(p["membership_inference"]["pixel"]["auroc"] - 0.5) < 0.1
+    assert p["reidentification"]["matching"]["gallery_calibrated"]["0.05"]["synthetic"]["fraction"] < 0.15
+
+
+def test_metrics_json_has_every_section_and_the_fid_metadata(copies, real):
+    for key in ("utility", "fidelity", "privacy", "verdicts", "data", "settings", "timings"):
+        assert key in copies
+    assert set(copies["verdicts"]) == {"useful", "realistic", "private"}
+    u = copies["utility"]
+    assert {"trtr", "tstr", "augmented", "ratio", "augmentation_gain"} <= set(u)
+    assert all("ci_low" in u["tstr"]["classes"][c] for c in PHANTOM_CLASSES)
+    fid = copies["fidelity"]["fid"]
+    assert fid["backbone"].startswith("smallcnn") and "trained here on the real training split" in fid["implementation"]
+    assert fid["n_real"] == len(real.rows("val")) + len(real.rows("test")) and fid["n_synthetic"] == 200
+    assert fid["baseline"]["n"] > 0 and fid["baseline"]["real_vs_real"] > 0
+    assert {"kid", "kid_std"} <= set(copies["fidelity"]["kid"]) and copies["fidelity"]["prdc"]["k"] == 5
+    assert len(copies["fidelity"]["per_class_fid"]) == len(PHANTOM_CLASSES)
+    assert copies["fidelity"]["intensity"]["symmetric_kl"] < 0.05
+    data = copies["data"]
+    assert data["synthetic"]["kind"] == "medsyn-generate" and data["synthetic"]["images"] == 200
+    assert data["notes"] == [] and data["real"]["label_policy"]
+    # the NIH layout has 14 classes; the 9 the phantom lacks have no positives and are ignored silently
+    assert data["classes"] == PHANTOM_CLASSES
+    stages = " ".join(copies["timings"])
+    for stage in ("utility", "features", "FID", "KID", "PRDC", "DCR", "membership", "re-identification"):
+        assert stage in stages
+
+
+def test_report_is_self_contained_and_states_verdicts(copies, independent):
+    page = Path(copies["report"]).read_text()
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page, re.I)
+    assert "<script" not in page.lower() and "<link" not in page.lower()
+    for text in ("Useful?", "Realistic?", "Private?", "FAIL", "How the verdicts are decided", "held-out 1st percentile"):
+        assert text in page
+    assert page.count("data:image/png;base64,") >= 6
+    assert "This report shows real training images" in page
+    metrics, output, out = independent
+    shared = (out / "report.html").read_text()
+    assert "the report was made without real images" in shared
+    assert "resized to 32 px" in " ".join(metrics["data"]["notes"])  # rendered at 40 px
+    assert "Private?" in output and "report:" in output
+    rows = summary_rows(metrics)
+    assert [r[0] for r in rows] == ["Useful?", "Realistic?", "Private?"]
+
+
+# ------------------------------------------------------------------------------------------- bad inputs
+
+
+def test_bad_inputs_fail_early_with_one_line(real, tmp_path):
+    imgs = np.zeros((30, 1, SIZE, SIZE), np.uint8)
+    labels = np.zeros((30, 2), np.float32)
+    labels[:5, 1] = 1
+    weights = tmp_path / "other.pt"
+    torch.save({"conv.weight": torch.zeros(2, 1, 3, 3)}, weights)
+    cases = [
+        ((imgs, labels, ["Cardiomegaly", "Fracture"]), {}, DataError, "Fracture .5 images. are not in the real set"),
+        ((imgs[:5], labels[:5], ["Cardiomegaly", "Effusion"]), {}, DataError, "needs at least 20"),
+        (tmp_path / "missing", {}, DataError, "not found"),
+        ((imgs, labels, ["Cardiomegaly", "Effusion"]), {"size": 64}, ConfigError, "holds 32 px"),
+        ((imgs, labels, ["Cardiomegaly", "Effusion"]), {"settings": {"epochs": 3}}, ConfigError, "unknown evaluation"),
+        ((imgs, labels, ["Cardiomegaly", "Effusion"]), {"classes": ["Hernia"]}, ConfigError, "not in the real set"),
+        ((imgs, labels, ["Cardiomegaly", "Effusion"]), {"device": "tpu"}, ConfigError, "--device"),
+        ((imgs, labels, ["Cardiomegaly", "Effusion"]), {"feature_weights": weights}, ConfigError, "not an Inception"),
+        ((imgs, labels, ["Cardiomegaly", "Effusion"]), {"feature_weights": tmp_path / "no.pt"}, ConfigError,
+         "never downloads"),
+    ]
+    for synthetic, kwargs, error, message in cases:
+        with pytest.raises(error, match=message) as info:
+            evaluate(real.path, synthetic, tmp_path / "out", quick=True, quiet=True, **kwargs)
+        assert "\n" not in str(info.value)
+    nan = np.full((25, 1, SIZE, SIZE), np.nan, np.float32)
+    with pytest.raises(DataError, match="NaN"):
+        load_synthetic((nan, np.zeros((25, 1)), ["Nodule"]), PHANTOM_CLASSES, SIZE, 1, quiet=True)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="not a synthetic set"):
+        open_synthetic(tmp_path / "empty")
+
+
+def test_loader_resizes_converts_and_aligns_with_notes():
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 255, (24, 3, 48, 40), dtype=np.uint8)
+    labels = np.zeros((24, 2), np.float32)
+    labels[::3, 0] = 1
+    syn = load_synthetic((rgb, labels, ["nodule", "Mass"]), PHANTOM_CLASSES, SIZE, 1, quiet=True)
+    assert syn.images.shape == (24, 1, SIZE, SIZE) and syn.images.dtype == np.uint8
+    notes = " ".join(syn.notes)
+    assert "converted to grey" in notes and "resized to 32 px" in notes and "ignored: Mass" in notes
+    assert "no labels for Cardiomegaly" in notes
+    nodule = PHANTOM_CLASSES.index("Nodule")
+    assert (syn.labels[:, nodule] == labels[:, 0]).all() and np.isnan(syn.labels[:, 0]).all()
+
+
+def test_align_labels_folder_combinations_and_no_finding():
+    folders = ["Cardiomegaly", "Cardiomegaly+Effusion", "No Finding"]
+    onehot = np.eye(3, dtype=np.float32)
+    out, notes = align_labels(folders, onehot, ["Cardiomegaly", "Effusion", "Nodule"], exclusive=True)
+    np.testing.assert_array_equal(out, [[1, 0, 0], [1, 1, 0], [0, 0, 0]])
+    assert any("Nodule" in n and "negatives" in n for n in notes)
+
+
+def test_open_real_notes_when_the_generator_used_other_data(real, tmp_path):
+    tc = {"data": "phantom?n=999", "split_seed": 3, "size": 64}
+    ds, notes = open_real(str(real.path), None, None, tc, lambda: SIZE, tmp_path, True)
+    assert ds.size == SIZE and len(notes) == 3
+    assert "not the ones the generator saw" in notes[0] and "seed 0" in notes[1] and "64 px" in notes[2]
+    same = {"data": "phantom?n=480", "split_seed": 0, "size": SIZE}
+    assert open_real(str(real.path), None, None, same, lambda: SIZE, tmp_path, True)[1] == []

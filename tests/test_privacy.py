@@ -1,0 +1,207 @@
+"""Nearest-neighbour search against sklearn/brute force, and the privacy checks on phantom-like images."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+from sklearn.neighbors import NearestNeighbors
+
+from conftest import SHARED_DATA, needs_data
+from medsyn.errors import ConfigError, DataError
+from medsyn.evaluate import neighbors
+from medsyn.evaluate.features import FeatureSpace, PixelFeatures
+from medsyn.evaluate.neighbors import ball_counts, knn
+from medsyn.evaluate.privacy import (
+    dcr_verdict,
+    distance_to_closest_record,
+    membership_inference,
+    mia_verdict,
+)
+
+SPACE = FeatureSpace("test-features", "random arrays")
+
+
+def _brute(q: np.ndarray, r: np.ndarray) -> np.ndarray:
+    return np.sqrt(((q[:, None, :] - r[None, :, :]) ** 2).sum(-1))
+
+
+# ----------------------------------------------------------------------------------------- neighbours
+
+
+@pytest.mark.parametrize("block_bytes", [4 * 37 * 53, neighbors.DEFAULT_BLOCK_BYTES])
+def test_knn_equals_sklearn(block_bytes: int) -> None:
+    rng = np.random.default_rng(0)
+    q, r = rng.normal(size=(150, 24)), rng.normal(size=(230, 24))
+    got = knn(q, r, k=5, block_bytes=block_bytes)
+    dist, idx = NearestNeighbors(n_neighbors=5, algorithm="brute").fit(r).kneighbors(q)
+    np.testing.assert_array_equal(got.indices, idx)
+    np.testing.assert_allclose(got.distances, dist, rtol=1e-12, atol=1e-12)
+    # Leave-one-out within one set, as sklearn's kneighbors() without a query.
+    got = knn(r, r, k=3, exclude_self=True, block_bytes=block_bytes)
+    dist, idx = NearestNeighbors(n_neighbors=3, algorithm="brute").fit(r).kneighbors()
+    np.testing.assert_array_equal(got.indices, idx)
+    np.testing.assert_allclose(got.distances, dist, rtol=1e-12, atol=1e-12)
+
+
+def test_knn_exact_far_from_origin_and_for_duplicates() -> None:
+    rng = np.random.default_rng(1)
+    r = rng.normal(size=(200, 16)) + 1e4  # large offset: the GEMM trick alone would cancel badly
+    q = np.concatenate([r[:20], r[20:40] + 1e-6])  # exact copies and near-copies
+    got = knn(q, r, k=2)
+    ref = _brute(q, r)
+    np.testing.assert_array_equal(got.distances[:20, 0], 0.0)
+    np.testing.assert_array_equal(got.indices[:, 0], np.arange(40))
+    np.testing.assert_allclose(got.distances, np.sort(ref, axis=1)[:, :2], rtol=1e-9, atol=1e-12)
+
+
+def test_knn_near_ties_fall_back_to_float64(monkeypatch: pytest.MonkeyPatch) -> None:
+    # References on a sphere around each query, radii differing by 1e-9: float32 cannot order them.
+    rng = np.random.default_rng(2)
+    dirs = rng.normal(size=(300, 8))
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    r = dirs * (1 + 1e-9 * rng.permutation(300))[:, None]
+    q = np.zeros((3, 8))
+    dtypes = []
+    original = neighbors._candidates
+    monkeypatch.setattr(neighbors, "_candidates", lambda space, *a: dtypes.append(space.dtype) or original(space, *a))
+    got = knn(q, r, k=3)
+    assert neighbors.torch.float64 in dtypes
+    np.testing.assert_array_equal(got.indices, np.argsort(_brute(q, r), axis=1)[:, :3])
+
+
+def test_ball_counts_equal_brute_force() -> None:
+    rng = np.random.default_rng(3)
+    p, c = rng.normal(size=(120, 10)), rng.normal(size=(90, 10))
+    radii = rng.uniform(2.0, 4.0, size=90)
+    d = _brute(p, c)
+    radii[:5] = d[0, :5]  # exact ties: strict '<' must exclude them
+    got = ball_counts(p, c, radii, block_bytes=4 * 17 * 23)
+    inside = d < radii[None, :]
+    np.testing.assert_array_equal(got.counts, inside.sum(1))
+    np.testing.assert_array_equal(got.covered, inside.any(0))
+
+
+def test_neighbour_input_errors() -> None:
+    with pytest.raises(DataError, match="dimensions differ"):
+        knn(np.zeros((3, 4)), np.zeros((3, 5)))
+    with pytest.raises(DataError, match="NaN/inf"):
+        knn(np.full((3, 4), np.nan), np.zeros((3, 4)))
+    with pytest.raises(DataError, match="at least 4 references"):
+        knn(np.zeros((3, 4)), np.zeros((3, 4)), k=3, exclude_self=True)
+    with pytest.raises(ConfigError, match="same array"):
+        knn(np.zeros((3, 4)), np.zeros((5, 4)), exclude_self=True)
+
+
+# --------------------------------------------------------------------------------------------- privacy
+
+
+def _phantoms(n: int, seed: int, size: int = 16) -> np.ndarray:
+    """Chest-radiograph-like phantoms (N, 1, size, size) in [0, 1]: lungs, heart, gradient, texture."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.meshgrid(np.linspace(-1, 1, size), np.linspace(-1, 1, size), indexing="ij")
+    img = np.broadcast_to(0.65 + 0.1 * yy, (n, size, size)).copy()
+    for side in (-1, 1):
+        cx = side * 0.45 + rng.normal(0, 0.05, (n, 1, 1))
+        ax, ay = rng.uniform(0.25, 0.35, (n, 1, 1)), rng.uniform(0.5, 0.7, (n, 1, 1))
+        img -= 0.35 * (((xx - cx) / ax) ** 2 + (yy / ay) ** 2 < 1)
+    heart = rng.uniform(0.2, 0.3, (n, 1, 1))
+    img += 0.2 * ((xx - 0.1) ** 2 + (yy - 0.3) ** 2 < heart**2)
+    img += rng.normal(0, 0.04, img.shape)
+    return np.clip(img, 0, 1)[:, None].astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def phantom_sets() -> dict[str, np.ndarray]:
+    pix = PixelFeatures(size=16)
+    train, holdout = _phantoms(300, 0), _phantoms(200, 1)
+    rng = np.random.default_rng(9)
+    copies = np.clip(train + rng.normal(0, 0.01, train.shape), 0, 1).astype(np.float32)
+    return {
+        "train": pix(train),
+        "holdout": pix(holdout),
+        "copies": pix(copies),
+        "exact": pix(train[:50]),
+        "independent": pix(_phantoms(300, 2)),
+    }
+
+
+def test_dcr_flags_perturbed_copies(phantom_sets: dict[str, np.ndarray]) -> None:
+    s = phantom_sets
+    res = distance_to_closest_record(s["copies"], s["train"], s["holdout"], PixelFeatures(size=16), n_closest=5)
+    assert res.fraction_below_p1 > 0.9 and res.pvalue_p1 < 1e-6 and res.n_identical == 0
+    assert res.space == "pixels16" and res.n_train == 300 and res.n_holdout == 200
+    # Each perturbed copy's nearest training image is its source.
+    np.testing.assert_array_equal(res.synthetic_nearest, np.arange(300))
+    assert [c["train_index"] for c in res.closest] == [c["synthetic_index"] for c in res.closest]
+    assert res.closest[0]["distance"] == res.synthetic_distances.min()
+    assert dcr_verdict(res).level == "fail"
+    json.dumps(res.to_dict(), allow_nan=False)
+    assert "synthetic_distances" not in res.to_dict() and len(res.to_dict(arrays=True)["holdout_distances"]) == 200
+
+    exact = distance_to_closest_record(s["exact"], s["train"], s["holdout"], SPACE)
+    assert exact.n_identical == 50 and "identical" in dcr_verdict(exact).reason
+
+
+def test_dcr_passes_independent_samples(phantom_sets: dict[str, np.ndarray]) -> None:
+    s = phantom_sets
+    res = distance_to_closest_record(s["independent"], s["train"], s["holdout"], SPACE)
+    assert res.fraction_below_p1 < 0.04 and res.fraction_below_p5 < 0.12
+    assert res.median_synthetic == pytest.approx(res.median_holdout, rel=0.1)
+    assert dcr_verdict(res).level == "pass"
+
+
+def test_membership_inference_copies_vs_independent(phantom_sets: dict[str, np.ndarray]) -> None:
+    s = phantom_sets
+    leaky = membership_inference(s["copies"], s["train"], s["holdout"], SPACE, n_bootstrap=200)
+    assert leaky.auroc > 0.99 and leaky.ci_low > 0.95 and leaky.tpr_at_1pct_fpr > 0.9
+    assert mia_verdict(leaky).level == "fail"
+
+    ids_m, ids_n = np.arange(300) // 3, 1000 + np.arange(200) // 2  # several images per patient
+    safe = membership_inference(
+        s["independent"],
+        s["train"],
+        s["holdout"],
+        SPACE,
+        member_ids=ids_m,
+        non_member_ids=ids_n,
+        n_bootstrap=300,
+    )
+    assert safe.resampling == "patients" and 0.4 < safe.auroc < 0.6
+    assert safe.ci_low < 0.5 < safe.ci_high and mia_verdict(safe).level == "pass"
+    # The point estimate is sklearn's AUROC on -distance.
+    y = np.r_[np.ones(300), np.zeros(200)]
+    score = -np.r_[safe.member_distances, safe.non_member_distances]
+    assert safe.auroc == roc_auc_score(y, score)
+
+
+def test_privacy_input_errors(phantom_sets: dict[str, np.ndarray]) -> None:
+    s = phantom_sets
+    with pytest.raises(DataError, match="at least 20 held-out"):
+        distance_to_closest_record(s["copies"], s["train"], s["holdout"][:5], SPACE)
+    bad = s["copies"].copy()
+    bad[3, 0] = np.inf
+    with pytest.raises(DataError, match="synthetic features: 1 NaN/inf"):
+        distance_to_closest_record(bad, s["train"], s["holdout"], SPACE)
+    with pytest.raises(DataError, match="dimensions differ"):
+        membership_inference(s["copies"], s["train"][:, :10], s["holdout"], SPACE)
+    with pytest.raises(DataError, match="at least 10 non_members"):
+        membership_inference(s["copies"], s["train"], s["holdout"][:4], SPACE)
+    with pytest.raises(DataError, match="patient ids"):
+        membership_inference(s["copies"], s["train"], s["holdout"], SPACE, member_ids=[1, 2], non_member_ids=[3])
+
+
+@needs_data("pneumoniamnist")
+def test_real_radiographs_copies_flagged_unseen_patients_not() -> None:
+    data = np.load(SHARED_DATA / "pneumoniamnist" / "pneumoniamnist.npz")
+    train = data["train_images"][:1500, None]
+    test = data["test_images"][:, None]  # official test split: other patients
+    pix = PixelFeatures(size=28)
+    f_train, f_unseen, f_holdout = pix(train), pix(test[:300]), pix(test[300:])
+    rng = np.random.default_rng(0)
+    copies = np.clip(train[:300] / 255 + rng.normal(0, 0.02, (300, 1, 28, 28)), 0, 1).astype(np.float32)
+    leaky = distance_to_closest_record(pix(copies), f_train, f_holdout, pix)
+    unseen = distance_to_closest_record(f_unseen, f_train, f_holdout, pix)
+    assert dcr_verdict(leaky).level == "fail" and dcr_verdict(unseen).level == "pass"
