@@ -13,6 +13,7 @@ from rich.console import Console
 
 from medsyn import __version__
 from medsyn.cli import data as data_cli
+from medsyn.cli import demo as demo_cli
 from medsyn.cli import evaluate as evaluate_cli
 from medsyn.cli import train as train_cli
 from medsyn.errors import MedsynError
@@ -27,6 +28,7 @@ app = typer.Typer(
 data_cli.register(app)
 train_cli.register(app)
 evaluate_cli.register(app)
+demo_cli.register(app)
 
 
 def _version(value: bool) -> None:

@@ -30,6 +30,19 @@ def _read_settings(path: Path | None) -> dict[str, Any] | None:
     return data
 
 
+def print_summary(metrics: dict[str, Any], out: Path, title: str) -> None:
+    """The closing table: one row per question (useful, realistic, private) with its verdict."""
+    table = Table(title=title, show_lines=False)
+    table.add_column("question")
+    table.add_column("verdict")
+    table.add_column("key numbers")
+    for question, level, numbers in summary_rows(metrics):
+        table.add_row(question, f"[{STYLE[level]}]{TEXT[level]}[/]", numbers)
+    console.print(table)
+    console.print(f"report: {metrics['report']}")
+    console.print(f"metrics: {out / 'metrics.json'}")
+
+
 def register(app: typer.Typer) -> None:
     @app.command("evaluate")
     def evaluate_cmd(
@@ -67,12 +80,4 @@ def register(app: typer.Typer) -> None:
             classes=[c.strip() for c in classes.split(",") if c.strip()] if classes else None, cache=cache,
             real_images=not no_real_images, settings=_read_settings(settings), quiet=quiet,
         )  # fmt: skip
-        table = Table(title="medsyn evaluate", show_lines=False)
-        table.add_column("question")
-        table.add_column("verdict")
-        table.add_column("key numbers")
-        for question, level, numbers in summary_rows(metrics):
-            table.add_row(question, f"[{STYLE[level]}]{TEXT[level]}[/]", numbers)
-        console.print(table)
-        console.print(f"report: {metrics['report']}")
-        console.print(f"metrics: {out / 'metrics.json'}")
+        print_summary(metrics, out, "medsyn evaluate")
