@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from medsyn.cli.evaluate import console, print_summary
+from medsyn.cli.evaluate import print_summary
 from medsyn.demo import run_demo
 
 
@@ -20,7 +20,9 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Option("cgan", help="dcgan | cgan | acgan | stylegan2."),
         steps: int = typer.Option(1500, help="Training steps."),
         width: int = typer.Option(32, help="Model width."),
-        full: bool = typer.Option(False, "--full", help="Full evaluation (DenseNet121, several seeds) instead of --quick."),
+        full: bool = typer.Option(
+            False, "--full", help="Full evaluation (DenseNet121, several seeds) instead of --quick."
+        ),
         seed: int = typer.Option(0, help="Seed for training, generation and evaluation."),
         device: str = typer.Option("auto", help="auto | cpu | cuda."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),

@@ -47,10 +47,13 @@ def register(app: typer.Typer) -> None:
     @app.command("evaluate")
     def evaluate_cmd(
         real: str = typer.Option(
-            ..., "--real", help="Real data: a dataset spec (nih:/data/cxr14, phantom?n=2000) or a prepared cache folder."
+            ...,
+            "--real",
+            help="Real data: a dataset spec (nih:/data/cxr14, phantom?n=2000) or a prepared cache folder.",
         ),
         synthetic: str = typer.Option(
-            ..., "--synthetic",
+            ...,
+            "--synthetic",
             help="Synthetic set: a 'medsyn generate' folder, a folder with labels.csv, or a spec (folder:DIR, csv:FILE).",
         ),  # fmt: skip
         out: Path = typer.Option(..., "--out", "-o", help="Folder for metrics.json and report.html."),
@@ -58,9 +61,10 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, help="Seed of every classifier, bootstrap and subsample."),
         device: str = typer.Option("auto", help="auto | cpu | cuda."),
         features: Path = typer.Option(
-            None, "--features",
+            None,
+            "--features",
             help="Local TorchXRayVision DenseNet121 or pytorch-fid Inception-v3 weights for fidelity features "
-                 "(default: a classifier trained on the real training split).",
+            "(default: a classifier trained on the real training split).",
         ),  # fmt: skip
         size: int = typer.Option(None, help="Image size in px when --real is a spec (default: the generator's)."),
         classes: str = typer.Option(None, help="Comma-separated subset of the real classes to evaluate."),
@@ -69,7 +73,8 @@ def register(app: typer.Typer) -> None:
             False, "--no-real-images", help="Leave real images out of the report, so it can be shared on its own."
         ),
         settings: Path = typer.Option(
-            None, "--settings",
+            None,
+            "--settings",
             help="YAML overrides of the evaluation settings, e.g. {classifier: {epochs: 10}, reid: {epochs: 5}}.",
         ),  # fmt: skip
         quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
