@@ -17,10 +17,10 @@ from medsyn.train import TrainConfig, train
 
 def run_demo(
     out: str | Path = "medsyn-demo",
-    data: str = "phantom?n=2000",
+    data: str = "phantom?n=4000",
     size: int = 32,
     model: str = "cgan",
-    steps: int = 1500,
+    steps: int = 5000,
     width: int = 32,
     quick: bool = True,
     seed: int = 0,

@@ -15,10 +15,10 @@ def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo_cmd(
         out: Path = typer.Option(Path("medsyn-demo"), "--out", help="Folder for cache, run, synthetic set, report."),
-        data: str = typer.Option("phantom?n=2000", "--data", help="Dataset spec (default: the built-in phantom)."),
+        data: str = typer.Option("phantom?n=4000", "--data", help="Dataset spec (default: the built-in phantom)."),
         size: int = typer.Option(32, help="Image size in px."),
         model: str = typer.Option("cgan", help="dcgan | cgan | acgan | stylegan2."),
-        steps: int = typer.Option(1500, help="Training steps."),
+        steps: int = typer.Option(5000, help="Training steps."),
         width: int = typer.Option(32, help="Model width."),
         full: bool = typer.Option(
             False, "--full", help="Full evaluation (DenseNet121, several seeds) instead of --quick."
