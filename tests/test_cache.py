@@ -112,3 +112,16 @@ def test_covid_cache_keeps_masks_and_aspect(tmp_path):
     assert ds.masks[has].reshape(has.sum(), -1).max(axis=1).min() == 1
     assert ds.masks[~has].max() == 0
     assert ds.meta["source_info"]["rows_todo_left_out"] == 78
+
+
+def test_atomic_files_get_normal_permissions(tmp_path):
+    import os
+
+    from medsyn.io import write_text_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_text_atomic(tmp_path / "report.html", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "report.html").stat().st_mode & 0o777 == 0o644
