@@ -82,6 +82,8 @@ def test_cap_per_class_limits_train_only():
     capped = cap_per_class(t, ["A", "B"], cap=10, seed=0)
     train = capped[capped["split"] == "train"]
     assert (train["B"] == 1).sum() <= 10 + (train["A"] == 1).sum()
+    # the rarer class B is filled first, up to the cap (or all it has in train)
+    assert (train["B"] == 1).sum() >= min(10, ((t["split"] == "train") & (t["B"] == 1)).sum())
     assert 10 <= (train["A"] == 1).sum() <= 20
     assert ((train[["A", "B"]] == 0).all(axis=1)).sum() <= 10
     assert (capped["split"] == "test").sum() == (t["split"] == "test").sum()

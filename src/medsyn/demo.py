@@ -34,8 +34,9 @@ def run_demo(
         data=data, model=model, size=size, steps=steps, width=width, seed=seed, device=device,
         cache=str(out / "cache"), sample_every=max(1, steps // 5), ckpt_every=max(1, steps // 10),
     )  # fmt: skip
-    resume = (run_dir / "run.json").is_file()  # a rerun continues (or finds finished) the same run
-    train(None if resume else cfg, run_dir, resume=resume, quiet=quiet)
+    # A rerun continues the same run (or finds it finished); a longer --steps extends it, and any other
+    # change of settings is refused by the trainer with a one-line error.
+    train(cfg, run_dir, resume=(run_dir / "run.json").is_file(), quiet=quiet)
     synthetic = out / "synthetic"
     if not (synthetic / "manifest.json").is_file():
         generate(run_dir, None, synthetic, balance=True, seed=seed, device=device, quiet=quiet)

@@ -21,8 +21,7 @@ def load_image(path: str | Path, channels: int = 1) -> np.ndarray:
     if not path.is_file():
         raise DataError(f"{path}: image file not found")
     if path.suffix.lower() in (".dcm", ".dicom"):
-        gray = load_dicom(path)
-        return np.repeat(gray[None], channels, axis=0) if channels == 3 else gray[None]
+        return _planes(load_dicom(path), channels)
     try:
         with Image.open(path) as img:
             img.load()  # forces the full decode, so truncated files fail here and not later
@@ -31,17 +30,20 @@ def load_image(path: str | Path, channels: int = 1) -> np.ndarray:
         raise DataError(f"{path}: unreadable or corrupt image ({exc})") from None
 
 
+def _planes(gray: np.ndarray, channels: int) -> np.ndarray:
+    """(H, W) grey -> (C, H, W), repeating the plane for colour models."""
+    return np.repeat(gray[None], channels, axis=0) if channels == 3 else gray[None]
+
+
 def _pil_to_array(img: Image.Image, channels: int) -> np.ndarray:
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.float32)
         top = 65535.0 if arr.max(initial=0) <= 65535 else float(arr.max())
-        arr = np.clip(arr / top, 0, 1)
-        return np.repeat(arr[None], channels, axis=0) if channels == 3 else arr[None]
+        return _planes(np.clip(arr / top, 0, 1), channels)
     if img.mode == "F":
         arr = np.asarray(img, dtype=np.float32)
         lo, hi = float(arr.min()), float(arr.max())
-        arr = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
-        return np.repeat(arr[None], channels, axis=0) if channels == 3 else arr[None]
+        return _planes((arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr), channels)
     mode = "RGB" if channels == 3 else "L"
     arr = np.asarray(img.convert(mode), dtype=np.float32) / 255.0
     return arr.transpose(2, 0, 1).copy() if channels == 3 else arr[None]
