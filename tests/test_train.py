@@ -121,6 +121,33 @@ def test_resume_extends_a_finished_run(tmp_path: Path, cache: Path) -> None:
         train(tiny(cache), part)
 
 
+def test_time_limit_stops_with_a_checkpoint_and_counts_resumed_time(
+    tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fake clock advancing 1 s per step: a 3.5 s limit stops at the first log step past it (step 4 with
+    log_every=2), checkpointed; resuming with the same limit trains no further, a larger one continues."""
+    clock = {"t": 0.0}
+    real_step = Trainer.train_step
+
+    def one_second_step(self: Trainer, *a: object) -> dict:
+        clock["t"] += 1.0
+        return real_step(self, *a)
+
+    monkeypatch.setattr("medsyn.train.trainer.time.perf_counter", lambda: clock["t"])
+    monkeypatch.setattr(Trainer, "train_step", one_second_step)
+    cfg = tiny(cache, steps=100, log_every=2, ckpt_every=50)
+    run = train(cfg, tmp_path / "run", quiet=True, time_limit_s=3.5)
+    ck = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert ck["step"] == 4 and ck["train_seconds"] == pytest.approx(4.0)
+    train(None, run, resume=True, quiet=True, time_limit_s=3.5)
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 4
+    train(None, run, resume=True, quiet=True, time_limit_s=7.5)
+    ck = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert ck["step"] == 8 and ck["train_seconds"] == pytest.approx(8.0)
+    with pytest.raises(ConfigError, match="time limit"):
+        train(cfg, tmp_path / "bad", time_limit_s=0)
+
+
 def test_disk_full_keeps_last_good_checkpoint(tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     saves = {"n": 0}
     real_save = torch.save

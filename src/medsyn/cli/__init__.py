@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from medsyn import __version__
+from medsyn.cli import benchmark as benchmark_cli
 from medsyn.cli import data as data_cli
 from medsyn.cli import demo as demo_cli
 from medsyn.cli import evaluate as evaluate_cli
@@ -29,6 +30,7 @@ data_cli.register(app)
 train_cli.register(app)
 evaluate_cli.register(app)
 demo_cli.register(app)
+benchmark_cli.register(app)
 
 
 def _version(value: bool) -> None:

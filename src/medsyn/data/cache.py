@@ -269,6 +269,59 @@ def _compact(tmp: Path, images: np.memmap, masks: np.memmap | None, keep: np.nda
     return out[0], out[1]
 
 
+def subset(
+    ds: PreparedDataset, rows: np.ndarray, classes: list[str], out: str | os.PathLike[str], quiet: bool = True
+) -> PreparedDataset:
+    """A new cache with `rows` of `ds` (their splits kept) and the label columns `classes`.
+
+    For sweeps that vary the training set while the validation and test patients stay fixed: a fresh
+    `prepare` with other classes or caps would re-split the patients. A repeat with the same rows is a no-op.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    unknown = [c for c in classes if c not in ds.classes]
+    if unknown:
+        raise ConfigError(f"unknown class(es) {', '.join(unknown)}; {ds.path} has {', '.join(ds.classes)}")
+    if len(rows) == 0 or rows.min() < 0 or rows.max() >= len(ds):
+        raise ConfigError(f"subset of {ds.path}: rows must be non-empty and within 0..{len(ds) - 1}")
+    h = hashlib.blake2b(digest_size=8)
+    h.update(f"{ds.meta.get('content_hash')}|{'|'.join(classes)}|".encode())
+    h.update(rows.tobytes())
+    key = h.hexdigest()
+    out = Path(out)
+    if (out / "meta.json").is_file():
+        existing = PreparedDataset(out)
+        if existing.meta.get("settings_key") == key:
+            return existing
+        raise DataError(f"{out} holds another cache; choose another folder")
+    index = ds.index.iloc[rows][["source", "patient_id", "split", "has_mask", *classes]].reset_index(drop=True)
+    index.insert(0, "row", np.arange(len(index)))
+    with atomic_dir(out) as tmp:
+        files = [tmp / "images.npy", tmp / "index.csv"]
+        arrays = [("images", ds.images)] + ([("masks", ds.masks)] if ds.masks is not None else [])
+        for name, src in arrays:
+            dst = open_memmap(tmp / f"{name}.npy", mode="w+", dtype=np.uint8, shape=(len(rows), *src.shape[1:]))
+            with progress_bar(f"subset {name}", total=len(rows), quiet=quiet) as advance:
+                for start in range(0, len(rows), 4096):
+                    dst[start : start + 4096] = src[rows[start : start + 4096]]
+                    advance(len(rows[start : start + 4096]))
+            dst.flush()
+            del dst
+        if ds.masks is not None:
+            files.append(tmp / "masks.npy")
+        index.to_csv(tmp / "index.csv", index=False, float_format="%g")
+        meta = {
+            **ds.meta,
+            "classes": list(classes),
+            "counts": _counts(index, list(classes)),
+            "settings_key": key,
+            "derived_from": {"cache": str(ds.path), "content_hash": ds.meta.get("content_hash"), "rows": len(rows)},
+            "skipped": {"count": 0, "files": []},
+            "content_hash": _hash_files(*files),
+        }
+        write_json_atomic(tmp / "meta.json", meta)
+    return PreparedDataset(out)
+
+
 class PreparedDataset:
     """A prepared cache folder, opened read-only and memory-mapped."""
 

@@ -15,7 +15,7 @@ import copy
 import functools
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -171,6 +171,7 @@ class Trainer:
         self.ckpt_dir = out / "checkpoints"
         self.step = 0
         self.images_seen = 0
+        self.train_seconds = 0.0  # wall time spent in fit() over all sessions, for time-limited runs
         self.failures = 0
         self.sample_z = torch.randn(SAMPLE_COLUMNS, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed))
         seed_everything(derive_seed(cfg.seed, index, info.rank))  # each rank draws its own z / augmentation
@@ -278,6 +279,7 @@ class Trainer:
                 "group": self.groups[0].name if not self.conditional else None,
                 "step": self.step,
                 "images_seen": self.images_seen,
+                "train_seconds": self.train_seconds,
                 "G": self.G.state_dict(),
                 "D": self.D.state_dict(),
                 "G_ema": self.G_ema.state_dict(),
@@ -310,6 +312,7 @@ class Trainer:
             self.ada_acc.copy_(ck["ada_acc"])
             self.acc.copy_(ck["acc"])
             self.step, self.images_seen = int(ck["step"]), int(ck["images_seen"])
+            self.train_seconds = float(ck.get("train_seconds", 0.0))  # absent in checkpoints before 0.2
             rngs = ck["rng"]
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             why = " ".join(str(exc).split())[:200]
@@ -401,12 +404,25 @@ class Trainer:
         )
         return iter(loader)
 
-    def fit(self, resume: dict[str, Any] | None, show_progress: bool, label: str) -> None:
-        """Train to `cfg.steps`, from scratch or from the checkpoint `resume`."""
+    def _out_of_time(self, limit: float | None, since: float, base: float) -> bool:
+        """Whether the training time (all sessions) has reached `limit`; rank 0's clock decides for all
+        ranks, so they stop at the same step."""
+        if limit is None:
+            return False
+        self.train_seconds = base + time.perf_counter() - since
+        flag = torch.tensor([float(self.info.main and self.train_seconds >= limit)], device=self.rt.device)
+        return bool(all_reduce_sum(flag, self.info).item() > 0)
+
+    def fit(
+        self, resume: dict[str, Any] | None, show_progress: bool, label: str, time_limit_s: float | None = None
+    ) -> None:
+        """Train to `cfg.steps` (or until `time_limit_s` of training time, counted over resumed sessions
+        too), from scratch or from the checkpoint `resume`."""
         cfg, info = self.cfg, self.info
         per_step = cfg.batch * info.world
         if resume is not None:
             self.load_state(resume)
+        since, base = time.perf_counter(), self.train_seconds
         if info.main:
             self.log.truncate(self.step)
         if resume is None:
@@ -422,7 +438,8 @@ class Trainer:
                 self._accumulate(terms)
                 if self.ada is not None and self.step % ADA_INTERVAL == 0:
                     self._update_ada()
-                last = self.step == cfg.steps
+                out_of_time = self.step % cfg.log_every == 0 and self._out_of_time(time_limit_s, since, base)
+                last = self.step == cfg.steps or out_of_time
                 due_log = last or self.step % cfg.log_every == 0
                 due_ckpt = last or self.step % cfg.ckpt_every == 0
                 due_sample = last or self.step % cfg.sample_every == 0
@@ -451,10 +468,19 @@ class Trainer:
                 if due_sample and info.main:
                     self._save_samples()
                 if due_ckpt:
+                    self.train_seconds = base + time.perf_counter() - since
                     self._write_checkpoint()
                     self.failures = 0
                 bar.update(self.step)
                 mark_step, mark_time = self.step, time.perf_counter()
+                if out_of_time:
+                    break
+
+
+def training_done(state: Mapping[str, Any], steps: int, time_limit_s: float | None = None) -> bool:
+    """Whether a checkpoint has reached `steps`, or used up a time limit."""
+    spent = float(state.get("train_seconds", 0.0))
+    return int(state["step"]) >= steps or (time_limit_s is not None and spent >= time_limit_s)
 
 
 def _match_param_layout(opt: torch.optim.Optimizer) -> None:
@@ -488,12 +514,22 @@ def _session_config(cfg: TrainConfig | None, out: Path, resume: bool) -> TrainCo
     return cfg.resolved()
 
 
-def train(cfg: TrainConfig | None, out_dir: str | os.PathLike[str], resume: bool = False, quiet: bool = False) -> Path:
+def train(
+    cfg: TrainConfig | None,
+    out_dir: str | os.PathLike[str],
+    resume: bool = False,
+    quiet: bool = False,
+    time_limit_s: float | None = None,
+) -> Path:
     """Train a model into the run folder `out_dir`; `resume` continues a killed or finished run exactly.
 
     With `resume`, `cfg` may be None (use the run's config) or the run's config with a new schedule
     (`steps`, logging intervals) or hardware settings. Launch under torchrun for data-parallel training.
+    `time_limit_s` stops training (with a checkpoint) once that much training time has been spent, counted
+    over resumed sessions; per-class models share it equally. Checked every `log_every` steps.
     """
+    if time_limit_s is not None and not time_limit_s > 0:
+        raise ConfigError(f"time limit must be positive, got {time_limit_s}")
     out = Path(out_dir)
     cfg = _session_config(cfg, out, resume)
     info = init_distributed(wants_cuda(cfg.device))
@@ -530,15 +566,16 @@ def train(cfg: TrainConfig | None, out_dir: str | os.PathLike[str], resume: bool
             write_text_atomic(out / "config.yaml", cfg.to_yaml())
         barrier(info)
         plan = [(0, groups, out)] if conditional else [(i, [g], out / g.dir) for i, g in enumerate(groups)]
+        share = None if time_limit_s is None else time_limit_s / len(plan)
         for index, trained_groups, folder in plan:
             state = None
             if resume and (folder / "checkpoints").is_dir():
                 state = load_checkpoint(checkpoint_file(folder / "checkpoints"))
-                if int(state["step"]) >= cfg.steps:
+                if training_done(state, cfg.steps, share):
                     continue
             label = cfg.model if conditional else f"{cfg.model} {trained_groups[0].name}"
             trainer = Trainer(cfg, data, trained_groups, index, folder, rt, info)
-            trainer.fit(state, show_progress=info.main and not quiet, label=label)
+            trainer.fit(state, show_progress=info.main and not quiet, label=label, time_limit_s=share)
         barrier(info)  # no rank tears the process group down while another is still in a collective
     finally:
         shutdown(info)

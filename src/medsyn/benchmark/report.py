@@ -1,0 +1,114 @@
+"""The sweep's figure (sweep.png) and its one-page report (report.html, self-contained)."""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medsyn.io import atomic_path, write_text_atomic
+from medsyn.report.figures import SETTING_COLORS, SETTING_NAMES, encode, plt
+from medsyn.report.html import CSS
+
+AXIS = {"classes": "number of classes", "samples": "real training images per class (cap)"}
+
+
+def _errorbar(ax: Any, x: np.ndarray, y: np.ndarray, lo: np.ndarray, hi: np.ndarray, **kw: Any) -> None:
+    yerr = np.vstack([np.clip(y - lo, 0, None), np.clip(hi - y, 0, None)])
+    ax.errorbar(x, y, yerr=np.nan_to_num(yerr), marker="o", capsize=3, **kw)
+
+
+def sweep_figure(points: Sequence[Mapping[str, Any]], sweep: str) -> str:
+    """Left: mean AUROC of TRTR / TSTR / augmented per point; right: TSTR/TRTR ratios. 95% CIs as bars."""
+    x = np.array([p["point"] for p in points], dtype=float)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for setting in ("trtr", "tstr", "augmented"):
+        u = [p["utility"][setting] for p in points]
+        _errorbar(left, x, *(np.array([e[k] for e in u], float) for k in ("mean_auroc", "mean_ci_low", "mean_ci_high")),
+                  color=SETTING_COLORS[setting], label=SETTING_NAMES[setting])  # fmt: skip
+    left.axhline(0.5, color="grey", lw=0.8, ls=":")
+    left.set(ylabel="mean AUROC on real test patients", title="classifier performance")
+    spans = []
+    for key, label, color in (("tstr_over_trtr", "TSTR / TRTR", SETTING_COLORS["tstr"]),
+                              ("tstr_over_trtr_above_chance", "(TSTR-0.5) / (TRTR-0.5)", "#ff7f0e")):  # fmt: skip
+        r = [p["utility"]["ratio"][key] for p in points]
+        y, lo, hi = (np.array([e[k] for e in r], float) for k in ("value", "ci_low", "ci_high"))
+        _errorbar(right, x, y, lo, hi, color=color, label=label)
+        spans += [lo, hi]
+    finite = np.concatenate(spans)[np.isfinite(np.concatenate(spans))]
+    if finite.size:  # near-chance TRTR makes the above-chance CI huge: keep the readable range
+        right.set_ylim(max(-0.25, finite.min() - 0.05), min(2.0, max(1.05, finite.max() + 0.05)))
+    right.axhline(1.0, color="grey", lw=0.8, ls=":")
+    right.set(ylabel="synthetic / real", title="relative performance")
+    for ax in (left, right):
+        ax.set_xlabel(AXIS[sweep])
+        if sweep == "samples" and len(x) > 1 and x.max() / x.min() >= 4:
+            ax.set_xscale("log")
+        ax.set_xticks(x, [str(int(v)) for v in x])
+        ax.minorticks_off()
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return encode(fig)
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return "n/a" if not np.isfinite(v) else f"{v:.3f}"
+    return html.escape(str(v))
+
+
+def _ci(entry: Mapping[str, Any], point: str) -> str:
+    return f"{_cell(entry[point])} [{_cell(entry['ci_low'])}, {_cell(entry['ci_high'])}]"
+
+
+def write_sweep_report(summary: Mapping[str, Any], out: Path) -> None:
+    """sweep.png and report.html in `out`."""
+    cfg, points = summary["config"], summary["points"]
+    b64 = sweep_figure(points, cfg["sweep"])
+    with atomic_path(out / "sweep.png") as tmp:
+        tmp.write_bytes(base64.b64decode(b64))
+    head = ["point", "classes", "real train", "synthetic", "generator steps (s)", "TRTR AUROC [95% CI]",
+            "TSTR AUROC [95% CI]", "TSTR/TRTR [95% CI]", "above-chance ratio [95% CI]", "aug. gain"]  # fmt: skip
+    rows = []
+    for p in points:
+        u, g = p["utility"], p["generator"]
+        trtr = {"v": u["trtr"]["mean_auroc"], "ci_low": u["trtr"]["mean_ci_low"], "ci_high": u["trtr"]["mean_ci_high"]}
+        tstr = {"v": u["tstr"]["mean_auroc"], "ci_low": u["tstr"]["mean_ci_low"], "ci_high": u["tstr"]["mean_ci_high"]}
+        rows.append([
+            _cell(p["point"]), _cell(", ".join(p["classes"])), _cell(p["real_train_images"]),
+            _cell(p["synthetic_images"]), f"{g['steps']} ({g['train_s']:.0f} s, {g['stopped_by']})",
+            _ci(trtr, "v"), _ci(tstr, "v"), _ci(u["ratio"]["tstr_over_trtr"], "value"),
+            _ci(u["ratio"]["tstr_over_trtr_above_chance"], "value"), _cell(u["augmentation_gain"]["mean"]),
+        ])  # fmt: skip
+    table = "<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"
+    table += "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows) + "</table>"
+    clf = cfg["utility"]["classifier"]
+    settings = (
+        f"data <code>{html.escape(summary['data']['spec'])}</code> at {cfg['size']} px; generator {cfg['model']} "
+        f"(width {cfg['width']}, batch {cfg['batch']}, up to {cfg['steps']} steps"
+        + (f" or {cfg['budget_s']:.0f} s of training" if cfg.get("budget_s") else "")
+        + f" per point); classifier {clf['model']} (up to {clf['epochs']} epochs, early stopping on real val), "
+        f"seeds {cfg['utility']['seeds']}, {cfg['utility']['n_bootstrap']} patient-bootstrap replicates; "
+        f"medsyn {html.escape(summary['medsyn_version'])}."
+    )
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>medsyn sweep: {cfg["sweep"]}</title>
+<style>{CSS}</style></head><body><main>
+<h1>Benchmark sweep: {html.escape(AXIS[cfg["sweep"]])}</h1>
+<p>{settings}</p>
+<p>At every point the generator is trained on that point's real training images only, a synthetic set of the
+same size is drawn with their label distribution, and classifiers trained on real (TRTR), on synthetic (TSTR)
+and on both are tested on the same real test patients (the split is made once for the whole sweep). The ratio
+TSTR/TRTR is the share of real-data performance the synthetic set keeps; the above-chance ratio
+(TSTR-0.5)/(TRTR-0.5) does not credit chance-level AUROC. Intervals: 95% paired bootstrap over test patients.</p>
+<img src="data:image/png;base64,{b64}" alt="sweep" style="max-width:100%">
+{table}
+<p>Per-point details: <code>points/*/result.json</code> (counts, generator steps and time) and
+<code>points/*/utility.json</code> (per-class AUROC with CIs); the same rows as CSV: <code>results.csv</code>.</p>
+</main></body></html>
+"""
+    write_text_atomic(out / "report.html", page)

@@ -1,0 +1,134 @@
+"""`medsyn benchmark`: sweep planning (fixed test patients), derived caches, resume, CSV/report, CLI errors."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from medsyn.benchmark import SweepConfig, plan_points, run_sweep
+from medsyn.benchmark import sweep as sweep_mod
+from medsyn.cli.benchmark import parse_duration
+from medsyn.data.cache import PreparedDataset, prepare, subset
+from medsyn.errors import ConfigError, DataError
+
+QUICK = {"classifier": {"model": "smallcnn", "epochs": 1, "patience": 1, "batch_size": 32}, "n_bootstrap": 20}
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> PreparedDataset:
+    return prepare("phantom?n=600&seed=0", 16, tmp_path_factory.mktemp("sweep") / "cache", quiet=True)
+
+
+def tiny(base: PreparedDataset, **kw: object) -> SweepConfig:
+    args: dict = dict(data=str(base.path), size=16, steps=20, width=8, batch=16, device="cpu", utility=QUICK)
+    args.update(kw)
+    return SweepConfig(**args)
+
+
+def test_subset_keeps_splits_and_is_a_noop_when_repeated(base: PreparedDataset, tmp_path: Path) -> None:
+    rows = np.flatnonzero(base.labels[:, base.classes.index("Effusion")] == 1)
+    sub = subset(base, rows, ["Effusion", "Nodule"], tmp_path / "sub")
+    assert sub.classes == ["Effusion", "Nodule"] and len(sub) == len(rows)
+    assert np.array_equal(sub.images[:], base.images[rows])
+    assert list(sub.index["split"]) == list(base.index["split"].iloc[rows])
+    assert sub.meta["counts"]["train"]["positives"]["Effusion"] == int(
+        (base.index["split"].iloc[rows] == "train").sum()
+    )
+    assert subset(base, rows, ["Effusion", "Nodule"], tmp_path / "sub").meta == sub.meta  # no-op
+    with pytest.raises(DataError, match="another cache"):
+        subset(base, rows[:5], ["Effusion"], tmp_path / "sub")
+    with pytest.raises(ConfigError, match="unknown class"):
+        subset(base, rows, ["Atelectasis"], tmp_path / "other")
+
+
+def test_points_keep_the_test_patients_fixed(base: PreparedDataset) -> None:
+    test_ids = set(base.index.loc[base.index["split"] == "test", "patient_id"])
+    classes = plan_points(base, tiny(base, sweep="classes"))
+    assert [p.value for p in classes] == [2, 4, 5]  # default 2, 4, ... and all K
+    assert [len(p.classes) for p in classes] == [2, 4, 5] and classes[0].classes == classes[-1].classes[:2]
+    samples = plan_points(base, tiny(base, sweep="samples", points=[10, 40]))
+    for p in classes + samples:
+        part = base.index.iloc[p.rows]
+        assert set(part.loc[part["split"] == "test", "patient_id"]) <= test_ids
+    for p in samples:  # the test split is identical at every samples point; only train is capped
+        part = base.index.iloc[p.rows]
+        assert np.array_equal(np.sort(p.rows[part["split"].to_numpy() == "test"]), base.rows("test"))
+    small, large = (base.index.iloc[p.rows] for p in samples)
+    assert (small["split"] == "train").sum() < (large["split"] == "train").sum()
+    # the rarest class is filled up to the cap (all-negative images count as one more class)
+    assert (small.loc[small["split"] == "train", samples[0].classes].sum(axis=0)).min() >= 10
+
+
+def test_unscorable_or_too_few_classes_are_refused(base: PreparedDataset) -> None:
+    with pytest.raises(DataError, match="at least 2 classes"):
+        plan_points(base, tiny(base, sweep="classes", classes=["Effusion"]))
+    with pytest.raises(ConfigError, match="only 5 can be scored"):
+        plan_points(base, tiny(base, sweep="classes", points=[2, 6]))
+    with pytest.raises(DataError, match="fewer than 500"):
+        plan_points(
+            base, tiny(base, sweep="samples", classes=["Effusion"], utility={**QUICK, "min_test_positives": 500})
+        )
+    with pytest.raises(ConfigError, match="--sweep"):
+        tiny(base, sweep="resolution")
+    with pytest.raises(ConfigError, match="--budget"):
+        tiny(base, budget_s=0)
+
+
+def test_killed_sweep_resumes_and_writes_csv_and_report(
+    base: PreparedDataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = tiny(base, sweep="samples", points=[10, 30])
+    real_point = sweep_mod.run_point
+    calls: list[int] = []
+
+    def killed_on_second(point, *a, **k):  # type: ignore[no-untyped-def]
+        calls.append(point.value)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_point(point, *a, **k)
+
+    monkeypatch.setattr(sweep_mod, "run_point", killed_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(cfg, tmp_path / "sw", quiet=True)
+    assert (tmp_path / "sw/points/samples-00010/result.json").is_file()
+    assert not (tmp_path / "sw/points/samples-00030/result.json").exists()
+    monkeypatch.setattr(
+        sweep_mod, "run_point", lambda point, *a, **k: (calls.append(point.value), real_point(point, *a, **k))[1]
+    )
+    summary = run_sweep(cfg, tmp_path / "sw", quiet=True)
+    assert calls == [10, 30, 30]  # the finished point was not run again
+    rows = list(csv.DictReader((tmp_path / "sw/results.csv").read_text().splitlines()))
+    assert [int(r["point"]) for r in rows] == [10, 30]
+    for r, p in zip(rows, summary["points"], strict=True):
+        u = p["utility"]
+        assert float(r["ratio"]) == pytest.approx(u["tstr"]["mean_auroc"] / u["trtr"]["mean_auroc"], abs=1e-4)
+        assert int(r["synthetic_images"]) == int(r["real_train_images"]) == p["real_train_images"]
+        assert p["generator"]["steps"] == 20 and p["generator"]["stopped_by"] == "steps"
+    html = (tmp_path / "sw/report.html").read_text()
+    assert "data:image/png;base64," in html and "TSTR/TRTR" in html
+    assert (tmp_path / "sw/sweep.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ConfigError, match="other settings"):
+        run_sweep(tiny(base, sweep="samples", points=[10, 30], steps=25), tmp_path / "sw", quiet=True)
+
+
+def test_budget_stops_generator_training(base: PreparedDataset, tmp_path: Path) -> None:
+    summary = run_sweep(
+        tiny(base, sweep="classes", points=[2], steps=100_000, budget_s=0.5), tmp_path / "b", quiet=True
+    )
+    g = summary["points"][0]["generator"]
+    assert g["stopped_by"] == "budget" and 0 < g["steps"] < 100_000 and g["train_s"] >= 0.5
+
+
+def test_cli_errors_are_one_line(tmp_path: Path) -> None:
+    assert parse_duration("5m") == 300 and parse_duration("90") == 90 and parse_duration("1.5h") == 5400
+    with pytest.raises(ConfigError, match="duration"):
+        parse_duration("soon")
+    r = run_cli("benchmark", "--data", "phantom?n=60", "--sweep", "pixels", "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and "--sweep must be one of" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("benchmark", "--data", "phantom?n=60", "--sweep", "samples", "--out", str(tmp_path / "x"),
+                "--budget", "soon")  # fmt: skip
+    assert r.returncode == 2 and "--budget must be" in r.stderr
