@@ -16,7 +16,7 @@ from medsyn.data import open_dataset
 from medsyn.data.adapters.chexpert import CHEXPERT_CLASSES
 from medsyn.data.cache import prepare
 from medsyn.errors import CheckpointError, ConfigError
-from medsyn.generate import export, generate
+from medsyn.generate import export, generate, make_plan
 from medsyn.generate.layout import Layout
 from medsyn.models import load_generator
 from medsyn.train import TrainConfig, train
@@ -128,3 +128,19 @@ def test_cli_generate_and_export(tmp_path: Path, runs: dict[str, Path]) -> None:
     assert load_generator(tmp_path / "exp").z_dim == 100  # the models package reads it without pickle
     bad = runner.invoke(app, ["generate", str(tmp_path / "exp"), "--out", str(tmp_path / "x")])
     assert isinstance(bad.exception, ConfigError)
+
+
+def test_distribution_plan_has_the_exact_training_composition() -> None:
+    """n = the training set's size gives exactly its label combinations (largest remainder, no draw noise)."""
+    meta = {"conditional": True, "groups": [{"name": "A", "label": [1, 0], "count": 7}],
+            "labels": {"combos": [{"label": [1, 0], "count": 7}, {"label": [0, 1], "count": 2},
+                                  {"label": [1, 1], "count": 1}, {"label": [0, 0], "count": 10}]}}  # fmt: skip
+    plan = make_plan(meta, 20, None, False, seed=3)
+    combos, counts = np.unique(plan.labels, axis=0, return_counts=True)
+    assert dict(zip(map(tuple, combos.tolist()), counts.tolist(), strict=True)) == {
+        (0, 0): 10, (0, 1): 2, (1, 0): 7, (1, 1): 1}  # fmt: skip
+    assert np.bincount(make_plan(meta, 7, None, False, seed=3).labels.sum(axis=1)).tolist() == [
+        4,
+        3,
+    ]  # 2.45/0.7/0.35/3.5 -> 2/1/0/4
+    assert not np.array_equal(plan.labels, make_plan(meta, 20, None, False, seed=4).labels)  # seeded order

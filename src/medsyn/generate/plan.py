@@ -1,6 +1,7 @@
 """Which label vector each synthetic image gets, decided before any image is drawn.
 
-Three recipes: the training label distribution (multi-hot combinations as they occur, the default),
+Three recipes: the training label distribution (multi-hot combinations in their exact training
+proportions, the default),
 K images per label group (`per_class`), or topping every group up to the largest group's count
 (`balance`, the class-balancing augmentation recipe). Groups are the classes plus 'No Finding' where
 the data has images without any positive label.
@@ -58,15 +59,23 @@ def make_plan(meta: dict[str, Any], n: int | None, per_class: int | None, balanc
             raise ConfigError("--balance: the label groups are already balanced; nothing to generate")
     else:
         assert n is not None
-        rng = np.random.default_rng(seed)
         mode = "distribution"
-        if conditional:  # draw whole multi-hot combinations with their training frequency
+        if conditional:  # whole multi-hot combinations in their training proportions, in a seeded order
+            rng = np.random.default_rng(seed)
             combos = meta["labels"]["combos"]
-            weights = np.array([c["count"] for c in combos], dtype=np.float64)
-            drawn = rng.choice(len(combos), size=n, p=weights / weights.sum())
             vectors = np.array([c["label"] for c in combos], dtype=np.uint8).reshape(len(combos), -1)
+            drawn = rng.permutation(np.repeat(np.arange(len(combos)), _apportion([c["count"] for c in combos], n)))
             return Plan(vectors[drawn], np.zeros(n, dtype=np.int64), mode)
-        weights = np.array([g["count"] for g in groups], dtype=np.float64)
-        pick = np.sort(rng.choice(len(groups), size=n, p=weights / weights.sum()), kind="stable")
+        pick = np.repeat(np.arange(len(groups)), _apportion([g["count"] for g in groups], n))
     generator = np.zeros(len(pick), dtype=np.int64) if conditional else pick
     return Plan(labels[pick], generator, mode)
+
+
+def _apportion(counts: list[int], n: int) -> np.ndarray:
+    """`n` split in proportion to `counts` (largest remainder, ties to the earlier entry): a synthetic set of
+    the training set's size has exactly its composition, without the noise of a multinomial draw."""
+    w = np.asarray(counts, dtype=np.float64)
+    exact = n * w / w.sum()
+    out = np.floor(exact).astype(np.int64)
+    out[np.argsort(-(exact - out), kind="stable")[: n - int(out.sum())]] += 1
+    return out
