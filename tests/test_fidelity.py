@@ -26,6 +26,7 @@ from medsyn.evaluate.features import (
     TorchXRayVisionFeatures,
 )
 from medsyn.evaluate.fidelity import (
+    _real_halves,
     compute_fid,
     compute_kid,
     compute_prdc,
@@ -97,12 +98,55 @@ def test_fid_baseline_same_n_and_disjoint_real_halves() -> None:
     good = compute_fid(real, syn_good, SPACE, baseline_repeats=2)
     bad = compute_fid(real, syn_bad, SPACE, baseline_repeats=2)
     assert good.baseline is not None and good.baseline.n == 200 and good.baseline.repeats == 2
+    assert good.baseline.split == "by image" and good.baseline.n_requested == 200
     # Same distribution: the synthetic FID at n is within noise of the real-vs-real floor; shifted is not.
     assert good.baseline.synthetic_vs_real < 3 * good.baseline.real_vs_real + 0.1
     assert bad.baseline.synthetic_vs_real > 10 * bad.baseline.real_vs_real
     small = compute_fid(_gauss(15, 4, 1), _gauss(15, 4, 2), SPACE)
     assert small.baseline is None and any("baseline skipped" in n for n in small.notes)
     json.dumps(good.to_dict(), allow_nan=False)
+
+
+def _patients(n_patients: int, per: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`per` near-duplicate images (tiny noise around a patient centre) per patient, and the patient ids."""
+    rng = np.random.default_rng(seed)
+    ids = np.repeat(np.arange(n_patients), per)
+    return rng.normal(size=(n_patients, 4))[ids] + 0.05 * rng.normal(size=(len(ids), 4)), ids
+
+
+def test_fid_baseline_by_patient_keeps_patients_on_one_side() -> None:
+    real, ids = _patients(60, 5, 0)
+    syn = _gauss(150, 4, 1)  # independent draws from the patient-centre distribution
+    by_image = compute_fid(real, syn, SPACE).baseline
+    by_patient = compute_fid(real, syn, SPACE, real_groups=ids).baseline
+    assert by_image is not None and by_patient is not None
+    assert (by_image.split, by_image.n_patients) == ("by image", None) and "both sides" in by_image.note
+    assert by_patient.split == "by patient" and by_patient.n == by_patient.n_requested == 150
+    assert by_patient.n_patients == 60
+    # A patient on both sides pairs near-duplicates across the halves: the by-image floor is far too low.
+    assert by_patient.real_vs_real > 3 * by_image.real_vs_real
+    # So a generator as good as new patients looks worse than real under the by-image floor, not by patient.
+    q_image, q_patient = (b.synthetic_vs_real / b.real_vs_real for b in (by_image, by_patient))
+    assert q_patient < 1 < q_image
+    for seed in range(20):  # uneven patients, ids not 0..P-1: never a patient on both sides, always n per side
+        rng = np.random.default_rng(seed)
+        codes = np.unique(rng.integers(0, rng.integers(2, 40), size=rng.integers(20, 200)), return_inverse=True)[1]
+        n, halves = _real_halves(len(codes), codes, len(codes) // 2, 3, rng)
+        for a, b in halves:
+            assert len(a) == len(b) == n and not set(codes[a]) & set(codes[b])
+    json.dumps(compute_fid(real, syn, SPACE, real_groups=ids.astype(str)).to_dict(), allow_nan=False)
+
+
+def test_fid_baseline_by_patient_fallback_is_recorded() -> None:
+    real, syn = _gauss(100, 4, 0), _gauss(50, 4, 1)
+    one_big = np.r_[np.zeros(70, int), 1 + np.arange(30)]  # 70 images of one patient: no 50 / 50 split
+    base = compute_fid(real, syn, SPACE, real_groups=one_big).baseline
+    assert base is not None and 10 <= base.n <= 30 and base.n_requested == 50
+    assert "n reduced from 50" in base.note and "largest with 70 of 100" in base.note
+    res = compute_fid(real, syn, SPACE, real_groups=np.r_[np.zeros(95, int), 1 + np.arange(5)])
+    assert res.baseline is None and any(n.startswith("baseline skipped: at most") for n in res.notes)
+    with pytest.raises(DataError, match=r"FID real_groups: patient ids must have shape \(100,\)"):
+        compute_fid(real, syn, SPACE, real_groups=one_big[:99])
 
 
 def test_fid_errors_name_the_problem() -> None:
@@ -197,6 +241,12 @@ def test_per_class_fid_groups_by_label_and_skips_small_classes() -> None:
     assert c.result is None and c.n_real == 0
     ids = per_class_fid(real, rl[:, 0] * 0 + (np.arange(300) % 2), syn, np.arange(300) % 2, SPACE, ["x", "y"])
     assert [r.n_real for r in ids] == [150, 150]
+    # Patient ids are indexed per class: class a (rows 0-149) holds patients 0-49 of 100.
+    grouped = per_class_fid(real, rl, syn, sl, SPACE, ["a", "b", "c"], real_groups=np.arange(300) // 3)
+    base = grouped[0].result.baseline  # type: ignore[union-attr]
+    assert base is not None and (base.split, base.n_patients, base.n) == ("by patient", 50, 75)
+    with pytest.raises(DataError, match="per-class FID real_groups"):
+        per_class_fid(real, rl, syn, sl, SPACE, ["a", "b", "c"], real_groups=np.arange(5))
     json.dumps([r.to_dict() for r in res], allow_nan=False)
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
 import pytest
+from scipy.stats import betabinom
 from sklearn.metrics import roc_auc_score
 from sklearn.neighbors import NearestNeighbors
 
@@ -15,10 +17,12 @@ from medsyn.evaluate import neighbors
 from medsyn.evaluate.features import FeatureSpace, PixelFeatures
 from medsyn.evaluate.neighbors import ball_counts, knn
 from medsyn.evaluate.privacy import (
+    DCR_TEST,
     dcr_verdict,
     distance_to_closest_record,
     membership_inference,
     mia_verdict,
+    precedence_test,
 )
 
 SPACE = FeatureSpace("test-features", "random arrays")
@@ -143,6 +147,11 @@ def test_dcr_flags_perturbed_copies(phantom_sets: dict[str, np.ndarray]) -> None
 
     exact = distance_to_closest_record(s["exact"], s["train"], s["holdout"], SPACE)
     assert exact.n_identical == 50 and "identical" in dcr_verdict(exact).reason
+    # Still caught with a small held-out set, and when only 10% of the synthetic images are copies.
+    small = distance_to_closest_record(s["copies"], s["train"], s["holdout"][:100], SPACE)
+    assert small.pvalue_p1 < 1e-6 and dcr_verdict(small).level == "fail"
+    mixed = np.concatenate([s["independent"][:270], s["copies"][:30]])
+    assert dcr_verdict(distance_to_closest_record(mixed, s["train"], s["holdout"][:100], SPACE)).level == "fail"
 
 
 def test_dcr_passes_independent_samples(phantom_sets: dict[str, np.ndarray]) -> None:
@@ -151,6 +160,42 @@ def test_dcr_passes_independent_samples(phantom_sets: dict[str, np.ndarray]) -> 
     assert res.fraction_below_p1 < 0.04 and res.fraction_below_p5 < 0.12
     assert res.median_synthetic == pytest.approx(res.median_holdout, rel=0.1)
     assert dcr_verdict(res).level == "pass"
+    # The recorded test: name, statistic (counts below), p-values, both sample sizes.
+    assert res.test == DCR_TEST and (res.n_synthetic, res.n_holdout) == (300, 200)
+    assert res.count_below_p1 == round(300 * res.fraction_below_p1) and res.expected_p1 == 3 / 201
+    assert res.pvalue_p1 == betabinom.sf(res.count_below_p1 - 1, 300, 3, 198)
+
+
+def test_precedence_null_law_is_exact() -> None:
+    # All C(10, 4) interleavings of 4 synthetic and 6 held-out values are equally likely without copying:
+    # X = synthetic values before the j-th held-out one follows BetaBinomial(4, j, 7 - j).
+    n, m = 4, 6
+    for j in (1, 2, 3):
+        counts = np.zeros(n + 1)
+        for syn_pos in itertools.combinations(range(n + m), n):
+            held = [i for i in range(n + m) if i not in syn_pos]
+            counts[sum(p < held[j - 1] for p in syn_pos)] += 1
+        np.testing.assert_allclose(counts / counts.sum(), betabinom.pmf(range(n + 1), n, j, m + 1 - j), rtol=1e-12)
+    # The interpolated 1st percentile of 100 lies between the 1st and 2nd smallest: j = 2, expected 2/101.
+    assert precedence_test(0, 500, 100, 1) == (1.0, 2 / 101)
+    # Calibrated at any held-out size: P(p < 0.05) <= 0.05 on copy-free draws (uniform DCRs).
+    rng = np.random.default_rng(0)
+    for m in (20, 100, 333):
+        ho, sy = rng.random((1000, m)), rng.random((1000, 400))
+        below = (sy < np.percentile(ho, 1, axis=1)[:, None]).sum(1)
+        assert np.mean([precedence_test(int(b), 400, m, 1)[0] < 0.05 for b in below]) <= 0.055
+
+
+def test_dcr_small_holdout_no_false_alarms() -> None:
+    # Synthetic drawn like held-out, 100 held-out images: the old binomial test against a nominal 1% warned
+    # or failed in 17 of these 50 draws (25 of 50 with 1000 synthetic images); the precedence test keeps
+    # false alarms near its 5% level.
+    levels = []
+    for seed in range(50):
+        rng = np.random.default_rng(seed)
+        train, held, syn = rng.normal(size=(100, 4)), rng.normal(size=(100, 4)), rng.normal(size=(200, 4))
+        levels.append(dcr_verdict(distance_to_closest_record(syn, train, held, SPACE)).level)
+    assert levels.count("pass") >= 45  # 48 here; FAIL needs p < 0.01, so about 1 in 100 copy-free draws
 
 
 def test_membership_inference_copies_vs_independent(phantom_sets: dict[str, np.ndarray]) -> None:

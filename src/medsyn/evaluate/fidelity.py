@@ -8,6 +8,8 @@ comparable at the same backbone and the same N.
 * FID (Heusel et al. 2017), float64, `scipy.linalg.sqrtm` with pytorch-fid's eps-offset fallback.
   FID is biased upward at small N, so `compute_fid` also gives a real-vs-real baseline at the same N
   (disjoint real subsets) and the synthetic FID against the same real subsets: the fair comparison.
+  With patient ids the real subsets hold whole patients: images of one patient are near-duplicates, so
+  a patient on both sides makes the baseline optimistic (too low) and flatters the synthetic set.
 * KID (Binkowski et al. 2018): unbiased MMD^2 with the cubic polynomial kernel
   k(x, y) = (x.y / D + 1)^3 over random subsets, mean and std (as clean-fid / torch-fidelity).
 * Precision, recall, density, coverage (Naeem et al. 2020), k = 5; equal to the `prdc` package on
@@ -29,7 +31,7 @@ import torch
 from medsyn.errors import ConfigError, DataError
 from medsyn.evaluate.features import FeatureExtractor, FeatureSpace
 from medsyn.evaluate.neighbors import as_feature_sets, ball_counts, knn
-from medsyn.evaluate.utility import as_unit_tensor, batches, check_images
+from medsyn.evaluate.utility import as_unit_tensor, batches, check_images, check_patient_ids
 
 MIN_FID_IMAGES = 10
 """Fewest images per set for an FID: below this the covariance estimate is meaningless."""
@@ -115,7 +117,9 @@ class FIDBaseline(Result):
     """FIDs at n images per side over `repeats` random draws (mean and std).
 
     real_vs_real: between two disjoint real subsets (the floor a perfect generator would reach at this
-    n); synthetic_vs_real: between the first of those subsets and n synthetic images.
+    n); synthetic_vs_real: between the first of those subsets and n synthetic images. split: "by patient"
+    (each patient's images on one side only) or "by image" (a patient may straddle both sides, which
+    lowers real_vs_real). n is below n_requested when whole patients cannot fill two halves; note says so.
     """
 
     n: int
@@ -124,6 +128,10 @@ class FIDBaseline(Result):
     real_vs_real_std: float
     synthetic_vs_real: float
     synthetic_vs_real_std: float
+    split: str
+    n_requested: int
+    n_patients: int | None
+    note: str
 
 
 @dataclass
@@ -138,6 +146,35 @@ class FIDResult(Result):
     notes: list[str] = field(default_factory=list)
 
 
+def _real_halves(
+    n_real: int, codes: np.ndarray | None, n: int, repeats: int, rng: np.random.Generator
+) -> tuple[int, list[tuple[np.ndarray, np.ndarray]]]:
+    """Per repeat, two disjoint sets of real rows A, B, and the common size (at most n) they reach.
+
+    codes None: a random permutation of images, A and B its first two blocks of n. codes (patient code
+    per row): patients in random order (images in random order within a patient); A takes images from
+    the first patients until it has n (the last patient's other images are dropped), B likewise from the
+    next patients, so no patient is on both sides. A permutation supports n <= max_k min(C_k, T - C_k)
+    (C_k: images in its first k patients, T: all images); n shrinks to the least over the repeats so
+    that every repeat has the same n.
+    """
+    drawn = []
+    for _ in range(repeats):
+        order = rng.permutation(n_real)
+        ends = np.arange(1, n_real + 1)  # C_k: where each unit's block ends (by image: every row)
+        if codes is not None:
+            rank = rng.permutation(int(codes.max()) + 1)
+            order = order[np.argsort(rank[codes[order]], kind="stable")]
+            ends = np.r_[np.flatnonzero(np.diff(codes[order]) != 0) + 1, n_real]
+            n = min(n, int(np.minimum(ends, n_real - ends).max()))
+        drawn.append((order, ends))
+    halves = []
+    for order, ends in drawn:
+        start_b = int(ends[np.searchsorted(ends, n)])  # where A's last unit ends: B starts there
+        halves.append((order[:n], order[start_b : start_b + n]))
+    return n, halves
+
+
 def compute_fid(
     real: np.ndarray | torch.Tensor,
     synthetic: np.ndarray | torch.Tensor,
@@ -145,19 +182,23 @@ def compute_fid(
     *,
     baseline: bool = True,
     baseline_repeats: int = 3,
+    real_groups: np.ndarray | None = None,
     seed: int = 0,
     eps: float = 1e-6,
 ) -> FIDResult:
     """FID between all real and all synthetic features, with the same-N real-vs-real baseline.
 
     Baseline: n = min(N_synthetic, N_real // 2); per repeat, two disjoint random real subsets A, B of
-    n images and n random synthetic images S; reports FID(A, B) and FID(A, S). Skipped (with a note)
-    when the real set has fewer than 2 * MIN_FID_IMAGES images.
+    n images and n random synthetic images S; reports FID(A, B) and FID(A, S). `real_groups` (patient
+    id per real row) splits by patient (see `_real_halves`; n may shrink, which the baseline records);
+    without it images are split at random. Skipped (with a note) when fewer than MIN_FID_IMAGES per
+    side are possible.
     """
     meta = FeatureSpace.of(space)
     if baseline_repeats < 1:
         raise ConfigError(f"FID: baseline_repeats must be >= 1, got {baseline_repeats}")
     r, s = as_feature_sets("FID", MIN_FID_IMAGES, real=real, synthetic=synthetic)
+    ids = check_patient_ids(real_groups, len(r), "FID real_groups:")
     value, offset = _frechet(*feature_stats(r), *feature_stats(s), eps=eps)
     notes = []
     if offset:
@@ -168,20 +209,35 @@ def compute_fid(
             "compare only with the same-N baseline"
         )
     base = None
-    n = min(len(s), len(r) // 2)
-    if baseline and n < MIN_FID_IMAGES:
+    n_req = min(len(s), len(r) // 2)
+    if baseline and n_req < MIN_FID_IMAGES:
         notes.append(f"baseline skipped: needs at least {2 * MIN_FID_IMAGES} real images, got {len(r)}")
     elif baseline:
         rng = np.random.default_rng(seed)
-        rr, sr = [], []
-        for _ in range(baseline_repeats):
-            perm = rng.permutation(len(r))
-            a = feature_stats(r[perm[:n]])
-            rr.append(_frechet(*a, *feature_stats(r[perm[n : 2 * n]]), eps=eps)[0])
-            sr.append(_frechet(*a, *feature_stats(s[rng.choice(len(s), n, replace=False)]), eps=eps)[0])
-        base = FIDBaseline(
-            n, baseline_repeats, float(np.mean(rr)), float(np.std(rr)), float(np.mean(sr)), float(np.std(sr))
-        )
+        codes = None if ids is None else np.unique(ids, return_inverse=True)[1]
+        n, halves = _real_halves(len(r), codes, n_req, baseline_repeats, rng)
+        split, n_patients = "by image", None
+        note = "images split at random: a patient's images may fall on both sides, so real_vs_real is optimistic"
+        if codes is not None:
+            split, n_patients = "by patient", int(codes.max()) + 1
+            note = (
+                f"whole patients on each side: {n_patients} patients, the largest with "
+                f"{np.bincount(codes).max()} of {len(r)} images"
+            )
+            if n < n_req:
+                note += f"; n reduced from {n_req}: the patients cannot fill two disjoint halves of {n_req} images"
+        if n < MIN_FID_IMAGES:
+            notes.append(f"baseline skipped: at most {n} images per side (at least {MIN_FID_IMAGES} needed); {note}")
+        else:
+            rr, sr = [], []
+            for a_rows, b_rows in halves:
+                a = feature_stats(r[a_rows])
+                rr.append(_frechet(*a, *feature_stats(r[b_rows]), eps=eps)[0])
+                sr.append(_frechet(*a, *feature_stats(s[rng.choice(len(s), n, replace=False)]), eps=eps)[0])
+            base = FIDBaseline(
+                n, baseline_repeats, float(np.mean(rr)), float(np.std(rr)), float(np.mean(sr)), float(np.std(sr)),
+                split, n_req, n_patients, note,
+            )  # fmt: skip
     return FIDResult(value, meta.name, meta.implementation, len(r), len(s), r.shape[1], base, notes)
 
 
@@ -333,16 +389,19 @@ def per_class_fid(
     *,
     min_images: int = 50,
     baseline: bool = True,
+    real_groups: np.ndarray | None = None,
     seed: int = 0,
 ) -> list[ClassFID]:
     """FID per class on the images carrying that label (multi-label: an image counts for each label).
 
     A class with fewer than `min_images` real or synthetic images is skipped, with the reason and
-    the number needed; each computed class gets its own same-N baseline when it has enough real images.
+    the number needed; each computed class gets its own same-N baseline when it has enough real images,
+    split by patient when `real_groups` (patient id per real row) is given, as in `compute_fid`.
     """
     if min_images < MIN_FID_IMAGES:
         raise ConfigError(f"per-class FID: min_images must be >= {MIN_FID_IMAGES}, got {min_images}")
     r, s = as_feature_sets("per-class FID", 1, real=real, synthetic=synthetic)
+    ids = check_patient_ids(real_groups, len(r), "per-class FID real_groups:")
     real_rows = _class_members(real_labels, len(r), classes, "real")
     syn_rows = _class_members(synthetic_labels, len(s), classes, "synthetic")
     out = []
@@ -352,7 +411,8 @@ def per_class_fid(
             reason = f"needs at least {min_images} real and {min_images} synthetic images, has {nr} and {ns}"
             out.append(ClassFID(name, nr, ns, None, reason))
             continue
-        res = compute_fid(r[real_rows[j]], s[syn_rows[j]], space, baseline=baseline, seed=seed + j)
+        groups = None if ids is None else ids[real_rows[j]]
+        res = compute_fid(r[real_rows[j]], s[syn_rows[j]], space, baseline=baseline, real_groups=groups, seed=seed + j)
         out.append(ClassFID(name, nr, ns, res, None))
     return out
 

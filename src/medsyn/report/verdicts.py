@@ -41,16 +41,17 @@ THRESHOLDS: dict[str, list[str]] = {
         "n/a when the real-trained classifier is not clearly above chance (CI lower bound <= 0.5)",
     ],
     "Realistic?": [
-        "q = FID(real, synthetic) / FID(real, real) at the same N (two disjoint real subsets): "
-        f"PASS q <= {FID_PASS:g}, WARN q <= {FID_WARN:g}, FAIL q > {FID_WARN:g}",
+        "q = FID(real, synthetic) / FID(real, real) at the same N (two disjoint real subsets, whole patients on "
+        f"each side when patient ids are known): PASS q <= {FID_PASS:g}, WARN q <= {FID_WARN:g}, FAIL q > {FID_WARN:g}",
         f"precision and coverage (k = 5): PASS both >= {PRDC_PASS}, WARN both >= {PRDC_WARN}, else FAIL",
         "the verdict is the worst of the two; FID values are comparable only at the same backbone and N",
     ],
     "Private?": [
         "DCR (pixel and feature space): f = share of synthetic images closer to a training image than the "
-        "held-out 1st percentile (expected 1%); FAIL if any synthetic image equals a training image or "
-        f"f > {DCR_FAIL_RATIO:g}x expected with binomial p < {DCR_FAIL_P}; WARN if f > {DCR_WARN_RATIO:g}x "
-        f"expected with p < {DCR_WARN_P}",
+        "held-out 1st percentile (expected about 1% without copying; more with few held-out images); p from the "
+        "precedence test, which allows for the uncertainty of that percentile (Nelson 1963); FAIL if any "
+        f"synthetic image equals a training image or f > {DCR_FAIL_RATIO:g}x expected with p < {DCR_FAIL_P}; "
+        f"WARN if f > {DCR_WARN_RATIO:g}x expected with p < {DCR_WARN_P}",
         f"membership inference: FAIL if AUROC >= {MIA_FAIL_AUROC} with its 95% CI above 0.5; WARN if the CI "
         "excludes 0.5 on either side",
         f"re-identification: at the threshold that links {100 * REID_FPR:g}% of held-out patients' images to a "
@@ -123,7 +124,9 @@ def realistic_verdict(fidelity: dict[str, Any]) -> Verdict:
         rr, sr = base["real_vs_real"], base["synthetic_vs_real"]
         q = sr / rr if rr > 0 else math.inf
         levels.append(_graded(q, FID_PASS, FID_WARN, False))
-        fid_text = f"FID {sr:.3g} vs {rr:.3g} between two real subsets at the same N={base['n']} ({q:.1f}x)"
+        split = base.get("split", "by image")
+        halves = "of whole patients" if split == "by patient" else "(split by image: patients may straddle them)"
+        fid_text = f"FID {sr:.3g} vs {rr:.3g} between two real subsets {halves} at the same N={base['n']} ({q:.1f}x)"
     else:
         fid_text = f"FID {fid['fid']:.3g} (no same-N real baseline: {'; '.join(fid.get('notes', []))})"
     worst_prdc = min(prdc["precision"], prdc["coverage"])
@@ -182,4 +185,6 @@ def overall(question: str, checks: list[Verdict]) -> Verdict:
     deciding = [c for c in checks if _SEVERITY[c.level] == _SEVERITY[level]]
     names = ", ".join(c.check + (" (not assessed)" if c.level == "n/a" else "") for c in deciding)
     verb = "fail" if level == "fail" else "need attention"
-    return Verdict(question, "warn" if level == "n/a" else level, f"{len(deciding)} of {len(checks)} checks {verb}: {names}")
+    return Verdict(
+        question, "warn" if level == "n/a" else level, f"{len(deciding)} of {len(checks)} checks {verb}: {names}"
+    )
