@@ -23,9 +23,11 @@ from medsyn.cli.evaluate import register
 from medsyn.data.cache import PreparedDataset, prepare
 from medsyn.data.phantom import PHANTOM_CLASSES, render_phantom
 from medsyn.errors import ConfigError, DataError
-from medsyn.evaluate.pipeline import evaluate, open_real, summary_rows
+from medsyn.evaluate.pipeline import TRTR_ORIGIN, evaluate, open_real, summary_rows
+from medsyn.evaluate.reid import load_reid
 from medsyn.evaluate.synthetic import align_labels, load_synthetic, open_synthetic
 from medsyn.generate.layout import Layout
+from medsyn.models.classifiers import load_classifier
 
 SIZE = 32
 TINY = {
@@ -83,7 +85,8 @@ def copies(real, tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def independent(real, tmp_path_factory) -> tuple[dict, str, Path]:
-    """Phantom images of unseen patients, rendered at 40 px, in the folder layout, through the CLI."""
+    """Phantom images of unseen patients, rendered at 40 px, in the folder layout, through the CLI; the utility
+    stage is skipped (an impossible minimum of test positives), so the feature backbone is trained separately."""
     batch = render_phantom(250, 40, seed=0, start=100_000)
     folder = tmp_path_factory.mktemp("syn") / "independent"
     layout = Layout.for_source("folder", PHANTOM_CLASSES, {})
@@ -91,7 +94,7 @@ def independent(real, tmp_path_factory) -> tuple[dict, str, Path]:
     _save(folder, paths, np.round(batch.images * 255).astype(np.uint8))
     out = tmp_path_factory.mktemp("eval") / "independent"
     settings = out.parent / "settings.yaml"
-    settings.write_text(yaml.safe_dump(TINY))
+    settings.write_text(yaml.safe_dump({**TINY, "utility": {**TINY["utility"], "min_test_positives": 10_000}}))
     app = typer.Typer()
     register(app)
     args = ["--real", str(real.path), "--synthetic", f"folder:{folder}", "--out", str(out), "--quick",
@@ -117,7 +120,7 @@ def test_copies_of_training_images_fail_every_privacy_check(copies):
 
 
 def test_independent_unseen_patients_pass_privacy(independent):
-    metrics, _, _ = independent
+    metrics, _, out = independent
     levels = _levels(metrics)
     assert "fail" not in levels.values(), metrics["privacy"]["checks"]
     assert levels["membership inference"] == "pass"
@@ -125,6 +128,10 @@ def test_independent_unseen_patients_pass_privacy(independent):
     assert p["dcr"]["pixel"]["fraction_below_p1"] < 0.05
     assert abs(p["membership_inference"]["pixel"]["auroc"] - 0.5) < 0.1
     assert p["reidentification"]["matching"]["gallery_calibrated"]["0.05"]["synthetic"]["fraction"] < 0.15
+    # Utility skipped: the feature backbone (and the saved classifier) is trained once with the TRTR recipe.
+    assert "skipped" in metrics["utility"] and "utility was skipped" in " ".join(metrics["timings"])
+    assert "utility stage was skipped" in metrics["fidelity"]["backbone"]["training"]["model"]
+    assert Path(metrics["models"]["classifier"]["path"]) == out / "models" / "classifier"
 
 
 def test_metrics_json_has_every_section_and_the_fid_metadata(copies, real):
@@ -147,8 +154,23 @@ def test_metrics_json_has_every_section_and_the_fid_metadata(copies, real):
     # the NIH layout has 14 classes; the 9 the phantom lacks have no positives and are ignored silently
     assert data["classes"] == PHANTOM_CLASSES
     stages = " ".join(copies["timings"])
-    for stage in ("utility", "features", "FID", "KID", "PRDC", "DCR", "membership", "re-identification"):
+    for stage in ("utility", "features", "FID", "KID", "PRDC", "DCR", "membership", "re-identification", "models"):
         assert stage in stages
+
+
+def test_the_trtr_model_is_reused_and_saved_with_the_reid_model(copies):
+    backbone = copies["fidelity"]["backbone"]
+    assert backbone["training"]["model"] == TRTR_ORIGIN and "first-seed TRTR" in copies["fidelity"]["fid"]["implementation"]
+    assert backbone["training"]["best_epoch"] == copies["utility"]["trtr"]["training"][0]["best_epoch"]
+    assert not any("domain classifier" in stage for stage in copies["timings"])  # not trained a second time
+    models = copies["models"]
+    assert "real patient images" in models["note"] and "TRTR" in models["classifier"]["what"]
+    clf = load_classifier(models["classifier"]["path"])
+    assert clf.meta["classes"] == PHANTOM_CLASSES == models["classifier"]["classes"]
+    assert clf.meta["training"]["best_epoch"] == backbone["training"]["best_epoch"] and clf.arch["size"] == SIZE
+    reid = load_reid(models["reid"]["path"], device="cpu")
+    assert reid.meta["n_train_patients"] == copies["privacy"]["reidentification"]["training"]["n_patients"]
+    assert reid.embed(np.zeros((2, 1, SIZE, SIZE), np.uint8)).shape[0] == 2
 
 
 def test_report_is_self_contained_and_states_verdicts(copies, independent):
@@ -157,8 +179,9 @@ def test_report_is_self_contained_and_states_verdicts(copies, independent):
     assert "<script" not in page.lower() and "<link" not in page.lower()
     for text in ("Useful?", "Realistic?", "Private?", "FAIL", "How the verdicts are decided", "held-out 1st percentile"):
         assert text in page
-    assert page.count("data:image/png;base64,") >= 6
+    assert page.count("data:image/png;base64,") >= 7
     assert "This report shows real training images" in page
+    assert 'alt="ROC curves per class"' in page and "The TRTR classifier of seed 0 is the one saved" in page
     metrics, output, out = independent
     shared = (out / "report.html").read_text()
     assert "the report was made without real images" in shared

@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from medsyn.errors import ConfigError, DataError
+from medsyn.errors import CheckpointError, ConfigError, DataError
 from medsyn.evaluate.reid import (
     PairSampler,
     ReidConfig,
+    load_reid,
     match_synthetic,
+    save_reid,
     train_reid,
     verification_auroc,
     wilson_ci,
@@ -104,3 +106,37 @@ def test_reid_input_errors_and_wilson():
         ReidConfig(head="concat")
     lo, hi = wilson_ci(0, 50, 0.95)
     assert lo == 0 and 0 < hi < 0.1
+
+
+def test_save_load_round_trip_keeps_outputs_not_patient_ids(trained, tmp_path):
+    model, train_x, train_ids = trained
+    folder = save_reid(model, tmp_path / "reid", extra={"what": "test"})
+    loaded = load_reid(folder, device="cpu")
+    query, _ = patients(5, 2, seed=7)
+    q, g = model.embed(query), model.embed(train_x)
+    assert torch.equal(loaded.embed(query), q) and torch.equal(loaded.embed(train_x), g)
+    for a, b in zip(loaded.best_match(q, g), model.best_match(q, g), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert loaded.cfg == model.cfg and loaded.history == model.history and loaded.meta["what"] == "test"
+    assert loaded.meta["n_train_patients"] == 24 and loaded.meta["encoder"]["name"] == "smallcnn"
+    # Patient ids never reach the folder; a loaded model says it cannot check them.
+    stored = b"".join(f.read_bytes() for f in folder.iterdir())
+    assert not any(pid.encode() in stored for pid in set(train_ids)) and b"s1-" not in stored
+    assert loaded.train_patients == frozenset() and not loaded.train_patients_known
+    heldout, heldout_ids = patients(6, 3, seed=2)
+    note = verification_auroc(loaded, heldout, heldout_ids, n_bootstrap=0)["notes"][0]
+    assert "could not be checked" in note and "24 training patient" in note
+    assert "notes" not in verification_auroc(model, heldout, heldout_ids, n_bootstrap=0)
+    assert save_reid(loaded, tmp_path / "again") and load_reid(tmp_path / "again").meta["n_train_patients"] == 24
+
+
+def test_load_reid_bad_files_are_one_line_checkpoint_errors(trained, tmp_path):
+    model, _, _ = trained
+    save_reid(model, tmp_path / "bad")
+    (tmp_path / "bad" / "reid.safetensors").write_bytes(b"{not safetensors")
+    for folder, match in ((tmp_path / "none", "not found"), (tmp_path / "bad", "not a readable safetensors")):
+        with pytest.raises(CheckpointError, match=match) as info:
+            load_reid(folder)
+        assert "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match="ReidModel"):
+        save_reid(model.encoder, tmp_path / "x")

@@ -11,6 +11,7 @@ import pytest
 from medsyn.evaluate.features import FeatureSpace
 from medsyn.evaluate.fidelity import to_jsonable
 from medsyn.evaluate.privacy import Verdict, distance_to_closest_record
+from medsyn.evaluate.utility import UtilityRun
 from medsyn.report import ReportAssets, write_report
 from medsyn.report import figures as F
 from medsyn.report.verdicts import THRESHOLDS, overall, realistic_verdict, reid_verdict, useful_verdict
@@ -127,3 +128,22 @@ def test_figures_draw_from_plain_arrays():
     assert F.closest_pairs([(img[0], img[1], 0.1), (img[2], None, 0.5)], 0.2)
     assert F.roc_curves({"pixels": (rng.random(30), rng.random(20) + 0.3, 0.7)})
     assert F.sample_grid([], 3) is None and F.closest_pairs([], 0.1) is None and F.utility_forest({}) is None
+
+
+def test_utility_roc_uses_first_seed_scores_of_evaluable_classes():
+    rng = np.random.default_rng(2)
+    labels = (rng.random((40, 3)) < 0.4).astype(np.float32)
+    labels[:5, 0] = np.nan  # masked: left out
+    labels[:, 2] = 0  # one label value only: no curve
+    scores = {s: rng.normal(size=(2, 40, 3)) for s in ("trtr", "tstr", "augmented")}
+    run = UtilityRun(report={}, classes=["A", "B", "C"], seeds=[4, 5], models={}, scores=scores,
+                     test_labels=labels, training={})  # fmt: skip
+    assets = ReportAssets.collect(np.zeros((4, 1, 8, 8), np.uint8), labels[:4], np.zeros((4, 1, 8, 8), np.uint8),
+                                  labels[:4], ["A", "B", "C"], {}, {}, None, {}, None, utility=run)  # fmt: skip
+    assert list(assets.utility_roc) == ["A", "B"]
+    y, score = assets.utility_roc["A"]["tstr"]
+    assert len(y) == 35 and np.array_equal(score, scores["tstr"][0, 5:, 0])
+    png = F.utility_roc(assets.utility_roc)
+    assert base64.b64decode(png)[:4] == b"\x89PNG" and F.utility_roc({}) is None
+    five = {f"class {k}": assets.utility_roc["B"] for k in range(5)}  # two rows, three empty panels
+    assert F.utility_roc(five)

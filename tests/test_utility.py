@@ -22,6 +22,7 @@ from medsyn.evaluate.utility import (
     mean_auroc,
     per_class_auroc,
     predict_logits,
+    run_utility,
     train_classifier,
     utility_report,
     weighted_auroc,
@@ -161,7 +162,8 @@ def test_utility_report_easy_task_and_ratios():
     tr, va, te = (easy_task(n, seed, signal=0.12) for n, seed in ((128, 10), (48, 11), (64, 12)))
     synth = easy_task(96, 13, prefix="s", signal=0.12, flip=0.3)[:2]
     cfg = UtilityConfig(classifier=FAST, seeds=[0, 1], n_bootstrap=100, uncertainty_policy="ignore")
-    rep = utility_report(LabeledImages(*tr, classes=["a", "b"]), va, te, synth, cfg)
+    run = run_utility(LabeledImages(*tr, classes=["a", "b"]), va, te, synth, cfg)  # utility_report = run.report
+    rep = run.report
     trtr, tstr, aug = (rep[s]["mean_auroc"] for s in ("trtr", "tstr", "augmented"))
     assert trtr > 0.7 and tstr > 0.5 and tstr != trtr  # a worse synthetic set: a non-trivial ratio
     assert rep["ratio"]["tstr_over_trtr"]["value"] == pytest.approx(tstr / trtr)
@@ -175,6 +177,17 @@ def test_utility_report_easy_task_and_ratios():
     assert rep["uncertainty_policy"] == "ignore" and rep["seeds"] == [0, 1] and rep["n_seeds"] == 2
     assert rep["counts"]["n_synthetic_images"] == 96 and rep["counts"]["n_real_test_patients"] == 32
     assert rep["classes"] == ["a", "b"] and rep["resample_unit"] == "patient"
+    # The trained models and their real-test scores come back, and reproduce the reported AUROCs.
+    assert run.classes == ["a", "b"] and run.seeds == [0, 1] and np.array_equal(run.test_labels, te[1])
+    for setting in ("trtr", "tstr", "augmented"):
+        assert len(run.models[setting]) == 2 and run.scores[setting].shape == (2, 64, 2)
+        assert [i["best_epoch"] for i in run.training[setting]] == [t["best_epoch"] for t in rep[setting]["training"]]
+        for r, model in enumerate(run.models[setting]):
+            np.testing.assert_array_equal(predict_logits(model, te[0]), run.scores[setting][r])
+            for c, name in enumerate("ab"):
+                auc = weighted_auroc(run.scores[setting][r][:, c], te[1][:, c])
+                assert auc == pytest.approx(rep[setting]["classes"][name]["per_seed"][r])
+    assert run.training["trtr"][0]["config"]["seed"] == 0 and run.models["trtr"][0] is not run.models["trtr"][1]
 
 
 def test_utility_report_refuses_bad_inputs():

@@ -8,8 +8,9 @@ seed of the generator's own training run when the synthetic folder's manifest na
 
 * utility: classifiers trained on real `train` (TRTR), on the synthetic set (TSTR) and on both, early
   stopping on real `val`, all tested on real `test` patients (per-class AUROC, patient-bootstrap CIs).
-* features: penultimate layer of a classifier trained on real `train` with the TRTR recipe (or a local
-  TorchXRayVision / Inception weights file).
+* features: penultimate layer of the utility stage's first-seed TRTR classifier (trained on real `train`;
+  trained here with the same recipe only when the utility stage was skipped), or a local
+  TorchXRayVision / Inception weights file.
 * fidelity: FID (with the real-vs-real baseline at the same N), KID, PRDC (k=5), per-class FID against
   held-out real images (`val` + `test`): the trained classifier has seen `train`, so its features of
   `train` images are biased; an external backbone compares against `train`. Intensity divergences
@@ -24,6 +25,9 @@ seed of the generator's own training run when the synthetic folder's manifest na
 A stage that the data cannot support (e.g. re-identification without patients that have two images)
 is recorded as skipped with its reason, and the verdict says it was not assessed; errors in the inputs
 themselves stop the run before any training.
+
+The trained models are kept for reuse: OUT/models/classifier (that TRTR classifier, `load_classifier`) and
+OUT/models/reid (the re-identification network, `load_reid`), listed under "models" in metrics.json.
 """
 
 from __future__ import annotations
@@ -70,18 +74,20 @@ from medsyn.evaluate.privacy import (
     membership_inference,
     mia_verdict,
 )
-from medsyn.evaluate.reid import ReidConfig, match_synthetic, train_reid, verification_auroc
+from medsyn.evaluate.reid import ReidConfig, ReidModel, match_synthetic, save_reid, train_reid, verification_auroc
 from medsyn.evaluate.synthetic import SyntheticInput, SyntheticSet, load_synthetic, open_synthetic
 from medsyn.evaluate.utility import (
     ClassifierConfig,
     LabeledImages,
     RowView,
     UtilityConfig,
+    UtilityRun,
     coerce_config,
+    run_utility,
     train_classifier,
-    utility_report,
 )
-from medsyn.io import write_json_atomic
+from medsyn.io import atomic_dir, write_json_atomic
+from medsyn.models.classifiers import Classifier, save_classifier
 from medsyn.report import ReportAssets, write_report
 from medsyn.report.verdicts import REID_FPR, overall, realistic_verdict, reid_verdict, useful_verdict
 from medsyn.train.config import TrainConfig
@@ -245,7 +251,7 @@ def _skipped(exc: MedsynError) -> dict[str, Any]:
     return {"skipped": str(exc)}
 
 
-def _utility(splits: dict[str, _Split], syn: SyntheticSet, classes: list[str], cfg: UtilityConfig) -> dict[str, Any]:
+def _utility(splits: dict[str, _Split], syn: SyntheticSet, classes: list[str], cfg: UtilityConfig) -> UtilityRun:
     """TRTR / TSTR / augmentation on the classes the test split can score (others noted, not fatal)."""
     test = splits["test"].labels
     keep = [j for j in range(len(classes))
@@ -256,7 +262,7 @@ def _utility(splits: dict[str, _Split], syn: SyntheticSet, classes: list[str], c
         )
     names = [classes[j] for j in keep]
     sub = {k: _Split(s.images, s.labels[:, keep], s.patient_ids) for k, s in splits.items()}
-    result = utility_report(
+    run = run_utility(
         sub["train"].labeled(names, "real_train"),
         sub["val"].labeled(names, "real_val"),
         sub["test"].labeled(names, "real_test"),
@@ -265,10 +271,10 @@ def _utility(splits: dict[str, _Split], syn: SyntheticSet, classes: list[str], c
     )
     dropped = [c for c in classes if c not in names]
     if dropped:
-        result["notes"] = [
+        run.report["notes"] = [
             f"not scored (fewer than {cfg.min_test_positives} positive or negative test images): {', '.join(dropped)}"
         ]
-    return result
+    return run
 
 
 def _external_features(path: str | Path, device: str, progress: bool) -> FeatureExtractor:
@@ -284,35 +290,98 @@ def _external_features(path: str | Path, device: str, progress: bool) -> Feature
     )
 
 
-def _domain_features(train: LabeledImages, val: LabeledImages, cfg: ClassifierConfig) -> tuple[ClassifierFeatures, dict]:
-    """The TRTR recipe (same config and seed) trained on real train: the default feature backbone."""
+@dataclass
+class _RealClassifier:
+    """The classifier trained on real `train` behind the default feature space and OUT/models/classifier."""
+
+    model: Classifier
+    info: dict[str, Any]  # train_classifier's info: history and config
+    classes: list[str]
+    origin: str  # which model this is, in words
+
+    def features(self) -> ClassifierFeatures:
+        cfg, info = self.info["config"], self.info
+        label = (
+            f"{self.origin}; trained here on the real training split ({info['n_train_images']} images, best epoch "
+            f"{info['best_epoch']}, val mean AUROC {info['best_val_mean_auroc']:.3f}, seed {cfg['seed']})"
+        )
+        size = int(self.model.arch["size"])
+        return ClassifierFeatures(self.model, name=f"{cfg['model']}-real-train-{size}px", weights=label,
+                                  device=cfg["device"], progress=cfg["progress"])  # fmt: skip
+
+    def describe(self) -> dict[str, Any]:
+        keys = ("best_epoch", "best_val_mean_auroc", "stopped_early", "n_train_images")
+        return {"model": self.origin, "seed": self.info["config"]["seed"], "classes": self.classes,
+                **{k: self.info[k] for k in keys}}  # fmt: skip
+
+
+TRTR_ORIGIN = "the first-seed TRTR classifier of the utility stage (reused, not retrained)"
+SHARE_NOTE = ("trained on real patient images (they may memorise some): share them only where the real data may "
+              "be shared")  # fmt: skip
+
+
+@dataclass
+class _Models:
+    """The models worth keeping after a run, written to OUT/models by `save`."""
+
+    classifier: _RealClassifier | None
+    reid: ReidModel | None
+    ds: PreparedDataset
+
+    def save(self, folder: Path) -> dict[str, Any]:
+        """Write folder/classifier and folder/reid (whichever exist; the folder is replaced as a whole, so
+        no model of an earlier run survives) and return their metrics.json entries."""
+        data = {"spec": self.ds.spec, "content_hash": self.ds.meta.get("content_hash"), "size": self.ds.size}
+        entries: dict[str, Any] = {"note": SHARE_NOTE}
+        with atomic_dir(folder) as tmp:
+            if self.classifier is not None:
+                c = self.classifier
+                what = (f"{c.info['config']['model']} classifier, {c.origin}: trained on the real training split, "
+                        f"early stopping on real val; input float (N, {c.model.arch['in_channels']}, "
+                        f"{c.model.arch['size']}, {c.model.arch['size']}) in [0, 1], one logit per class")  # fmt: skip
+                save_classifier(c.model, tmp / "classifier", extra={
+                    "classes": c.classes, "what": what, "data": data,
+                    "training": {k: v for k, v in c.info.items() if k != "config"}, "config": c.info["config"],
+                })  # fmt: skip
+                entries["classifier"] = {"path": str(folder / "classifier"), "what": what, "classes": c.classes,
+                                         "load": "medsyn.models.classifiers.load_classifier(path)"}  # fmt: skip
+            if self.reid is not None:
+                h = self.reid.history
+                what = (f"siamese re-identification network ({self.reid.cfg.encoder} encoder, {self.reid.cfg.head} "
+                        f"head) trained on {h.get('n_patients')} real training patients; same-patient logit of "
+                        "two images; patient ids are not stored")  # fmt: skip
+                save_reid(self.reid, tmp / "reid", extra={"what": what, "data": data})
+                entries["reid"] = {"path": str(folder / "reid"), "what": what,
+                                   "load": "medsyn.evaluate.reid.load_reid(path, device='cpu')"}  # fmt: skip
+        return entries
+
+
+def _domain_classifier(train: LabeledImages, val: LabeledImages, cfg: ClassifierConfig) -> _RealClassifier:
+    """Only when the utility stage was skipped: the TRTR recipe (same config and seed) trained on real train."""
     model, info = train_classifier(train.images, train.labels, val.images, val.labels, cfg)
-    label = (
-        f"trained here on the real training split ({info['n_train_images']} images, best epoch "
-        f"{info['best_epoch']}, val mean AUROC {info['best_val_mean_auroc']:.3f}, seed {cfg.seed})"
-    )
-    size = int(train.images.shape[-1])
-    extractor = ClassifierFeatures(
-        model, name=f"{cfg.model}-real-train-{size}px", weights=label, device=cfg.device, progress=cfg.progress
-    )
-    return extractor, {k: info[k] for k in ("best_epoch", "best_val_mean_auroc", "stopped_early", "n_train_images")}
+    origin = "a classifier trained with the TRTR recipe (the utility stage was skipped)"
+    return _RealClassifier(model, info, list(train.classes or []), origin)
 
 
 def _fidelity(
-    ref: np.ndarray, ref_labels: np.ndarray, syn_f: np.ndarray, syn: SyntheticSet, train_images: RowView,
-    space: FeatureExtractor, s: EvalSettings, stage: _Stages,
+    ref: np.ndarray, ref_labels: np.ndarray, ref_ids: np.ndarray, syn_f: np.ndarray, syn: SyntheticSet,
+    train_images: RowView, space: FeatureExtractor, s: EvalSettings, stage: _Stages,
 ) -> tuple[dict[str, Any], HistogramDivergence]:  # fmt: skip
+    """FID / KID / PRDC / per-class FID against `ref` (real features; `ref_ids` their patients, so the
+    real-vs-real FID baseline splits whole patients) and intensity divergences against training pixels."""
     out: dict[str, Any] = {}
     progress = s.utility.classifier.progress
     with stage("fidelity: FID"):
-        out["fid"] = compute_fid(ref, syn_f, space, seed=s.seed).to_dict()
+        out["fid"] = compute_fid(ref, syn_f, space, real_groups=ref_ids, seed=s.seed).to_dict()
     with stage("fidelity: KID"):
         out["kid"] = compute_kid(ref, syn_f, space, n_subsets=s.kid_subsets, subset_size=s.kid_subset_size,
                                  seed=s.seed, device=s.device).to_dict()  # fmt: skip
     with stage("fidelity: PRDC"):
         out["prdc"] = compute_prdc(ref, syn_f, space, k=s.prdc_k, device=s.device, progress=progress).to_dict()
     with stage("fidelity: per-class FID"):
-        per_class = per_class_fid(ref, ref_labels, syn_f, syn.labels, space, syn.classes, seed=s.seed)
+        per_class = per_class_fid(
+            ref, ref_labels, syn_f, syn.labels, space, syn.classes, real_groups=ref_ids, seed=s.seed
+        )
         out["per_class_fid"] = [c.to_dict() for c in per_class]
     with stage("fidelity: intensity histograms"):
         hist = histogram_divergence(train_images, syn.images)
@@ -328,7 +397,7 @@ def _reid(splits: dict[str, _Split], syn: SyntheticSet, cfg: ReidConfig, n_boots
     match = match_synthetic(model, syn.images, train.images, train.patient_ids, ver, heldout_images=test.images)
     arrays = {k: match.pop(k) for k in ("best_patient", "best_train_index", "best_score", "matched")}
     history = {k: v for k, v in model.history.items() if k != "config"}
-    return {"training": history, "verification": ver, "matching": match, "_arrays": arrays}
+    return {"training": history, "verification": ver, "matching": match, "_arrays": arrays, "_model": model}
 
 
 # ------------------------------------------------------------------------------------------- driver
@@ -381,9 +450,11 @@ def evaluate(
     try:
         with stage("synthetic data"):
             syn = load_synthetic(opened, eval_classes, ds.size, ds.channels, scratch=scratch, quiet=quiet)
-        metrics, assets = _run(ds, syn, eval_classes, s, external, stage, real_images)
+        metrics, assets, models = _run(ds, syn, eval_classes, s, external, stage, real_images)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    with stage("models: save"):
+        metrics["models"] = models.save(out / "models")
     metrics["data"]["notes"] = data_notes + syn.notes
     metrics["settings"]["feature_weights"] = str(feature_weights) if feature_weights else None
     metrics["timings"] = stage.timings  # the report shows every stage but its own
@@ -398,7 +469,7 @@ def evaluate(
 def _run(
     ds: PreparedDataset, syn: SyntheticSet, classes: list[str], s: EvalSettings,
     external: FeatureExtractor | None, stage: _Stages, real_images: bool,
-) -> tuple[dict[str, Any], ReportAssets]:  # fmt: skip
+) -> tuple[dict[str, Any], ReportAssets, _Models]:  # fmt: skip
     cols = [ds.classes.index(c) for c in classes]
     splits = {name: _split(ds, ds.rows(name), cols) for name in ("train", "val", "test")}
     held_rows = np.concatenate([ds.rows("val"), ds.rows("test")])
@@ -411,23 +482,29 @@ def _run(
         "data": _describe_data(ds, syn, classes, splits),
     }  # fmt: skip
 
+    run: UtilityRun | None = None
+    real_clf: _RealClassifier | None = None
     with stage("utility: TRTR, TSTR, real+synthetic classifiers"):
         try:
-            metrics["utility"] = _utility(splits, syn, classes, s.utility)
+            run = _utility(splits, syn, classes, s.utility)
+            metrics["utility"] = run.report
+            real_clf = _RealClassifier(run.models["trtr"][0], run.training["trtr"][0], run.classes, TRTR_ORIGIN)
         except MedsynError as exc:
             metrics["utility"] = _skipped(exc)
 
     space: FeatureExtractor | None = external
     backbone: dict[str, Any] = {"trained_on": "external weights (not this data)"}
-    if space is None:
-        with stage("features: domain classifier on real train (TRTR recipe)"):
+    if space is None and real_clf is None:
+        with stage("features: domain classifier on real train (TRTR recipe; utility was skipped)"):
             try:
-                clf = replace(s.utility.classifier, seed=s.seed)
-                space, info = _domain_features(train.labeled(classes, "real_train"),
-                                               splits["val"].labeled(classes, "real_val"), clf)  # fmt: skip
-                backbone = {"trained_on": "real training split", "training": info}
+                clf = replace(s.utility.classifier, seed=s.utility.seeds[0])
+                real_clf = _domain_classifier(train.labeled(classes, "real_train"),
+                                              splits["val"].labeled(classes, "real_val"), clf)  # fmt: skip
             except MedsynError as exc:
                 backbone = _skipped(exc)
+    if space is None and real_clf is not None:
+        space = real_clf.features()
+        backbone = {"trained_on": "real training split", "training": real_clf.describe()}
     if space is not None:
         backbone.update(name=space.name, implementation=space.implementation, dim=space.dim)
 
@@ -443,18 +520,19 @@ def _run(
     if space is None:
         metrics["fidelity"] = {"skipped": f"no feature backbone: {backbone['skipped']}", "backbone": backbone}
     else:
-        ref, ref_labels, ref_name = (
-            (feats["train"], train.labels, "real training split") if external is not None
-            else (feats["held"], held.labels, "held-out real images (val + test patients)")
+        ref, ref_labels, ref_ids, ref_name = (
+            (feats["train"], train.labels, train.patient_ids, "real training split") if external is not None
+            else (feats["held"], held.labels, held.patient_ids, "held-out real images (val + test patients)")
         )  # fmt: skip
         try:
-            fidelity, hist = _fidelity(ref, ref_labels, feats["syn"], syn, train.images, space, s, stage)
+            fidelity, hist = _fidelity(ref, ref_labels, ref_ids, feats["syn"], syn, train.images, space, s, stage)
             metrics["fidelity"] = {"backbone": backbone, "reference": ref_name, **fidelity}
         except MedsynError as exc:
             metrics["fidelity"] = {"backbone": backbone, **_skipped(exc)}
 
     spaces = [("pixel", pix, pixel)] + ([("feature", feats, space)] if space is not None else [])
-    privacy, checks, dcrs, mias, reid_scores = _privacy(spaces, splits, held, syn, s, stage, external is not None)
+    privacy, checks, dcrs, mias, reid_scores, reid_model = _privacy(spaces, splits, held, syn, s, stage,
+                                                                    external is not None)  # fmt: skip
     metrics["privacy"] = privacy
     utility_check = useful_verdict(metrics["utility"])
     fidelity_check = realistic_verdict(metrics["fidelity"])
@@ -467,18 +545,19 @@ def _run(
     }
     assets = ReportAssets.collect(
         train.images, train.labels, syn.images, syn.labels, classes, dcrs, mias, hist, privacy["reidentification"],
-        reid_scores, real_images, s.samples_per_class, s.seed,
+        reid_scores, real_images, s.samples_per_class, s.seed, utility=run,
     )
-    return metrics, assets
+    return metrics, assets, _Models(real_clf, reid_model, ds)
 
 
 def _privacy(
     spaces: list[tuple[str, dict[str, np.ndarray], FeatureExtractor]], splits: dict[str, _Split], held: _Split,
     syn: SyntheticSet, s: EvalSettings, stage: _Stages, external: bool,
-) -> tuple[dict[str, Any], list[Verdict], dict[str, DCRResult], dict[str, MIAResult], np.ndarray | None]:  # fmt: skip
+) -> tuple[dict[str, Any], list[Verdict], dict[str, DCRResult], dict[str, MIAResult], np.ndarray | None,
+           ReidModel | None]:  # fmt: skip
     """DCR per feature space, membership inference (pixel space, and an external feature space), and the
-    re-identification attack; returns the JSON section, the verdict per check, the results the report draws
-    and the synthetic images' best re-identification scores."""
+    re-identification attack; returns the JSON section, the verdict per check, the results the report draws,
+    the synthetic images' best re-identification scores and the re-identification model."""
     train, progress = splits["train"], s.utility.classifier.progress
     privacy: dict[str, Any] = {"dcr": {}, "membership_inference": {}}
     dcrs: dict[str, DCRResult] = {}
@@ -516,11 +595,11 @@ def _privacy(
             reid = _reid(splits, syn, s.reid, s.utility.n_bootstrap, s.seed)
         except MedsynError as exc:
             reid = _skipped(exc)
-    arrays = reid.pop("_arrays", None)
+    arrays, model = reid.pop("_arrays", None), reid.pop("_model", None)
     privacy["reidentification"] = reid
     checks.append(reid_verdict(reid))
     privacy["checks"] = [c.to_dict() for c in checks]
-    return privacy, checks, dcrs, mias, None if arrays is None else arrays["best_score"]
+    return privacy, checks, dcrs, mias, None if arrays is None else arrays["best_score"], model
 
 
 def _describe_data(ds: PreparedDataset, syn: SyntheticSet, classes: list[str], splits: dict[str, _Split]) -> dict:

@@ -14,14 +14,25 @@ the best of many gallery images raises the chance that an unrelated image crosse
 therefore also reports, when given held-out real images, how often images of unseen patients cross the
 same threshold (the false-link baseline), and gallery-calibrated thresholds at which only 1% / 5% of
 them do. Report the synthetic fraction next to that baseline.
+
+    save_reid(model, "models/reid")                  # safetensors weights + reid.json, no pickle
+    model = load_reid("models/reid", device="cpu")   # .embed(images), .best_match(query_emb, gallery_emb)
+
+A saved model keeps only the NUMBER of its training patients, never their ids: a model folder is meant to
+travel with synthetic data, and patient ids are patient metadata (a salted hash would not protect them:
+with the salt beside it, anyone can hash the known id range of a public dataset and read off the training
+split). A loaded model therefore cannot refuse its own training patients in `verification_auroc`, which
+says so in the result's notes.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,7 +41,7 @@ import torch.nn.functional as F
 from scipy.stats import norm
 from torch import nn
 
-from medsyn.errors import ConfigError, DataError
+from medsyn.errors import CheckpointError, ConfigError, DataError, MedsynError
 from medsyn.evaluate.utility import (
     as_unit_tensor,
     batches,
@@ -43,7 +54,15 @@ from medsyn.evaluate.utility import (
     percentile_ci,
     progress_bar,
 )
-from medsyn.models.classifiers import Classifier, build_classifier
+from medsyn.models.classifiers import (
+    Classifier,
+    build_classifier,
+    check_device,
+    load_weights,
+    read_model_folder,
+    rebuild_classifier,
+    save_model_folder,
+)
 from medsyn.seed import seed_everything
 
 #: Pair heads. "cosine": logit = s * (cos(e1, e2) - t) on a learned projection e of the encoder features;
@@ -131,7 +150,8 @@ class ReidModel(nn.Module):
     """Shared encoder + pair head -> same-patient logit (symmetric in the two images).
 
     After `train_reid`: `train_patients` (ids seen in training, to refuse them at verification time),
-    `history` (per-epoch loss / val AUROC) and `cfg`.
+    `history` (per-epoch loss / val AUROC) and `cfg`. After `load_reid`: `train_patients` is empty and
+    `train_patients_known` False (ids are not stored; see the module docstring).
     """
 
     def __init__(self, encoder: Classifier, cfg: ReidConfig) -> None:
@@ -143,6 +163,7 @@ class ReidModel(nn.Module):
             else MLPHead(d, cfg.hidden, product=cfg.head == "absdiff+product")
         )  # fmt: skip
         self.train_patients: frozenset[str] = frozenset()
+        self.train_patients_known = True  # False after load_reid: the disjointness check cannot run
         self.history: dict[str, Any] = {}
 
     def embedding(self, x: torch.Tensor) -> torch.Tensor:
@@ -369,11 +390,18 @@ def verification_auroc(
     with many follow-ups cannot dominate); negatives: random different-patient pairs. The CI resamples
     patients: a positive pair counts k times when its patient is drawn k times, a negative k_a * k_b.
     Also returns the pair-level thresholds (logits) at the FPR targets, with the TPR they give.
+    Patients the model was trained on are refused (DataError); a model from `load_reid` does not know them,
+    and the result's `notes` say that this check did not run.
     """
     images = check_images(images, "re-id verification images")
     ids = check_patient_ids(patient_ids, len(images), "re-id verification")
     assert ids is not None
     _check_disjoint(model.train_patients, ids, "verification_auroc")
+    notes = [] if model.train_patients_known else [
+        f"the re-id model was loaded from a file without its {model.history.get('n_patients', '?')} training patient "
+        "ids (not stored, for privacy): these verification patients could not be checked against them; an AUROC "
+        "on training patients would be optimistic"
+    ]  # fmt: skip
     sampler = _check_pairs_possible(ids, "verification", seed)
     pa, pb = sampler.all_positives(max_pos_pairs_per_patient)
     na, nb = sampler.negatives(n_negative_pairs)
@@ -413,7 +441,54 @@ def verification_auroc(
         "n_negative_pairs": len(s_neg),
         "thresholds": thresholds,
         "score": "same-patient logit; a pair is linked when score > threshold",
+        **({"notes": notes} if notes else {}),
     }
+
+
+REID_FORMAT = "medsyn-reid"
+
+
+def save_reid(model: ReidModel, folder: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> Path:
+    """Write folder/reid.safetensors + reid.json (ReidConfig, encoder architecture, training history, the
+    number of training patients, medsyn version, `extra`); returns `folder`. Patient ids are NOT written."""
+    if not isinstance(model, ReidModel) or not isinstance(getattr(model.encoder, "arch", None), dict):
+        raise ConfigError(f"save_reid takes a ReidModel from train_reid or load_reid, got {type(model).__name__}")
+    meta = {
+        "config": asdict(model.cfg),
+        "encoder": model.encoder.arch,
+        "history": {k: v for k, v in model.history.items() if k != "config"},
+        "n_train_patients": len(model.train_patients) if model.train_patients else model.history.get("n_patients"),
+        "train_patients": "not stored (patient metadata); only their number",
+    }  # fmt: skip
+    clash = sorted(set(extra or {}) & set(meta))
+    if clash:
+        raise ConfigError(f"save_reid: extra may not set {clash}; they are written by medsyn")
+    return save_model_folder(model, folder, "reid", REID_FORMAT, {**meta, **(extra or {})})
+
+
+def load_reid(folder: str | os.PathLike[str], device: str | torch.device = "cpu") -> ReidModel:
+    """The re-identification model saved in `folder` (eval mode, on `device`); `.meta` holds the stored
+    description. Missing or corrupt files: a one-line CheckpointError.
+
+    `train_patients` is empty and `train_patients_known` False: the ids were never saved, so
+    `verification_auroc` cannot refuse the model's own training patients; it notes this in its result.
+    Use patients outside the model's training split (e.g. another dataset's, or the test split).
+    """
+    dev = check_device(device)
+    meta, tensors, file = read_model_folder(folder, "reid", REID_FORMAT)
+    try:
+        trained_with = coerce_config(ReidConfig, meta.get("config"))
+    except (MedsynError, TypeError) as exc:
+        raise CheckpointError(f"{file}: stored re-id config is invalid ({exc})") from None
+    cfg = replace(trained_with, device=str(dev), progress=False)
+    encoder = rebuild_classifier(meta.get("encoder"), file)
+    with torch.random.fork_rng(devices=[]):
+        model = ReidModel(encoder, cfg)
+    load_weights(model, tensors, file)
+    model.train_patients_known = False
+    model.history = {**dict(meta.get("history") or {}), "config": asdict(trained_with)}
+    model.meta = meta
+    return model.to(dev).eval()
 
 
 def wilson_ci(k: int, n: int, level: float) -> tuple[float, float]:

@@ -1,6 +1,7 @@
 """Utility of synthetic images: does a classifier trained on them work on held-out REAL patients?
 
     report = utility_report(real_train, real_val, real_test, synthetic, UtilityConfig(seeds=[0, 1, 2]))
+    run = run_utility(...)   # the same report as run.report, plus run.models and run.scores (real test logits)
 
 Three settings, all tested on the same held-out real patients with the same bootstrap resamples:
 TRTR (train real, test real), TSTR (train synthetic, test real) and augmentation (real + synthetic).
@@ -620,6 +621,24 @@ def _check_sets(sets: dict[str, LabeledImages], min_pos: int) -> list[str]:
     return classes
 
 
+@dataclass
+class UtilityRun:
+    """Everything `run_utility` trained and scored; `report` is what `utility_report` returns (JSON).
+
+    `models[setting][r]` was trained with seed `seeds[r]`; `scores[setting]` (n_seeds, n_test, K) are its
+    float64 logits on the real test images, in test order; `test_labels` (n_test, K), NaN = masked;
+    `training[setting][r]` is `train_classifier`'s full info (per-epoch history, config).
+    """
+
+    report: dict[str, Any]
+    classes: list[str]
+    seeds: list[int]
+    models: dict[str, list[Classifier]]
+    scores: dict[str, np.ndarray]
+    test_labels: np.ndarray
+    training: dict[str, list[dict[str, Any]]]
+
+
 def utility_report(
     real_train: LabeledImages | Sequence[Any],
     real_val: LabeledImages | Sequence[Any],
@@ -632,7 +651,20 @@ def utility_report(
     Returns per-setting per-class AUROC with CIs, mean AUROC, the synthetic/real ratios
     TSTR/TRTR and (TSTR-0.5)/(TRTR-0.5) (share of above-chance performance kept), the per-class gain
     from augmentation, all with paired bootstrap CIs, plus counts, seeds and the uncertainty policy.
+    `run_utility` returns the same report together with the trained models and their test scores.
     """
+    return run_utility(real_train, real_val, real_test, synthetic, cfg).report
+
+
+def run_utility(
+    real_train: LabeledImages | Sequence[Any],
+    real_val: LabeledImages | Sequence[Any],
+    real_test: LabeledImages | Sequence[Any],
+    synthetic: LabeledImages | Sequence[Any],
+    cfg: UtilityConfig | Mapping[str, Any] | None = None,
+) -> UtilityRun:
+    """`utility_report`, keeping every trained classifier (3 settings x seeds; on `cfg.classifier.device`)
+    and its real-test logits, so callers can reuse a model (e.g. as a feature backbone) or draw ROC curves."""
     cfg = coerce_config(UtilityConfig, cfg)
     sets = {
         name: as_labeled(d, name)
@@ -653,13 +685,16 @@ def utility_report(
         ),
     }
     test, val = sets["real_test"], sets["real_val"]
-    scores, training = [], {s: [] for s in SETTINGS}
+    scores: list[np.ndarray] = []
+    models: dict[str, list[Classifier]] = {s: [] for s in SETTINGS}
+    infos: dict[str, list[dict[str, Any]]] = {s: [] for s in SETTINGS}
     for setting in SETTINGS:
         images, labels = train_sets[setting]
         for seed in cfg.seeds:
             model, info = train_classifier(images, labels, val.images, val.labels, replace(cfg.classifier, seed=seed))
             scores.append(predict_logits(model, test.images, cfg.classifier.eval_batch_size))
-            training[setting].append({k: info[k] for k in ("best_epoch", "best_val_mean_auroc", "stopped_early")})
+            models[setting].append(model)
+            infos[setting].append(info)
     point, reps = _auroc_bootstrap(scores, test.labels, test.patient_ids, cfg.n_bootstrap, cfg.bootstrap_seed)
     n_seeds = len(cfg.seeds)
     point = point.reshape(len(SETTINGS), n_seeds, -1)
@@ -667,7 +702,9 @@ def utility_report(
     stats = _label_stats(test.labels, classes)
     results = {s: _summarize(point[i], reps[:, i], classes, stats, cfg.ci_level) for i, s in enumerate(SETTINGS)}
     for s in SETTINGS:
-        results[s]["training"] = training[s]
+        results[s]["training"] = [
+            {k: info[k] for k in ("best_epoch", "best_val_mean_auroc", "stopped_early")} for info in infos[s]
+        ]
     out: dict[str, Any] = {"classes": classes, **results}
     out.update(_comparisons(point, reps, classes, cfg.ci_level))
     out["counts"] = {
@@ -687,7 +724,15 @@ def utility_report(
     out["model_selection"] = "early stopping on mean AUROC of the real validation split"
     out["classifier"] = asdict(cfg.classifier)
     out.update(_resampling(test.patient_ids, test.labels, cfg.n_bootstrap, cfg.ci_level))
-    return out
+    return UtilityRun(
+        report=out,
+        classes=classes,
+        seeds=list(cfg.seeds),
+        models=models,
+        scores={s: np.stack(scores[i * n_seeds : (i + 1) * n_seeds]) for i, s in enumerate(SETTINGS)},
+        test_labels=test.labels,
+        training=infos,
+    )
 
 
 def _comparisons(point: np.ndarray, reps: np.ndarray, classes: list[str], level: float) -> dict[str, Any]:

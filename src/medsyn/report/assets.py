@@ -1,4 +1,5 @@
-"""What the report draws besides metrics.json: sample images, closest pairs and per-image distances.
+"""What the report draws besides metrics.json: sample images, closest pairs, per-image distances and the
+utility classifiers' real-test scores (ROC curves).
 
 Collected once by the evaluation pipeline while the arrays are in memory; only small selections of
 images are kept (a few per class, the closest pairs), never whole sets.
@@ -14,6 +15,7 @@ import numpy as np
 
 from medsyn.evaluate.fidelity import HistogramDivergence
 from medsyn.evaluate.privacy import DCRResult, MIAResult
+from medsyn.evaluate.utility import SETTINGS, UtilityRun
 from medsyn.report import figures
 
 NO_FINDING_GROUP = "no finding"
@@ -31,6 +33,8 @@ class ReportAssets:
     intensity: tuple[np.ndarray, np.ndarray] | None = None
     reid_scores: np.ndarray | None = None
     reid_thresholds: dict[str, float] = field(default_factory=dict)
+    # class -> setting -> (0/1 labels, scores) of the first-seed classifiers on the real test images
+    utility_roc: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
     real_images: bool = True
     per_group: int = 6
 
@@ -50,6 +54,7 @@ class ReportAssets:
         real_images: bool = True,
         per_group: int = 6,
         seed: int = 0,
+        utility: UtilityRun | None = None,
     ) -> ReportAssets:
         rng = np.random.default_rng(seed)
 
@@ -90,6 +95,8 @@ class ReportAssets:
                 f"{100 * float(fpr):g}% of held-out patients linked": v["threshold"]
                 for fpr, v in match.get("gallery_calibrated", {}).items()
             }
+        if utility is not None:
+            assets.utility_roc = _roc_inputs(utility)
         return assets
 
     def figures(self, metrics: Mapping[str, Any]) -> dict[str, str | None]:
@@ -102,4 +109,18 @@ class ReportAssets:
             "reid": figures.reid_scores(self.reid_scores, self.reid_thresholds),
             "intensity": figures.intensity(*self.intensity) if self.intensity else None,
             "utility": figures.utility_forest(metrics.get("utility", {})),
+            "utility_roc": figures.utility_roc(self.utility_roc),
         }
+
+
+def _roc_inputs(run: UtilityRun) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Per class with both label values on the test set: labels and FIRST-seed scores of each setting (the
+    seed of the saved TRTR model; a seed average of logits would be an ensemble, whose AUROC the tables do
+    not report). Masked (NaN) labels are left out, as in the AUROC."""
+    out = {}
+    for c, name in enumerate(run.classes):
+        keep = ~np.isnan(run.test_labels[:, c])
+        y = run.test_labels[keep, c]
+        if 0 < y.sum() < len(y):
+            out[name] = {s: (y, run.scores[s][0, keep, c]) for s in SETTINGS}
+    return out

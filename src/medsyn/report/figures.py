@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from sklearn.metrics import roc_curve  # noqa: E402
+from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
 
 REAL, SYNTH = "#1f77b4", "#d62728"
 SETTING_COLORS = {"trtr": "#1f77b4", "tstr": "#d62728", "augmented": "#2ca02c"}
@@ -198,6 +198,36 @@ def intensity(real: np.ndarray, synthetic: np.ndarray) -> str | None:
     ax.set_ylabel("share of pixels")
     ax.set_title("intensity histograms", fontsize=10)
     ax.legend(fontsize=7)
+    fig.tight_layout()
+    return encode(fig)
+
+
+def utility_roc(curves: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]], per_row: int = 4) -> str | None:
+    """One panel per class: ROC of the TRTR / TSTR / augmented classifiers on the same real test images.
+    `curves`: class -> setting -> (0/1 labels, scores); the legend gives each curve's AUROC."""
+    if not curves:
+        return None
+    n = len(curves)
+    cols = min(n, per_row)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.1 * cols, 3.2 * rows), squeeze=False)
+    for i, (ax, (name, settings)) in enumerate(zip(axes.flat, curves.items(), strict=False)):
+        for setting, (y, score) in settings.items():
+            fpr, tpr, _ = roc_curve(y, score)
+            ax.plot(fpr, tpr, color=SETTING_COLORS.get(setting), linewidth=1.3,
+                    label=f"{setting.upper()} {roc_auc_score(y, score):.3f}")  # fmt: skip
+        y = next(iter(settings.values()))[0]
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+        ax.set_title(f"{name} ({len(y)} images, {int(np.sum(y))} positive)", fontsize=9)
+        ax.set_aspect("equal")
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7, loc="lower right", title="AUROC", title_fontsize=7)
+        if i % cols == 0:
+            ax.set_ylabel("true positive rate", fontsize=8)
+        if i + cols >= n:  # nothing drawn below this panel
+            ax.set_xlabel("false positive rate", fontsize=8)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
     fig.tight_layout()
     return encode(fig)
 

@@ -147,6 +147,7 @@ def _data(m: Mapping[str, Any], real_images: bool) -> str:
          f"percentile intervals, seed {s['utility']['bootstrap_seed']}"),
         ("Re-identification attacker", f"siamese {_e(reid['encoder'])} encoder, {_e(reid['head'])} head, up to "
          f"{reid['epochs']} × {reid['steps_per_epoch']} steps of {reid['batch_pairs']} pairs, seed {reid['seed']}"),
+        ("Saved models", _models(m.get("models") or {})),
         ("Seed · device", f"{s['seed']} · {_e(s['device'])}"),
         ("medsyn version", _e(m["medsyn_version"])),
     ]  # fmt: skip
@@ -163,7 +164,15 @@ def _data(m: Mapping[str, Any], real_images: bool) -> str:
     return f"<h2>Data and settings</h2>{_notes(notes)}{_kv(rows)}<h3>Positive images per class</h3>{counts}"
 
 
-def _utility(m: Mapping[str, Any], fig: str | None) -> str:
+def _models(models: Mapping[str, Any]) -> str:
+    """The models folder entries of metrics.json, one line each."""
+    lines = [f"<code>{_e(v['path'])}</code> — {_e(v['what'])}" for k, v in models.items() if k != "note"]
+    if not lines:
+        return "none"
+    return "<br>".join(lines) + f" <span class=muted>({_e(models.get('note', ''))})</span>"
+
+
+def _utility(m: Mapping[str, Any], fig: str | None, roc: str | None) -> str:
     u = m["utility"]
     out = "<h2>Useful? — utility for a downstream classifier</h2>" + _verdict_box(m["verdicts"]["useful"], "Useful?")
     if "trtr" not in u:
@@ -186,6 +195,15 @@ def _utility(m: Mapping[str, Any], fig: str | None) -> str:
         ("Test set", f"{_num(u['n_images'])} images of {_num(u.get('n_patients'))} patients, "
                      f"resampling unit: {_e(u['resample_unit'])}"),
     ])  # fmt: skip
+    seed = u["seeds"][0]
+    several = (f"The curves are those of the first seed ({seed}), not a seed average: their AUROC is that seed's "
+               "(<code>per_seed[0]</code> in metrics.json), while the table gives the mean over seeds. "
+               if u.get("n_seeds", 1) > 1 else "")  # fmt: skip
+    out += "<h3>ROC curves on the held-out real patients</h3>" + _img(
+        roc, "ROC curves per class",
+        f"One panel per class: TRTR, TSTR and real + synthetic classifiers scored on the same real test images. "
+        f"{several}" + (f"The TRTR classifier of seed {seed} is the one saved in <code>models/classifier</code>."
+                        if "classifier" in (m.get("models") or {}) else ""))  # fmt: skip
     return out + _notes(u.get("notes", []))
 
 
@@ -203,7 +221,8 @@ def _fidelity(m: Mapping[str, Any], figs: Mapping[str, str | None]) -> str:
         ["FID synthetic vs real, same N", f"{_sig(base.get('synthetic_vs_real'))} ± {_sig(base.get('synthetic_vs_real_std'), 2)}",
          f"N = {_num(base.get('n'))} per side, {_num(base.get('repeats'))} draws"],
         ["FID real vs real (baseline)", f"{_sig(base.get('real_vs_real'))} ± {_sig(base.get('real_vs_real_std'), 2)}",
-         "two disjoint real subsets: what a perfect generator would reach at this N"],
+         "two disjoint real subsets: what a perfect generator would reach at this N; split "
+         + _e(base.get("split", "by image")) + (f" ({_e(base['note'])})" if base.get("note") else "")],
         ["KID", f"{_sig(kid['kid'])} ± {_sig(kid['kid_std'], 2)}", f"{kid['n_subsets']} subsets of {kid['subset_size']}"],
         ["precision · recall", f"{_num(prdc['precision'])} · {_num(prdc['recall'])}", f"k = {prdc['k']}"],
         ["density · coverage", f"{_num(prdc['density'])} · {_num(prdc['coverage'])}", f"k = {prdc['k']}"],
@@ -238,12 +257,14 @@ def _privacy(m: Mapping[str, Any], figs: Mapping[str, str | None], real_images: 
             rows.append([_e(key), "–", "–", "–", "–", "–", _e(d["skipped"])])
             continue
         rows.append([_e(f"{key} ({d['space']})"), _num(d["median_synthetic"]), _num(d["median_holdout"]),
-                     f"{_pct(d['fraction_below_p1'])} <span class=muted>(p={d['pvalue_p1']:.2g})</span>",
-                     f"{_pct(d['fraction_below_p5'])} <span class=muted>(p={d['pvalue_p5']:.2g})</span>",
+                     f"{_pct(d['fraction_below_p1'])} <span class=muted>(expect {_pct(d.get('expected_p1'))}; "
+                     f"p={d['pvalue_p1']:.2g})</span>",
+                     f"{_pct(d['fraction_below_p5'])} <span class=muted>(expect {_pct(d.get('expected_p5'))}; "
+                     f"p={d['pvalue_p5']:.2g})</span>",
                      _num(d["n_identical"]), _e("; ".join([f"{d['n_synthetic']} synthetic, {d['n_train']} training, "
                                                        f"{d['n_holdout']} held-out", *d.get("notes", [])]))])  # fmt: skip
-    out += _table(["space", "median DCR synthetic", "median DCR held-out", "below held-out 1st pct (expect 1%)",
-                   "below 5th pct (expect 5%)", "identical", "details"], rows, (1, 2, 5))  # fmt: skip
+    out += _table(["space", "median DCR synthetic", "median DCR held-out", "below held-out 1st pct (p: precedence test)",
+                   "below 5th pct", "identical", "details"], rows, (1, 2, 5))  # fmt: skip
     out += _img(figs["distances"], "DCR histograms")
     if real_images:
         out += "<h3>Closest pairs</h3>" + _img(
@@ -309,7 +330,7 @@ def render(metrics: Mapping[str, Any], figs: Mapping[str, str | None], real_imag
     body = (_header(metrics) + _data(metrics, real_images)
             + "<h2>Samples</h2>" + _img(figs["samples"], "sample grid",
                                         "A few images per class (chosen at random with the evaluation seed).")
-            + _utility(metrics, figs["utility"]) + _fidelity(metrics, figs) + _privacy(metrics, figs, real_images)
+            + _utility(metrics, figs["utility"], figs["utility_roc"]) + _fidelity(metrics, figs) + _privacy(metrics, figs, real_images)
             + _methods(metrics))  # fmt: skip
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
