@@ -11,7 +11,7 @@ import pytest
 from conftest import run_cli
 from medsyn.benchmark import SweepConfig, plan_points, run_sweep
 from medsyn.benchmark import sweep as sweep_mod
-from medsyn.cli.benchmark import parse_duration
+from medsyn.cli.options import parse_duration
 from medsyn.data.cache import PreparedDataset, prepare, subset
 from medsyn.errors import ConfigError, DataError
 
@@ -132,3 +132,5 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     r = run_cli("benchmark", "--data", "phantom?n=60", "--sweep", "samples", "--out", str(tmp_path / "x"),
                 "--budget", "soon")  # fmt: skip
     assert r.returncode == 2 and "--budget must be" in r.stderr
+    r = run_cli("train", "phantom?n=60", "--out", str(tmp_path / "t"), "--time-limit", "never")
+    assert r.returncode == 2 and "--time-limit must be a positive duration" in r.stderr

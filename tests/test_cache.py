@@ -117,11 +117,18 @@ def test_covid_cache_keeps_masks_and_aspect(tmp_path):
 def test_atomic_files_get_normal_permissions(tmp_path):
     import os
 
-    from medsyn.io import write_text_atomic
+    from safetensors.torch import save_file
+
+    from medsyn.io import atomic_dir, atomic_path, write_text_atomic
 
     old = os.umask(0o022)
     try:
         write_text_atomic(tmp_path / "report.html", "x")
+        with atomic_path(tmp_path / "w.safetensors") as tmp:  # save_file writes a fresh 0600 file
+            save_file({"w": torch.zeros(2)}, str(tmp))
+        with atomic_dir(tmp_path / "models") as tmp:
+            (tmp / "a.txt").write_text("a")
     finally:
         os.umask(old)
-    assert (tmp_path / "report.html").stat().st_mode & 0o777 == 0o644
+    for name, mode in (("report.html", 0o644), ("w.safetensors", 0o644), ("models", 0o755)):
+        assert (tmp_path / name).stat().st_mode & 0o777 == mode, name

@@ -96,6 +96,13 @@ def write_sweep_report(summary: Mapping[str, Any], out: Path) -> None:
         f"seeds {cfg['utility']['seeds']}, {cfg['utility']['n_bootstrap']} patient-bootstrap replicates; "
         f"medsyn {html.escape(summary['medsyn_version'])}."
     )
+    steps = {p["generator"]["steps"] for p in points}
+    if any(p["generator"]["stopped_by"] == "budget" for p in points) and len(steps) > 1:
+        settings += (
+            " <b>Generator training was bounded by time (--budget), and the points reached different numbers of "
+            f"steps ({min(steps)} to {max(steps)}): larger sets and a busy machine train fewer steps in the same "
+            "time. For equally trained generators, bound by --steps alone.</b>"
+        )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>medsyn sweep: {cfg["sweep"]}</title>
 <style>{CSS}</style></head><body><main>
 <h1>Benchmark sweep: {html.escape(AXIS[cfg["sweep"]])}</h1>

@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
 from medsyn.benchmark import SweepConfig, run_sweep
+from medsyn.cli.options import parse_duration
 from medsyn.errors import ConfigError
 from medsyn.evaluate.pipeline import EvalSettings, resolve_device
 
 console = Console()
-_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
-
-
-def parse_duration(text: str) -> float:
-    """'300', '300s', '5m', '1.5h' -> seconds."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(s|m|min|h)?\s*", text)
-    if not m or float(m.group(1)) <= 0:
-        raise ConfigError(f"--budget must be a positive duration like 300, 300s, 5m or 1.5h, got {text!r}")
-    return float(m.group(1)) * _UNITS[m.group(2) or ""]
-
-
 def _ints(text: str | None, what: str) -> list[int] | None:
     if text is None:
         return None
@@ -61,7 +50,7 @@ def register(app: typer.Typer) -> None:
         cfg = SweepConfig(
             data=data, sweep=sweep, points=_ints(points, "--points"),
             classes=[c.strip() for c in classes.split(",") if c.strip()] if classes else None, size=size,
-            model=model, steps=steps, budget_s=parse_duration(budget) if budget else None, width=width,
+            model=model, steps=steps, budget_s=parse_duration(budget, "--budget") if budget else None, width=width,
             batch=batch, seed=seed, split_seed=split_seed, device=dev, utility=utility,
         )  # fmt: skip
         summary = run_sweep(cfg, out, quiet=quiet)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.console import Console
 
+from medsyn.cli.options import parse_duration
 from medsyn.errors import ConfigError
-from medsyn.generate import export, generate
+from medsyn.generate import PrivacyFilter, export, generate
+from medsyn.generate.privacy_filter import summary_line
 from medsyn.train import TrainConfig, train
 from medsyn.train.run import read_run_meta
 
@@ -64,6 +67,9 @@ def register(app: typer.Typer) -> None:
         workers: int = typer.Option(None, help="DataLoader workers (default: 0 on CPU, 4 per GPU)."),
         config: Path = typer.Option(None, "--config", help="YAML config (e.g. RUN/config.yaml); options override it."),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where it stopped."),
+        time_limit: str = typer.Option(
+            None, "--time-limit", help="Stop (with a checkpoint) after this much training time, e.g. 90m, 2h."
+        ),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     ) -> None:
         """Train a GAN; under torchrun it trains data-parallel on every process (rank 0 writes)."""
@@ -77,7 +83,8 @@ def register(app: typer.Typer) -> None:
             "ckpt_every": ckpt_every, "log_every": log_every, "workers": workers,
         }  # fmt: skip
         base.update({k: v for k, v in given.items() if v is not None})
-        run = train(TrainConfig.from_dict(base), out, resume=resume, quiet=quiet)
+        limit = parse_duration(time_limit, "--time-limit") if time_limit else None
+        run = train(TrainConfig.from_dict(base), out, resume=resume, quiet=quiet, time_limit_s=limit)
         console.print(f"run folder: {run}")
 
     @app.command("generate")
@@ -92,10 +99,34 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", help="auto | cpu | cuda."),
         precision: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+        privacy_filter: bool = typer.Option(
+            False, "--privacy-filter", help="Re-draw candidates too close to a training image (pixels, re-id)."
+        ),
+        filter_percentile: float = typer.Option(
+            None, "--filter-percentile", help="Reject below this percentile of held-out distances (default 1)."
+        ),
+        reid_model: Path = typer.Option(None, "--reid-model", help="Re-id model folder: also reject linked images."),
+        reid_fpr: float = typer.Option(None, "--reid-fpr", help="Held-out false-link rate of the re-id check (0.01)."),
+        max_rejection: float = typer.Option(
+            None, "--max-rejection", help="Fail (memorising) above this rejected fraction (0.5)."
+        ),
+        real: str = typer.Option(
+            None, "--real", help="Training data spec or cache, when the run's own cache is not available."
+        ),
     ) -> None:
         """Write PNGs, labels in the source dataset's format and manifest.json (EMA generator)."""
+        given = {"percentile": filter_percentile, "reid_model": reid_model, "reid_fpr": reid_fpr,
+                 "max_rejection": max_rejection, "real": real}  # fmt: skip
+        options = {k: v for k, v in given.items() if v is not None}
+        if options and not privacy_filter:
+            raise ConfigError(
+                "--filter-percentile, --reid-model, --reid-fpr, --max-rejection and --real need --privacy-filter"
+            )
+        filt = PrivacyFilter(**options) if privacy_filter else None
         folder = generate(run, n, out, per_class=per_class, balance=balance, seed=seed, batch=batch,
-                          device=device, precision=precision, quiet=quiet)  # fmt: skip
+                          device=device, precision=precision, quiet=quiet, privacy_filter=filt)  # fmt: skip
+        if filt is not None:
+            console.print(summary_line(json.loads((folder / "manifest.json").read_text())["privacy_filter"]))
         console.print(f"synthetic set: {folder}")
 
     @app.command("export")

@@ -2,6 +2,7 @@
 
 The output holds PNGs without any metadata, the labels in the source dataset's format and manifest.json
 (generator hashes, settings, counts; no timestamp, so the same command twice writes identical files).
+With a privacy filter (`privacy_filter.py`), candidates too close to a training image are re-drawn.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from medsyn import __version__
 from medsyn.errors import CheckpointError, ConfigError
 from medsyn.generate.layout import Layout
 from medsyn.generate.plan import Plan, make_plan
+from medsyn.generate.privacy_filter import PrivacyFilter, as_filter, calibrate
 from medsyn.io import atomic_dir, write_json_atomic
 from medsyn.models import GANConfig, Generator, load_generator, save_generator
 from medsyn.models.checkpoint import WEIGHTS_NAME
@@ -120,33 +123,48 @@ def generate(
     device: str = "auto",
     precision: str = "auto",
     quiet: bool = False,
+    privacy_filter: PrivacyFilter | bool | None = None,
 ) -> Path:
     """Write a synthetic set to `out`: `n` images with the training label distribution, or `per_class`
-    images per label group, or (`balance`) each group topped up to the largest group's training count."""
+    images per label group, or (`balance`) each group topped up to the largest group's training count.
+
+    `privacy_filter` (True: default settings) re-draws candidates too close to a training image; off by
+    default, and then the output is exactly what it was before the filter existed."""
     if batch < 1:
         raise ConfigError(f"batch must be positive, got {batch}")
+    filt = as_filter(privacy_filter)
+    if filt is not None:
+        filt.validate()
     meta, files = generator_files(run_dir)
     plan = make_plan(meta, n, per_class, balance, seed)
     stats = meta["labels"]
     classes = list(stats["classes"])
+    no_finding = NO_FINDING if any(g["name"] == NO_FINDING for g in meta["groups"]) else None
     layout = Layout.for_source(stats["source_format"], classes, stats.get("source_options", {}))
     cuda = wants_cuda(device)
     dev = torch.device("cuda") if cuda else torch.device("cpu")
     amp = _precision(precision, cuda)
+    groups = [*classes, no_finding] if no_finding else classes
+    screen = None if filt is None else calibrate(filt, meta, Path(run_dir), groups, dev, quiet)
     out = Path(out)
     paths = layout.image_paths(plan.labels)
     with atomic_dir(out) as tmp, ThreadPoolExecutor(max_workers=4) as pool:
-        with progress_bar("generate", total=len(plan), quiet=quiet) as advance:
+        title = "generate" if screen is None else "generate (privacy filter)"
+        with progress_bar(title, total=len(plan), quiet=quiet) as advance:
             pending: list[Future[None]] = []  # PNG encoding of one batch overlaps drawing the next
             for gi, file in enumerate(files):
                 G = file.load().to(dev)
                 for chunk in _batches(plan, gi, batch):
-                    images = _draw(G, plan, chunk, derive_seed(seed, gi, int(chunk[0])), dev, amp)
+                    parts = (seed, gi, int(chunk[0]))
+                    images = _draw(G, plan, chunk, derive_seed(*parts), dev, amp)
+                    if screen is not None:
+                        redraw = partial(_redraw, G, plan, chunk, parts, dev, amp)
+                        images = screen.screen(images, plan.labels[chunk], redraw)
                     _wait(pending, advance)
                     pending = [pool.submit(_save_png, tmp / paths[i], images[j]) for j, i in enumerate(chunk)]
             _wait(pending, advance)
         layout.write_labels(tmp, out.name, paths, plan.labels)
-        no_finding = NO_FINDING if any(g["name"] == NO_FINDING for g in meta["groups"]) else None
+        extra = {} if screen is None else {"privacy_filter": screen.manifest()}
         write_json_atomic(tmp / "manifest.json", {
             "format": "medsyn-synthetic",
             "medsyn_version": __version__,
@@ -163,6 +181,7 @@ def generate(
             "counts": plan.counts(classes, no_finding),
             "layout": layout.kind,
             "labels_file": layout.labels_file,
+            **extra,
         })  # fmt: skip
     return out
 
@@ -179,6 +198,14 @@ def _draw(
         with torch.autocast(dev.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
             x = G(z, y).float()
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+
+
+def _redraw(
+    G: Generator, plan: Plan, chunk: np.ndarray, parts: tuple[int, int, int], dev: torch.device,
+    amp: torch.dtype | None, rows: np.ndarray, rnd: int,
+) -> np.ndarray:  # fmt: skip
+    """Re-draw the rejected candidates chunk[rows] in round `rnd`: the same labels, a seed of their own."""
+    return _draw(G, plan, chunk[rows], derive_seed(*parts, rnd), dev, amp)
 
 
 def export(run_dir: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
