@@ -19,7 +19,6 @@ import csv
 import io
 import json
 import math
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -259,7 +258,6 @@ def run_sweep(cfg: SweepConfig, out: str | Path, quiet: bool = False) -> dict[st
         if not done.is_file():
             folder.mkdir(parents=True, exist_ok=True)
             write_json_atomic(done, run_point(point, base, cfg, folder, quiet))
-            shutil.rmtree(folder / "cache", ignore_errors=True)  # rows are in result.json; frees the disk
         results.append(json.loads(done.read_text()))
     write_csv(results, out / "results.csv")
     summary = {

@@ -1,0 +1,692 @@
+#!/usr/bin/env python3
+"""BENCHMARKS.md, written from measured results only: never edit that file by hand, rerun this script.
+
+Two phases. `run` measures: for each real data set in ../shared/data it runs the real CLI (prepare ->
+train -> generate -> evaluate --quick) as subprocesses, so every command line in the output is the one
+that ran, and records its wall time, CPU time, exit code and the machine's load; then it counts the
+training FLOPs of the full-size GPU recipes. Every step writes its own JSON atomically under --work, and a
+rerun skips the finished ones (a killed step is started again from scratch, so its timing stays honest).
+`write` renders the markdown from those JSON files alone.
+
+    .venv/bin/python benchmarks/make_benchmarks_md.py                 # run, then write BENCHMARKS.md
+    .venv/bin/python benchmarks/make_benchmarks_md.py --smoke         # tiny settings, ~3 min, out/benchmarks-smoke/
+    .venv/bin/python benchmarks/make_benchmarks_md.py write --sweep out/sweep   # re-render, with a sweep
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import math
+import os
+import platform
+import resource
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from medsyn.io import write_json_atomic, write_text_atomic
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("MEDSYN_SHARED_DATA", REPO.parent / "shared" / "data"))
+RAREST = 3  # classes shown in the augmentation-gain table, fewest training positives first
+LOAD_SAMPLE_S = 2.0
+
+# --- GPU recipe assumptions (no GPU was measured: these turn counted FLOPs into hours) ---------------------
+PEAK_TFLOPS = {"A100": 312.0, "H100 SXM": 989.0}  # dense bf16 tensor-core peak, vendor data sheets
+MFU = (0.30, 0.10)  # assumed sustained fraction of peak: optimistic, pessimistic (small convnets, batch 64)
+GPU_IMAGES_SEEN = 10_000_000  # images shown to D per full-size run (StyleGAN2-ADA-style 10k kimg)
+GPU_BATCH = 64  # per process
+GPU_PROCS = 8
+GPU_MODELS = (("cgan", 128), ("stylegan2", 128), ("stylegan2", 256))
+FULL_SETS = {  # name: (images, spec as a user would write it, folder tag)
+    "NIH ChestX-ray14": (112_120, "nih:/data/cxr14", "nih"),
+    "CheXpert": (224_316, "chexpert:/data/CheXpert-v1.0?uncertain=zeros&view=frontal", "chexpert"),
+}
+
+
+# ----------------------------------------------------------------------------------------- experiments
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One data set, end to end at CPU scale; `prepare`/`generate` are the extra CLI options of those steps."""
+
+    key: str
+    title: str
+    spec: str
+    size: int
+    steps: int
+    model: str = "cgan"
+    width: int = 32
+    batch: int = 64
+    prepare: tuple[str, ...] = ()
+    generate: tuple[str, ...] = ("--balance",)
+    why: str = ""
+
+
+def experiments(data: Path, smoke: bool) -> list[Experiment]:
+    """The benchmark configurations: ~25-30 min on an idle 2-core CPU (training is ~80% of it), ~3 min with
+    `smoke` (20 steps, 1 classifier epoch, 256 synthetic images, PneumoniaMNIST capped at 300 per class)."""
+    pneu = f"medmnist:{_display(data / 'pneumoniamnist' / 'pneumoniamnist.npz')}"
+    nih = f"nih:{_display(data / 'nih-cxr14-sample')}"
+    covid = f"ieee8023:{_display(data / 'covid-chestxray')}"
+    nih_classes = "Effusion,Infiltration" if smoke else "Effusion,Infiltration,Atelectasis,Cardiomegaly"
+    tiny = ("--n", "256") if smoke else ("--balance",)
+    return [
+        Experiment("pneumoniamnist", "PneumoniaMNIST", pneu, 28, 20 if smoke else 5000,
+                   prepare=("--cap", "300") if smoke else (), generate=tiny,
+                   why="official MedMNIST split; no patient ids, so re-identification is not assessable"),
+        Experiment("nih", "NIH ChestX-ray14 sample", nih, 64, 20 if smoke else 2500, prepare=("--classes", nih_classes),
+                   generate=tiny, why="the most frequent findings only, so that the test patients hold positives"),
+        Experiment("covid", "ieee8023 covid-chestxray", covid, 64, 20 if smoke else 1000, generate=tiny,
+                   why="all findings; only those with enough test positives are scored"),
+    ]  # fmt: skip
+
+
+def _display(path: Path) -> str:
+    """A path as written in a command: relative to the repository root (where commands run) when it lies
+    in the repository or beside it (../shared/data), else absolute."""
+    full = Path(path).absolute()
+    return os.path.relpath(full, REPO) if full.is_relative_to(REPO.parent) else str(full)
+
+
+def medsyn_exe() -> list[str]:
+    """The installed `medsyn` script next to this interpreter, else `python -m medsyn`."""
+    script = Path(sys.executable).parent / "medsyn"
+    return [_display(script)] if script.is_file() else [_display(Path(sys.executable)), "-m", "medsyn"]
+
+
+OUTPUT = {"prepare": "cache", "train": "run", "generate": "synthetic", "evaluate": "evaluation"}  # step: folder
+
+
+def commands(exp: Experiment, folder: Path, smoke_settings: Path | None) -> dict[str, list[str]]:
+    """The four CLI steps of one experiment, in order; paths relative to the repository root."""
+    exe, d = medsyn_exe(), {k: _display(folder / k) for k in OUTPUT.values()}
+    settings = ["--settings", _display(smoke_settings)] if smoke_settings else []
+    return {
+        "prepare": [*exe, "data", "prepare", exp.spec, "--size", str(exp.size), "--out", d["cache"], "--seed", "0",
+                    *exp.prepare, "--quiet"],
+        "train": [*exe, "train", d["cache"], "--model", exp.model, "--size", str(exp.size), "--steps", str(exp.steps),
+                  "--width", str(exp.width), "--batch", str(exp.batch), "--seed", "0", "--device", "cpu",
+                  "--out", d["run"], "--quiet"],
+        "generate": [*exe, "generate", d["run"], *exp.generate, "--seed", "0", "--device", "cpu",
+                     "--out", d["synthetic"], "--quiet"],
+        "evaluate": [*exe, "evaluate", "--real", d["cache"], "--synthetic", d["synthetic"], "--out", d["evaluation"],
+                     "--quick", "--seed", "0", "--device", "cpu", *settings, "--quiet"],
+    }  # fmt: skip
+
+
+SMOKE_SETTINGS = {"classifier": {"epochs": 1}, "utility": {"n_bootstrap": 20}, "kid_subsets": 10,
+                  "reid": {"epochs": 1, "steps_per_epoch": 5}}  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------- measuring
+
+
+def run_command(argv: Sequence[str], log: Path) -> dict[str, Any]:
+    """Run one command from the repository root; its output goes to `log`. Records wall and CPU time,
+    exit code, and the 1-minute load average before, after and at its highest (the machine is shared)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    before, cpu0 = os.getloadavg()[0], resource.getrusage(resource.RUSAGE_CHILDREN)
+    start, t0, peak = dt.datetime.now(dt.UTC), time.perf_counter(), before
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(list(argv), cwd=REPO, stdout=fh, stderr=subprocess.STDOUT)
+        while True:
+            try:
+                proc.wait(timeout=LOAD_SAMPLE_S)
+                break
+            except subprocess.TimeoutExpired:
+                peak = max(peak, os.getloadavg()[0])
+    wall, cpu1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {
+        "command": shlex.join(argv), "exit_code": proc.returncode, "wall_s": round(wall, 2),
+        "cpu_s": round(cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime, 2),
+        "start": start.isoformat(timespec="seconds"), "end": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "load_1min": {"before": before, "after": os.getloadavg()[0], "max": peak}, "log": _display(log), "git": git_state(),
+        "tail": "" if proc.returncode == 0 else log.read_text(errors="replace")[-1500:],
+    }  # fmt: skip
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _train_stats(run: Path) -> dict[str, Any]:
+    """Logged training rates (median of the img/s column of losses.csv) and what was trained."""
+    rates, last = [], {}
+    try:
+        with open(run / "losses.csv", newline="") as fh:
+            for row in csv.DictReader(fh):
+                last = row
+                if row.get("img_per_s"):
+                    rates.append(float(row["img_per_s"]))
+    except OSError:
+        pass
+    meta = _read_json(run / "run.json") or {}
+    return {"median_img_per_s": _median(rates), "n_rates": len(rates), "steps": _num(last.get("step")),
+            "images_seen": _num(last.get("images")), "config": meta.get("config", {}),
+            "runtime": meta.get("runtime", {}), "groups": meta.get("groups", [])}  # fmt: skip
+
+
+def _median(values: Sequence[float]) -> float | None:
+    s = sorted(values)
+    return None if not s else (s[len(s) // 2] + s[(len(s) - 1) // 2]) / 2
+
+
+def _num(v: Any) -> int | float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return int(f) if f.is_integer() else f
+
+
+def run_experiment(exp: Experiment, work: Path, smoke: bool) -> dict[str, Any]:
+    """Run the steps not yet finished (a step is finished when its record says exit code 0), then write
+    RESULT.json with the step records, the metrics and the run's statistics."""
+    folder = work / exp.key
+    result_path = folder / "result.json"
+    settings = folder / "smoke-settings.json" if smoke else None  # YAML is a superset of JSON
+    todo = commands(exp, folder, settings)
+    done = _read_json(result_path)
+    wanted = {name: shlex.join(argv) for name, argv in todo.items()}
+    if done and done.get("status") == "ok" and {k: s.get("command") for k, s in done["steps"].items()} == wanted:
+        print(f"[{exp.key}] finished earlier; kept ({_display(result_path)})")
+        return done
+    if settings:
+        write_json_atomic(settings, SMOKE_SETTINGS)
+    steps: dict[str, Any] = {}
+    stale = False  # once a step runs again, every later step must too
+    for name, argv in todo.items():
+        record_path = folder / "steps" / f"{name}.json"
+        record = _read_json(record_path)
+        if stale or not (record and record.get("exit_code") == 0 and record.get("command") == shlex.join(argv)):
+            stale = True
+            shutil.rmtree(folder / OUTPUT[name], ignore_errors=True)
+            print(f"[{exp.key}] {name}: {shlex.join(argv)}", flush=True)
+            record = run_command(argv, folder / "logs" / f"{name}.log")
+            write_json_atomic(record_path, record)
+            print(f"[{exp.key}] {name}: exit {record['exit_code']} in {record['wall_s']:.0f} s", flush=True)
+        steps[name] = record
+        if record["exit_code"] != 0:
+            break
+    ok = all(s["exit_code"] == 0 for s in steps.values()) and len(steps) == 4
+    result = {
+        "status": "ok" if ok else "failed", "experiment": asdict(exp), "smoke": smoke, "steps": steps,
+        "smoke_settings": SMOKE_SETTINGS if smoke else None,
+        "train": _train_stats(folder / "run"),
+        "synthetic": _read_json(folder / "synthetic" / "manifest.json") or {},
+        "metrics": _read_json(folder / "evaluation" / "metrics.json") or {},
+    }  # fmt: skip
+    write_json_atomic(result_path, result)
+    return result
+
+
+def count_gpu_flops(work: Path, smoke: bool) -> dict[str, Any]:
+    """Matmul/conv FLOPs per training image of each GPU-recipe model (one D step + one G step, counted on
+    the CPU with torch.utils.flop_counter), and of the full evaluation's classifier (forward + backward)."""
+    path = work / "gpu_flops.json"
+    done = _read_json(path)
+    if done and done.get("smoke") == smoke:
+        return done
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from medsyn.evaluate.pipeline import EvalSettings
+    from medsyn.models.classifiers import build_classifier
+    from medsyn.models.config import GANConfig
+    from medsyn.models.registry import build_gan
+
+    t0, k, batch = time.perf_counter(), 14, 2
+    models = GPU_MODELS[:1] if smoke else GPU_MODELS
+    torch.manual_seed(0)
+
+    def counted(fn: Callable[[], None]) -> float:
+        with FlopCounterMode(display=False) as fc:
+            fn()
+        return fc.get_total_flops() / batch
+
+    gans = []
+    for name, size in models:
+        g, d = build_gan(GANConfig(name, size, 1, k, 100, 64))
+        z, y, x = torch.randn(batch, 100), torch.zeros(batch, k), torch.randn(batch, 1, size, size)
+
+        def step(g: Any = g, d: Any = d, z: Any = z, y: Any = y, x: Any = x) -> None:
+            (d(x, y)[0].mean() - d(g(z, y).detach(), y)[0].mean()).backward()  # D step
+            (-d(g(z, y), y)[0].mean()).backward()  # G step
+
+        gans.append({"model": name, "size": size, "width": 64, "classes": k, "flops_per_image": counted(step),
+                     "params_g": sum(p.numel() for p in g.parameters()),
+                     "params_d": sum(p.numel() for p in d.parameters())})  # fmt: skip
+    full = EvalSettings.make(False, 0, "cpu", False)
+    clf_name = full.utility.classifier.model
+    classifiers = []
+    for size in sorted({s for _, s in models}):
+        net = build_classifier(clf_name, 1, k, size)
+        classifiers.append({"model": clf_name, "size": size,
+                            "flops_per_image": counted(lambda n=net, s=size: n(torch.randn(batch, 1, s, s)).sum().backward())})  # fmt: skip
+    out = {"smoke": smoke, "gans": gans, "classifiers": classifiers, "torch": torch.__version__,
+           "eval_epochs": full.utility.classifier.epochs, "eval_seeds": len(full.utility.seeds),
+           "counted_in_s": round(time.perf_counter() - t0, 1)}  # fmt: skip
+    write_json_atomic(path, out)
+    return out
+
+
+def git_state() -> dict[str, Any]:
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    return {
+        "commit": git("rev-parse", "HEAD") or None,
+        "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+    }
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU, memory, library versions, niceness and git state of the machine that measures."""
+    import monai
+    import numpy
+    import torch
+
+    def proc_field(file: str, key: str) -> str | None:
+        try:
+            for line in Path(file).read_text().splitlines():
+                if line.startswith(key):
+                    return line.split(":", 1)[1].strip()
+        except OSError:
+            pass
+        return None
+
+    mem = proc_field("/proc/meminfo", "MemTotal")
+    return {
+        "cpu": proc_field("/proc/cpuinfo", "model name") or platform.processor() or "unknown",
+        "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "ram_gib": round(int(mem.split()[0]) / 2**20, 1) if mem else None, "nice": os.nice(0),
+        "python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
+        "monai": monai.__version__, "os": platform.platform(), "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        **git_state(),
+    }  # fmt: skip
+
+
+def run_phase(args: argparse.Namespace, work: Path) -> None:
+    selected = [e for e in experiments(args.data, args.smoke) if e.key in args.datasets]
+    meta = _read_json(work / "machine.json") or {}
+    write_json_atomic(work / "machine.json", {**machine_info(), "smoke": args.smoke,
+                                              "run_commands": list(dict.fromkeys([*meta.get("run_commands", []), _own_command()]))})  # fmt: skip
+    for exp in selected:
+        run_experiment(exp, work, args.smoke)
+    count_gpu_flops(work, args.smoke)
+
+
+def _own_command() -> str:
+    """This script's command line (with its niceness, which the measured commands inherit)."""
+    nice = os.nice(0)
+    return f"nice -n {nice} " * (nice > 0) + shlex.join(
+        [_display(Path(sys.executable)), _display(Path(__file__)), *sys.argv[1:]]
+    )
+
+
+# ----------------------------------------------------------------------------------------- rendering
+
+
+def dig(d: Any, *keys: Any) -> Any:
+    """d[k1][k2]... or None when any level is missing (metrics files gain and lose keys between versions)."""
+    for k in keys:
+        if not isinstance(d, Mapping) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def fmt(v: Any, decimals: int = 3, pct: bool = False) -> str:
+    """A number for a table ('n/a' when missing or non-finite): integers whole, large floats rounded,
+    tiny ones in scientific notation, fractions as percentages with `pct`."""
+    if v is None or isinstance(v, bool) or not isinstance(v, (int, float)):
+        return "n/a" if v is None else str(v)
+    if not math.isfinite(v):
+        return "n/a"
+    if pct:
+        return f"{100 * v:.1f}%"
+    if isinstance(v, int) or abs(v) >= 1000:
+        return f"{v:,.0f}"
+    return f"{v:.2e}" if 0 < abs(v) < 1e-3 else f"{v:.{decimals}f}"
+
+
+def ci(d: Any, key: str = "value", lo: str = "ci_low", hi: str = "ci_high", pct: bool = False) -> str:
+    """'value [low, high]' from one result dict; the skip reason when the dict says it was skipped."""
+    if isinstance(d, Mapping) and "skipped" in d:
+        return f"n/a ({d['skipped']})"
+    v = dig(d, key)
+    if v is None:
+        return "n/a"
+    low, high = dig(d, lo), dig(d, hi)
+    return fmt(v, pct=pct) + (f" [{fmt(low, pct=pct)}, {fmt(high, pct=pct)}]" if low is not None else "")
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    esc = [[str(c).replace("|", "\\|").replace("\n", " ") for c in r] for r in rows]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in esc])
+
+
+def utility_section(m: Mapping[str, Any]) -> str:
+    u = m.get("utility") or {}
+    if "trtr" not in u:
+        return f"Not assessed: {u.get('skipped', 'no utility results')}."
+    mean = {"key": "mean_auroc", "lo": "mean_ci_low", "hi": "mean_ci_high"}
+    rows = [[name, ci(u.get(key), **mean)] for key, name in
+            (("trtr", "TRTR: train real, test real"), ("tstr", "TSTR: train synthetic, test real"),
+             ("augmented", "train real + synthetic, test real"))]  # fmt: skip
+    rows += [["ratio TSTR / TRTR", ci(dig(u, "ratio", "tstr_over_trtr"))],
+             ["above-chance ratio (TSTR − 0.5) / (TRTR − 0.5)", ci(dig(u, "ratio", "tstr_over_trtr_above_chance"))],
+             ["mean augmentation gain", ci(u.get("augmentation_gain"), "mean", "mean_ci_low", "mean_ci_high")]]  # fmt: skip
+    positives = dig(m, "data", "real", "splits", "train", "positives") or {}
+    test_pos = dig(m, "data", "real", "splits", "test", "positives") or {}
+    classes = sorted(u.get("classes") or positives, key=lambda c: (positives.get(c, math.inf), c))[:RAREST]
+    per_class = [[c, positives.get(c, "n/a"), test_pos.get(c, "n/a"),
+                  *(ci(dig(u, s, "classes", c), "auroc") for s in ("trtr", "tstr", "augmented")),
+                  ci(dig(u, "augmentation_gain", "per_class", c), "gain")] for c in classes]  # fmt: skip
+    unscored = [f"{c}: {r}" for c, e in (dig(u, "trtr", "classes") or {}).items() if (r := dig(e, "reason"))]
+    clf = u.get("classifier") or {}
+    return "\n\n".join([
+        f"Mean AUROC over {len(u.get('classes') or [])} classes on {fmt(u.get('n_images'))} real test images of "
+        f"{fmt(u.get('n_patients'))} patients; classifier `{clf.get('model', 'n/a')}`, {clf.get('epochs', 'n/a')} "
+        f"epochs, {u.get('n_seeds', 'n/a')} seed(s); {u.get('ci_method', 'bootstrap')} over {u.get('resample_unit', 'n/a')}s, "
+        f"{u.get('n_bootstrap', 'n/a')} resamples, 95% CI in brackets.",
+        table(["", "value [95% CI]"], rows),
+        f"Rarest {len(classes)} classes (fewest training positives): AUROC per training set and the gain from "
+        "adding the synthetic images to the real ones.",
+        table(["class", "train positives", "test positives", "TRTR", "TSTR", "real + synthetic", "gain"], per_class),
+        *(["Not scored: " + "; ".join(unscored)] if unscored else []),
+    ])  # fmt: skip
+
+
+def fidelity_section(m: Mapping[str, Any]) -> str:
+    f = m.get("fidelity") or {}
+    back = f.get("backbone") or {}
+    head = (f"Feature extractor: `{back.get('name', 'n/a')}` — {back.get('implementation', 'n/a')}; "
+            f"reference: {f.get('reference', 'n/a')}.")  # fmt: skip
+    if "fid" not in f:
+        return head + f"\n\nNot assessed: {f.get('skipped', 'no fidelity results')}."
+    fid, base, kid, prdc = f["fid"], dig(f, "fid", "baseline") or {}, f.get("kid") or {}, f.get("prdc") or {}
+    rows = [
+        ["FID (all images)", fmt(fid.get("fid")), f"N real {fmt(fid.get('n_real'))}, N synthetic {fmt(fid.get('n_synthetic'))}"],
+        ["FID synthetic vs real at the baseline's N", f"{fmt(base.get('synthetic_vs_real'))} ± {fmt(base.get('synthetic_vs_real_std'))}",
+         f"N = {fmt(base.get('n'))}, {fmt(base.get('repeats'))} repeats"],
+        ["FID real vs real (baseline)", f"{fmt(base.get('real_vs_real'))} ± {fmt(base.get('real_vs_real_std'))}",
+         "two disjoint real subsets of the same N"],
+        ["KID", f"{fmt(kid.get('kid'))} ± {fmt(kid.get('kid_std'))}",
+         f"{fmt(kid.get('n_subsets'))} subsets of {fmt(kid.get('subset_size'))}"],
+        *([name, fmt(prdc.get(name)), f"k = {fmt(prdc.get('k'))}"] for name in ("precision", "recall", "density", "coverage")),
+    ]  # fmt: skip
+    return head + "\n\n" + table(["metric", "value", "setting"], rows)
+
+
+def privacy_section(m: Mapping[str, Any]) -> str:
+    p = m.get("privacy") or {}
+    if not p:
+        return "Not assessed."
+    from medsyn.report.verdicts import REID_FPR
+
+    rows = []
+    for space, d in (p.get("dcr") or {}).items():
+        if "skipped" in d:
+            rows.append([f"DCR ({space})", ci(d), ""])
+            continue
+        rows += [[f"DCR ({d.get('space', space)}): synthetic closer to train than held-out p{q}",
+                  fmt(d.get(f"fraction_below_p{q}"), pct=True), f"expected {q}%; identical copies {fmt(d.get('n_identical'))}"]
+                 for q in (1, 5)]  # fmt: skip
+    for space, d in (p.get("membership_inference") or {}).items():
+        rows.append([f"membership inference AUROC ({d.get('space', space)})", ci(d, "auroc"), "0.5 = no leakage"])
+    reid = p.get("reidentification") or {}
+    match = dig(reid, "matching", "gallery_calibrated", str(REID_FPR)) or {}
+    rows += [["re-identification: verification AUROC (held-out patients)", ci(reid.get("verification") or reid, "auroc"),
+              "how well the attack recognises a patient"],
+             [f"re-identification: synthetic images linked to a training patient (FPR {REID_FPR})",
+              ci(match.get("synthetic") or reid, "fraction", pct=True),
+              f"held-out real images: {fmt(match.get('heldout_fraction'), pct=True)}"]]  # fmt: skip
+    return table(["check", "value [95% CI]", "reading"], rows)
+
+
+def _rate(images: Any, seconds: Any) -> str:
+    return fmt(images / seconds, 1) if isinstance(images, (int, float)) and seconds else "n/a"
+
+
+def throughput_section(r: Mapping[str, Any]) -> str:
+    steps, train, syn = r.get("steps") or {}, r.get("train") or {}, r.get("synthetic") or {}
+    cfg, prep_meta = (
+        {**(train.get("config") or {}), **(train.get("runtime") or {})},
+        dig(r, "metrics", "data", "real", "splits") or {},
+    )
+    n_real = sum(v.get("images", 0) for v in prep_meta.values()) or None
+    rows = [
+        ["prepare (decode + resize into the cache)", _rate(n_real, dig(steps, "prepare", "wall_s")), f"{fmt(n_real)} images, whole command"],
+        ["training, median of logged rates", fmt(train.get("median_img_per_s"), 1),
+         f"{fmt(train.get('n_rates'))} log rows; model {cfg.get('model', 'n/a')}, width {cfg.get('width', 'n/a')}, "
+         f"batch {cfg.get('batch', 'n/a')}, precision {cfg.get('precision', 'n/a')}"],
+        ["training, whole command", _rate(train.get("images_seen"), dig(steps, "train", "wall_s")),
+         f"{fmt(train.get('images_seen'))} images in {fmt(train.get('steps'))} steps; includes start-up, samples, checkpoints"],
+        ["generation, whole command", _rate(syn.get("images"), dig(steps, "generate", "wall_s")),
+         f"{fmt(syn.get('images'))} PNGs written ({syn.get('mode', 'n/a')}); includes start-up"],
+    ]  # fmt: skip
+    return table(["stage", "img/s", "what"], rows)
+
+
+def ordered(d: Mapping[str, Any], order: Iterable[str]) -> list[tuple[str, Any]]:
+    """Items of `d` in `order` first, then the rest (JSON files store keys sorted)."""
+    first = [k for k in order if k in d]
+    return [(k, d[k]) for k in first + [k for k in d if k not in first]]
+
+
+def steps_table(steps: Mapping[str, Any]) -> str:
+    rows = [[name, fmt(s.get("wall_s"), 1), fmt(s.get("cpu_s"), 1), s.get("exit_code"), s.get("start", ""),
+             " / ".join(fmt(dig(s, "load_1min", k), 2) for k in ("before", "max", "after"))]
+            for name, s in ordered(steps, OUTPUT)]  # fmt: skip
+    return table(["step", "wall s", "CPU s", "exit", "started (UTC)", "load 1-min before / max / after"], rows)
+
+
+def experiment_section(r: Mapping[str, Any]) -> str:
+    exp, m = r.get("experiment") or {}, r.get("metrics") or {}
+    steps = dict(ordered(r.get("steps") or {}, OUTPUT))
+    out = [f"## {exp.get('title', exp.get('key'))} ({exp.get('size')} px, {exp.get('model')}, {fmt(exp.get('steps'))} steps)",
+           f"{str(exp.get('why', ''))[:1].upper()}{str(exp.get('why', ''))[1:]}. Measured at {_commits(steps.values())}.",
+           "```bash\n" + "\n".join(s["command"] for s in steps.values()) + "\n```"]  # fmt: skip
+    if r.get("smoke_settings"):
+        out.append(f"Smoke settings file (passed with `--settings`): `{json.dumps(r['smoke_settings'])}`")
+    out.append(steps_table(steps))
+    failed = [(n, s) for n, s in steps.items() if s.get("exit_code") != 0]
+    if failed or r.get("status") != "ok":
+        name, s = failed[0] if failed else ("?", {})
+        return "\n\n".join([*out, f"**Failed at `{name}`** (exit {s.get('exit_code')}); last output:",
+                            "```\n" + str(s.get("tail", "")).strip() + "\n```"])  # fmt: skip
+    verdicts = [
+        [v.get("check", k), v.get("level", "n/a"), v.get("reason", "")]
+        for k, v in ordered(m.get("verdicts") or {}, ("useful", "realistic", "private"))
+    ]
+    timings = [[k, fmt(v.get("wall_s"), 1), fmt(v.get("cpu_s"), 1)] for k, v in (m.get("timings") or {}).items()]
+    notes = dig(m, "data", "notes") or []
+    out += ["### Useful?", utility_section(m), "### Realistic?", fidelity_section(m), "### Private?", privacy_section(m),
+            "### Verdicts", table(["question", "verdict", "why"], verdicts),
+            "### Throughput", throughput_section(r),
+            "### Evaluation time by stage", table(["stage", "wall s", "CPU s"], timings),
+            *(["Notes: " + "; ".join(map(str, notes))] if notes else [])]  # fmt: skip
+    return "\n\n".join(out)
+
+
+def _commits(records: Iterable[Mapping[str, Any]]) -> str:
+    """The git commit(s) the steps ran at (a resumed benchmark may span several)."""
+    seen = dict.fromkeys(
+        f"`{dig(r, 'git', 'commit') or 'n/a'}`" + " (with uncommitted changes)" * bool(dig(r, "git", "dirty"))
+        for r in records
+    )
+    return "commit " + ", ".join(seen) if seen else "an unknown commit"
+
+
+def machine_section(info: Mapping[str, Any]) -> str:
+    rows = [["CPU", f"{info.get('cpu', 'n/a')}, {info.get('cores', 'n/a')} cores visible, torch threads {info.get('torch_threads', 'n/a')}"],
+            ["RAM", f"{fmt(info.get('ram_gib'), 1)} GiB"], ["OS", info.get("os", "n/a")],
+            ["software", f"Python {info.get('python')}, torch {info.get('torch')}, numpy {info.get('numpy')}, MONAI {info.get('monai')}"],
+            ["git", f"`{info.get('commit')}`" + " with uncommitted changes" * bool(info.get("dirty"))],
+            ["measured", f"{info.get('date', 'n/a')} (UTC), niceness {info.get('nice', 'n/a')}"]]  # fmt: skip
+    return "\n\n".join([
+        table(["", ""], rows),
+        "The machine is **shared** with other jobs: the 1-minute load average is recorded before, during (max) and "
+        "after every command. CPU seconds (all threads of the command) are steadier than wall seconds. Every number is "
+        "from **one run** at **CPU scale** with quick evaluation settings, nothing tuned: read them as a smoke-level "
+        "baseline, not as the quality the models reach at full size.",
+    ])  # fmt: skip
+
+
+def sweep_section(sweep: Path, out_md: Path) -> str:
+    csv_path, png = sweep / "results.csv", sweep / "sweep.png"
+    try:
+        with open(csv_path, newline="") as fh:
+            rows = list(csv.reader(fh))
+    except OSError:
+        return f"No sweep results: `{csv_path}` is missing."
+    if len(rows) < 2:
+        return f"No sweep results: `{csv_path}` has no rows."
+    parts = [
+        f"From `{_display(csv_path)}` (written by `medsyn benchmark`), one row per point:",
+        table(rows[0], rows[1:]),
+    ]
+    if png.is_file() and png.resolve().is_relative_to(REPO):
+        parts.append(f"![sweep]({os.path.relpath(png.resolve(), out_md.resolve().parent)})")
+    else:
+        parts.append(
+            f"Figure: `{png.absolute()}` ({'outside the repository, not embedded' if png.is_file() else 'missing'})."
+        )
+    return "\n\n".join(parts)
+
+
+def gpu_section(flops: Mapping[str, Any] | None) -> str:
+    if not flops:
+        return "Not measured (run the `run` phase)."
+    steps1 = math.ceil(GPU_IMAGES_SEEN / GPU_BATCH)
+    stepsn = math.ceil(GPU_IMAGES_SEEN / (GPU_BATCH * GPU_PROCS))
+    a100, h100 = (PEAK_TFLOPS[k] * 1e12 for k in ("A100", "H100 SXM"))
+
+    def hours(total: float, peak: float, mfu: float) -> str:
+        return fmt(total / (peak * mfu) / 3600, 3)
+
+    rows, cmds = [], []
+    for g in flops.get("gans", []):
+        total = g["flops_per_image"] * GPU_IMAGES_SEEN
+        rows.append([g["model"], g["size"], fmt(g["flops_per_image"] / 1e9, 1), f"{fmt((g['params_g'] + g['params_d']) / 1e6, 1)} M",
+                     fmt(total / 1e18, 3), hours(total, a100, MFU[0]), hours(total, a100, MFU[1]), hours(total, h100, MFU[0])])  # fmt: skip
+    for name, (n, spec, slug) in FULL_SETS.items():
+        for g in flops.get("gans", []):
+            tag = f"{slug}-{g['model']}-{g['size']}"
+            extra = " --augment ada" if g["model"] == "stylegan2" else ""
+            common = f"cache/{slug}{g['size']} --model {g['model']} --size {g['size']}{extra} --batch {GPU_BATCH} --precision bf16 --device cuda"
+            cmds += [f"# {name} ({n:,} images), {g['model']} {g['size']} px",
+                     f"medsyn data prepare {shlex.quote(spec)} --size {g['size']} --out cache/{slug}{g['size']}",
+                     f"medsyn train {common} --steps {steps1} --out runs/{tag}                    # one GPU",
+                     f"torchrun --nproc_per_node {GPU_PROCS} -m medsyn train {common} --steps {stepsn} --out runs/{tag}-x{GPU_PROCS}",
+                     f"medsyn generate runs/{tag} --n {n} --out synthetic/{tag}",
+                     f"medsyn evaluate --real cache/{slug}{g['size']} --synthetic synthetic/{tag} --out eval/{tag} --device cuda", ""]  # fmt: skip
+    epochs, seeds = flops.get("eval_epochs", "n/a"), flops.get("eval_seeds", "n/a")
+    ev_rows = [[name, c["model"], c["size"], fmt(c["flops_per_image"] / 1e9, 1),
+                hours(_eval_flops(c["flops_per_image"], n, epochs, seeds), a100, MFU[0])]
+               for name, (n, *_) in FULL_SETS.items() for c in flops.get("classifiers", [])]  # fmt: skip
+    return "\n\n".join([
+        "**No GPU was measured.** These are estimates, derived as follows, and should be replaced by measured "
+        "figures once a GPU run exists. FLOPs per training image were **counted** on the CPU with "
+        f"`torch.utils.flop_counter.FlopCounterMode` (torch {flops.get('torch')}; matrix multiplies and convolutions "
+        "only; one discriminator step on a real and a generated batch plus one generator step, forward and backward; "
+        "R1, ADA and EMA excluded), model width 64, 14 classes. Then",
+        f"`GPU hours = FLOPs per image × images seen / (peak × utilisation) / 3600`, with images seen = "
+        f"{GPU_IMAGES_SEEN:,} (batch {GPU_BATCH}: {steps1:,} steps on one GPU), peak = dense bf16 tensor-core peak "
+        f"(A100 {PEAK_TFLOPS['A100']:.0f}, H100 SXM {PEAK_TFLOPS['H100 SXM']:.0f} TFLOP/s) and an **assumed** utilisation "
+        f"of {MFU[0]:.0%} (optimistic) or {MFU[1]:.0%} (small convnets at batch {GPU_BATCH} are often launch- and "
+        "memory-bound). GAN training cost does not depend on the data set size, only on images seen.",
+        table(["model", "px", "GFLOP / image", "params G+D", "total EFLOP", f"A100 h @{MFU[0]:.0%}",
+               f"A100 h @{MFU[1]:.0%}", f"H100 h @{MFU[0]:.0%}"], rows),
+        f"With `torchrun --nproc_per_node {GPU_PROCS}` and `--batch {GPU_BATCH}` per process the global batch is "
+        f"{GPU_BATCH * GPU_PROCS}, so {stepsn:,} steps show the same images: the same GPU hours in 1/{GPU_PROCS} of the "
+        "wall time at ideal scaling (gradient all-reduce not included; the larger global batch changes the "
+        "optimisation, so compare FID before trusting it). The CUDA/NCCL path has not been run in this project yet.",
+        "```bash\n" + "\n".join(cmds).rstrip() + "\n```",
+        f"**Evaluation** (full settings, not `--quick`): the classifier is trained {seeds} seeds × up to {epochs} epochs "
+        "on real (TRTR), synthetic (TSTR) and both; with as many synthetic as real images and every image counted as "
+        f"a training image, that is at most `{seeds} × {epochs} × 4N` forward+backward passes. Upper bounds at "
+        f"{MFU[0]:.0%} of an A100 (feature extraction and the re-identification network add less than this):",
+        table(["data set", "classifier", "px", "GFLOP / image (fwd+bwd)", f"A100 h @{MFU[0]:.0%}, upper bound"], ev_rows),
+    ])  # fmt: skip
+
+
+def _eval_flops(per_image: float, n: int, epochs: Any, seeds: Any) -> float:
+    return (
+        float(seeds) * float(epochs) * 4 * n * per_image
+        if isinstance(epochs, int) and isinstance(seeds, int)
+        else math.nan
+    )
+
+
+def render(results: Sequence[Mapping[str, Any]], machine: Mapping[str, Any], flops: Mapping[str, Any] | None,
+           write_command: str, sweep: Path | None, out_md: Path) -> str:  # fmt: skip
+    """The whole BENCHMARKS.md, from the stored JSON only."""
+    smoke = machine.get("smoke") or any(r.get("smoke") for r in results)
+    run_cmds = machine.get("run_commands") or ["n/a"]
+    parts = [
+        "# Benchmarks",
+        "<!-- Generated by benchmarks/make_benchmarks_md.py from measured results. Do not edit by hand. -->",
+        *(["> **SMOKE RUN**: tiny settings for checking the script; these numbers mean nothing."] if smoke else []),
+        "This file is written by `benchmarks/make_benchmarks_md.py` from the JSON results it measured; never edit it "
+        "by hand. Measured with:\n\n```bash\n" + "\n".join(run_cmds) + f"\n```\n\nand rendered with `{write_command}`.",
+        "## Machine", machine_section(machine),
+    ]  # fmt: skip
+    parts += [experiment_section(r) for r in results]
+    if sweep is not None:
+        parts += ["## Sweeps", sweep_section(sweep, out_md)]
+    parts += ["## Full-size runs on GPUs: recipe and estimated cost", gpu_section(flops)]
+    return "\n\n".join(parts).rstrip() + "\n"
+
+
+def write_phase(args: argparse.Namespace, work: Path, out: Path) -> None:
+    results = [r for e in experiments(args.data, args.smoke) if e.key in args.datasets
+               if (r := _read_json(work / e.key / "result.json"))]  # fmt: skip
+    text = render(results, _read_json(work / "machine.json") or {}, _read_json(work / "gpu_flops.json"),
+                  _own_command(), args.sweep, out)  # fmt: skip
+    write_text_atomic(out, text)
+    print(f"wrote {out} ({len(results)} data set(s))")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("phase", nargs="?", choices=("all", "run", "write"), default="all")
+    p.add_argument("--work", type=Path, help="Results folder (default out/benchmarks, or out/benchmarks-smoke).")
+    p.add_argument(
+        "--out", type=Path, help="Markdown file (default BENCHMARKS.md, or WORK/BENCHMARKS.md with --smoke)."
+    )
+    p.add_argument("--data", type=Path, default=DATA, help="The shared real data sets (default ../shared/data).")
+    p.add_argument("--datasets", default="pneumoniamnist,nih,covid", help="Comma-separated experiments to run/show.")
+    p.add_argument("--sweep", type=Path, help="Output folder of `medsyn benchmark` (results.csv, sweep.png).")
+    p.add_argument("--smoke", action="store_true", help="Tiny settings (a few minutes) to check the script.")
+    args = p.parse_args(argv)
+    args.datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
+    work = args.work or REPO / "out" / ("benchmarks-smoke" if args.smoke else "benchmarks")
+    out = args.out or (work / "BENCHMARKS.md" if args.smoke else REPO / "BENCHMARKS.md")
+    if args.phase in ("all", "run"):
+        run_phase(args, work)
+    if args.phase in ("all", "write"):
+        write_phase(args, work, out)
+
+
+if __name__ == "__main__":
+    main()

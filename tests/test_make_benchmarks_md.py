@@ -1,0 +1,176 @@
+"""benchmarks/make_benchmarks_md.py: the markdown is rendered from stored results alone (no training here)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "make_benchmarks_md.py"
+
+
+@pytest.fixture(scope="module")
+def mbm():
+    spec = importlib.util.spec_from_file_location("make_benchmarks_md", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _auroc(v: float) -> dict:
+    return {
+        "mean_auroc": v,
+        "mean_ci_low": v - 0.02,
+        "mean_ci_high": v + 0.02,
+        "classes": {c: {"auroc": v, "ci_low": v - 0.05, "ci_high": v + 0.05} for c in ("Rare", "Common")},
+    }
+
+
+RESULT = {
+    "status": "ok",
+    "experiment": {"key": "fake", "title": "Fake set", "size": 28, "steps": 100, "model": "cgan", "why": "a test"},
+    "steps": {
+        name: {
+            "command": f".venv/bin/medsyn {name} --fake",
+            "exit_code": 0,
+            "wall_s": 12.5,
+            "cpu_s": 20.25,
+            "start": "2026-01-01T00:00:00+00:00",
+            "load_1min": {"before": 0.5, "max": 1.5, "after": 1.0},
+            "git": {"commit": "abc123", "dirty": False},
+        }
+        for name in ("evaluate", "train", "prepare", "generate")
+    },
+    "train": {
+        "median_img_per_s": 812.5,
+        "n_rates": 10,
+        "steps": 100,
+        "images_seen": 6400,
+        "config": {"model": "cgan", "width": 32, "batch": 64},
+        "runtime": {"precision": "fp32"},
+    },
+    "synthetic": {"images": 500, "mode": "balance"},
+    "metrics": {
+        "data": {
+            "real": {
+                "splits": {
+                    "train": {"images": 900, "positives": {"Rare": 7, "Common": 400}},
+                    "test": {"images": 100, "positives": {"Rare": 5, "Common": 60}},
+                }
+            }
+        },
+        "utility": {
+            "classes": ["Rare", "Common"],
+            "n_images": 100,
+            "n_patients": 40,
+            "n_seeds": 1,
+            "n_bootstrap": 200,
+            "trtr": _auroc(0.812),
+            "tstr": _auroc(0.701),
+            "augmented": _auroc(0.823),
+            "ratio": {
+                "tstr_over_trtr": {"value": 0.863, "ci_low": 0.8, "ci_high": 0.9},
+                "tstr_over_trtr_above_chance": {"value": 0.644, "ci_low": 0.5, "ci_high": 0.75},
+            },
+            "augmentation_gain": {
+                "mean": 0.011,
+                "mean_ci_low": -0.01,
+                "mean_ci_high": 0.03,
+                "per_class": {"Rare": {"gain": 0.042, "ci_low": 0.013, "ci_high": 0.071}},
+            },
+        },
+        "fidelity": {
+            "backbone": {"name": "smallcnn-real-train-28px", "implementation": "SmallCNN test"},
+            "fid": {
+                "fid": 12.34,
+                "n_real": 100,
+                "n_synthetic": 500,
+                "baseline": {"n": 50, "real_vs_real": 1.23, "real_vs_real_std": 0.1, "synthetic_vs_real": 13.5},
+            },
+            "kid": {"kid": 0.0456, "kid_std": 0.0012, "n_subsets": 100, "subset_size": 50},
+            "prdc": {"precision": 0.61, "recall": 0.52, "density": 0.93, "coverage": 0.74, "k": 5},
+        },
+        "privacy": {
+            "dcr": {
+                "pixel": {"space": "pixels28", "fraction_below_p1": 0.0123, "fraction_below_p5": 0.0456},
+                "feature": {"skipped": "no backbone"},
+            },
+            "membership_inference": {"pixel": {"space": "pixels28", "auroc": 0.513, "ci_low": 0.49, "ci_high": 0.53}},
+            "reidentification": {"skipped": "no patient has two images"},
+        },
+        "verdicts": {"useful": {"check": "Useful?", "level": "warn", "reason": "keeps 64%"}},
+        "timings": {"fidelity: FID": {"wall_s": 1.5, "cpu_s": 2.5}},
+    },
+}
+
+
+def test_render_puts_measured_numbers_in_tables(mbm, tmp_path):
+    md = mbm.render(
+        [RESULT],
+        {"cpu": "Test CPU", "cores": 2, "run_commands": ["python make.py"]},
+        None,
+        "w",
+        None,
+        tmp_path / "B.md",
+    )
+    for text in (
+        "| TRTR: train real, test real | 0.812 [0.792, 0.832] |",
+        "| above-chance ratio (TSTR − 0.5) / (TRTR − 0.5) | 0.644 [0.500, 0.750] |",
+        "| Rare | 7 | 5 | 0.812 [0.762, 0.862] | 0.701 [0.651, 0.751] | 0.823 [0.773, 0.873] | 0.042 [0.013, 0.071] |",
+        "| FID (all images) | 12.340 |",
+        "| FID real vs real (baseline) | 1.230 ± 0.100 |",
+        "| KID | 0.046 ± 0.001 |",
+        "| coverage | 0.740 | k = 5 |",
+        "DCR (pixels28): synthetic closer to train than held-out p1 | 1.2%",
+        "| membership inference AUROC (pixels28) | 0.513 [0.490, 0.530] |",
+        "n/a (no patient has two images)",
+        "| training, median of logged rates | 812.5 |",
+        "precision fp32",
+        "| generation, whole command | 40.0 |",
+        "`smallcnn-real-train-28px`",
+        "## Fake set (28 px, cgan, 100 steps)",
+        "A test. Measured at commit `abc123`.",
+        "Test CPU",
+        "Do not edit by hand",
+    ):
+        assert text in md, text
+    cmds = md.index("```bash\n.venv/bin/medsyn prepare")  # steps in pipeline order, not the JSON's sorted order
+    assert (
+        md.index("medsyn train --fake", cmds)
+        < md.index("medsyn generate --fake", cmds)
+        < md.index("medsyn evaluate --fake", cmds)
+    )
+
+
+def test_render_survives_missing_and_failed_results(mbm, tmp_path):
+    failed = {**RESULT, "status": "failed", "steps": {"train": {"command": "x", "exit_code": 2, "tail": "error: bad"}}}
+    md = mbm.render([{"experiment": {"key": "empty"}, "status": "ok"}, failed], {}, {}, "w", None, tmp_path / "B.md")
+    assert "**Failed at `train`** (exit 2)" in md and "error: bad" in md
+    assert "Not assessed" in md
+
+
+def test_gpu_section_applies_the_stated_formula(mbm):
+    flops = {
+        "gans": [{"model": "stylegan2", "size": 256, "flops_per_image": 1e11, "params_g": 2e7, "params_d": 2e7}],
+        "classifiers": [{"model": "densenet121", "size": 256, "flops_per_image": 2e10}],
+        "eval_epochs": 20,
+        "eval_seeds": 3,
+        "torch": "x",
+    }
+    md = mbm.gpu_section(flops)
+    hours = 1e11 * mbm.GPU_IMAGES_SEEN / (mbm.PEAK_TFLOPS["A100"] * 1e12 * mbm.MFU[0]) / 3600
+    assert f"| stylegan2 | 256 | 100.0 | 40.0 M | 1.000 | {hours:.3f} |" in md
+    assert "torchrun --nproc_per_node 8 -m medsyn train cache/nih256 --model stylegan2 --size 256 --augment ada" in md
+    assert "No GPU was measured" in md
+
+
+def test_sweep_section_reads_the_csv_or_says_why_not(mbm, tmp_path):
+    assert "missing" in mbm.sweep_section(tmp_path, tmp_path / "B.md")
+    (tmp_path / "results.csv").write_text("point,ratio\n")
+    assert "no rows" in mbm.sweep_section(tmp_path, tmp_path / "B.md")
+    (tmp_path / "results.csv").write_text("point,ratio\n50,0.81\n100,0.88\n")
+    md = mbm.sweep_section(tmp_path, tmp_path / "B.md")
+    assert "| point | ratio |" in md and "| 100 | 0.88 |" in md and "sweep.png" in md
