@@ -37,6 +37,7 @@ from medsyn.io import write_json_atomic, write_text_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("MEDSYN_SHARED_DATA", REPO.parent / "shared" / "data"))
+BENCH = Path(os.environ.get("MEDSYN_SHARED_BENCH", REPO.parent / "shared" / "bench"))  # textbook references
 RAREST = 3  # classes shown in the augmentation-gain table, fewest training positives first
 LOAD_SAMPLE_S = 2.0
 
@@ -71,6 +72,7 @@ class Experiment:
     prepare: tuple[str, ...] = ()
     generate: tuple[str, ...] = ("--balance",)
     why: str = ""
+    reference: tuple[str, ...] = ()  # a textbook script in BENCH and its options, run at medsyn's training time
 
 
 def experiments(data: Path, smoke: bool) -> list[Experiment]:
@@ -84,7 +86,9 @@ def experiments(data: Path, smoke: bool) -> list[Experiment]:
     return [
         Experiment("pneumoniamnist", "PneumoniaMNIST", pneu, 28, 20 if smoke else 5000,
                    prepare=("--cap", "300") if smoke else (), generate=tiny,
-                   why="official MedMNIST split; no patient ids, so re-identification is not assessable"),
+                   why="official MedMNIST split; no patient ids, so re-identification is not assessable",
+                   reference=("textbook_cgan_tstr.py", "--npz", pneu.split(":", 1)[1],
+                              *(("--clf-seeds", "1", "--clf-epochs", "1") if smoke else ()))),
         Experiment("nih", "NIH ChestX-ray14 sample", nih, 64, 20 if smoke else 2500, prepare=("--classes", nih_classes),
                    generate=tiny, why="the most frequent findings only, so that the test patients hold positives"),
         Experiment("covid", "ieee8023 covid-chestxray", covid, 64, 20 if smoke else 1000, generate=tiny,
@@ -223,15 +227,42 @@ def run_experiment(exp: Experiment, work: Path, smoke: bool) -> dict[str, Any]:
         if record["exit_code"] != 0:
             break
     ok = all(s["exit_code"] == 0 for s in steps.values()) and len(steps) == 4
+    reference = run_reference(exp, folder, steps["train"]["wall_s"]) if ok and exp.reference else None
     result = {
         "status": "ok" if ok else "failed", "experiment": asdict(exp), "smoke": smoke, "steps": steps,
         "smoke_settings": SMOKE_SETTINGS if smoke else None,
         "train": _train_stats(folder / "run"),
         "synthetic": _read_json(folder / "synthetic" / "manifest.json") or {},
         "metrics": _read_json(folder / "evaluation" / "metrics.json") or {},
+        "reference": reference,
     }  # fmt: skip
     write_json_atomic(result_path, result)
     return result
+
+
+def run_reference(exp: Experiment, folder: Path, train_wall_s: float) -> dict[str, Any]:
+    """The textbook script of `exp.reference`, given as GAN training budget the wall time of medsyn's whole
+    `train` command (start-up, sample grids and checkpoints included, so the textbook gets slightly more
+    training time than medsyn did). Its record holds the JSON line the script prints last."""
+    script, *options = exp.reference
+    path = BENCH / script
+    if not path.is_file():
+        return {"skipped": f"{_display(path)} not found (set MEDSYN_SHARED_BENCH)"}
+    argv = [_display(Path(sys.executable)), _display(path), *options, "--budget-min", f"{train_wall_s / 60:.3f}",
+            "--out", _display(folder / "reference"), "--seed", "0"]  # fmt: skip
+    record_path = folder / "steps" / "reference.json"
+    record = _read_json(record_path)
+    if not (record and record.get("exit_code") == 0 and record.get("command") == shlex.join(argv)):
+        print(f"[{exp.key}] reference: {shlex.join(argv)}", flush=True)
+        record = run_command(argv, folder / "logs" / "reference.log")
+        lines = Path(folder / "logs" / "reference.log").read_text(errors="replace").strip().splitlines()
+        try:
+            record["summary"] = json.loads(lines[-1]) if record["exit_code"] == 0 else None
+        except (IndexError, ValueError):
+            record["summary"], record["exit_code"] = None, record["exit_code"] or -1
+        write_json_atomic(record_path, record)
+        print(f"[{exp.key}] reference: exit {record['exit_code']} in {record['wall_s']:.0f} s", flush=True)
+    return record
 
 
 def count_gpu_flops(work: Path, smoke: bool) -> dict[str, Any]:
@@ -487,6 +518,55 @@ def throughput_section(r: Mapping[str, Any]) -> str:
     return table(["stage", "img/s", "what"], rows)
 
 
+def reference_section(r: Mapping[str, Any]) -> str:
+    """medsyn beside the textbook script of ../shared/bench at the same training wall time, each judged by
+    its own classifier on the same official real test split."""
+    ref = r.get("reference") or {}
+    if "skipped" in ref:
+        return f"Not run: {ref['skipped']}."
+    t = ref.get("summary")
+    if ref.get("exit_code") != 0 or not t:
+        return f"The reference failed (exit {ref.get('exit_code')}): `{ref.get('command')}`\n\n```\n{ref.get('tail', '')}\n```"
+    u, train = dig(r, "metrics", "utility") or {}, r.get("train") or {}
+
+    def mean_sd(v: Any) -> str:
+        return f"{fmt(v[0])} ± {fmt(v[1])}" if isinstance(v, list) and len(v) == 2 else "n/a"
+
+    def ratio(a: Any, b: Any) -> str:
+        return fmt(a / b) if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b else "n/a"
+
+    trtr, tstr = dig(u, "trtr", "mean_auroc"), dig(u, "tstr", "mean_auroc")
+    ours_ratio = dig(u, "ratio", "tstr_over_trtr", "value")
+
+    def first(v: Any) -> Any:
+        return v[0] if isinstance(v, list) and v else None
+
+    rows = [
+        ["GAN training wall time, s (medsyn: the whole `train` command)", fmt(dig(r, "steps", "train", "wall_s"), 1),
+         fmt(t.get("gan_seconds"), 1), ratio(dig(r, "steps", "train", "wall_s"), t.get("gan_seconds"))],
+        ["images shown to D", fmt(train.get("images_seen")), fmt((t.get("gan_steps") or 0) * (t.get("gan_batch") or 0)),
+         ratio(train.get("images_seen"), (t.get("gan_steps") or 0) * (t.get("gan_batch") or 0))],
+        ["training img/s (medsyn: median logged rate)", fmt(train.get("median_img_per_s"), 1), fmt(t.get("gan_img_per_s"), 1),
+         ratio(train.get("median_img_per_s"), t.get("gan_img_per_s"))],
+        ["TRTR mean AUROC", ci(u.get("trtr"), "mean_auroc", "mean_ci_low", "mean_ci_high"), mean_sd(t.get("trtr_auroc")),
+         ratio(trtr, first(t.get("trtr_auroc")))],
+        ["TSTR mean AUROC", ci(u.get("tstr"), "mean_auroc", "mean_ci_low", "mean_ci_high"), mean_sd(t.get("tstr_auroc")),
+         ratio(tstr, first(t.get("tstr_auroc")))],
+        ["TSTR / TRTR", ci(dig(u, "ratio", "tstr_over_trtr")), fmt(t.get("tstr_over_trtr")),
+         ratio(ours_ratio, t.get("tstr_over_trtr"))],
+    ]  # fmt: skip
+    clf = u.get("classifier") or {}
+    return "\n\n".join([
+        f"`{ref.get('command')}` ({fmt(ref.get('wall_s'), 0)} s in all), in the same run, given medsyn's training "
+        "wall time as its budget. Each side is judged by its own classifier on the same official real test split: "
+        f"medsyn `{clf.get('model', 'n/a')}`, {u.get('n_seeds', 'n/a')} seed(s), 95% CI over test patients in brackets; "
+        f"the textbook's small CNN, {t.get('clf_seeds', 'n/a')} seeds, mean ± std over seeds. The last column is "
+        "medsyn / textbook.",
+        table(["", "medsyn", "textbook", "medsyn / textbook"], rows),
+        f"Textbook label fidelity (its real-trained CNN on its synthetic images): {mean_sd(t.get('label_fidelity_auroc'))}.",
+    ])  # fmt: skip
+
+
 def ordered(d: Mapping[str, Any], order: Iterable[str]) -> list[tuple[str, Any]]:
     """Items of `d` in `order` first, then the rest (JSON files store keys sorted)."""
     first = [k for k in order if k in d]
@@ -522,6 +602,7 @@ def experiment_section(r: Mapping[str, Any]) -> str:
     notes = dig(m, "data", "notes") or []
     out += ["### Useful?", utility_section(m), "### Realistic?", fidelity_section(m), "### Private?", privacy_section(m),
             "### Verdicts", table(["question", "verdict", "why"], verdicts),
+            *(["### Side by side with the textbook reference", reference_section(r)] if r.get("reference") else []),
             "### Throughput", throughput_section(r),
             "### Evaluation time by stage", table(["stage", "wall s", "CPU s"], timings),
             *(["Notes: " + "; ".join(map(str, notes))] if notes else [])]  # fmt: skip

@@ -174,3 +174,18 @@ def test_sweep_section_reads_the_csv_or_says_why_not(mbm, tmp_path):
     (tmp_path / "results.csv").write_text("point,ratio\n50,0.81\n100,0.88\n")
     md = mbm.sweep_section(tmp_path, tmp_path / "B.md")
     assert "| point | ratio |" in md and "| 100 | 0.88 |" in md and "sweep.png" in md
+
+
+def test_reference_section_sets_medsyn_beside_the_textbook(mbm):
+    summary = {"gan_seconds": 10.0, "gan_steps": 50, "gan_batch": 64, "gan_img_per_s": 320.0, "clf_seeds": 3,
+               "trtr_auroc": [0.9, 0.01], "tstr_auroc": [0.6, 0.02], "tstr_over_trtr": 0.6667,
+               "label_fidelity_auroc": [0.95, 0.01]}  # fmt: skip
+    r = {**RESULT, "reference": {"command": "python textbook.py", "exit_code": 0, "wall_s": 30, "summary": summary}}
+    md = mbm.reference_section(r)
+    assert "| images shown to D | 6,400 | 3,200 | 2.000 |" in md
+    assert "| TSTR mean AUROC | 0.701 [0.681, 0.721] | 0.600 ± 0.020 | 1.168 |" in md
+    assert "| TSTR / TRTR | 0.863 [0.800, 0.900] | 0.667 | 1.294 |" in md
+    assert "Side by side" in mbm.experiment_section(r)
+    assert "Not run: x.py not found" in mbm.reference_section({"reference": {"skipped": "x.py not found"}})
+    failed = mbm.reference_section({"reference": {"command": "c", "exit_code": 1, "tail": "boom"}})
+    assert "failed (exit 1)" in failed and "boom" in failed
