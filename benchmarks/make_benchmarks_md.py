@@ -10,7 +10,7 @@ rerun skips the finished ones (a killed step is started again from scratch, so i
 
     .venv/bin/python benchmarks/make_benchmarks_md.py                 # run, then write BENCHMARKS.md
     .venv/bin/python benchmarks/make_benchmarks_md.py --smoke         # tiny settings, ~3 min, out/benchmarks-smoke/
-    .venv/bin/python benchmarks/make_benchmarks_md.py write --sweep out/sweep   # re-render, with a sweep
+    .venv/bin/python benchmarks/make_benchmarks_md.py write           # re-render from the stored results
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from medsyn.io import write_json_atomic, write_text_atomic
+from medsyn.io import atomic_path, write_json_atomic, write_text_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("MEDSYN_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -70,6 +70,7 @@ class Experiment:
     width: int = 32
     batch: int = 64
     prepare: tuple[str, ...] = ()
+    train: tuple[str, ...] = ()
     generate: tuple[str, ...] = ("--balance",)
     why: str = ""
     reference: tuple[str, ...] = ()  # a textbook script in BENCH and its options, run at medsyn's training time
@@ -83,6 +84,7 @@ def experiments(data: Path, smoke: bool) -> list[Experiment]:
     covid = f"ieee8023:{_display(data / 'covid-chestxray')}"
     nih_classes = "Effusion,Infiltration" if smoke else "Effusion,Infiltration,Atelectasis,Cardiomegaly"
     tiny = ("--n", "256") if smoke else ("--balance",)
+    small_data = ("--augment", "diffaugment")
     return [
         Experiment("pneumoniamnist", "PneumoniaMNIST", pneu, 28, 20 if smoke else 5000,
                    prepare=("--cap", "300") if smoke else (), generate=tiny,
@@ -90,9 +92,12 @@ def experiments(data: Path, smoke: bool) -> list[Experiment]:
                    reference=("textbook_cgan_tstr.py", "--npz", pneu.split(":", 1)[1],
                               *(("--clf-seeds", "1", "--clf-epochs", "1") if smoke else ()))),
         Experiment("nih", "NIH ChestX-ray14 sample", nih, 64, 20 if smoke else 2500, prepare=("--classes", nih_classes),
-                   generate=tiny, why="the most frequent findings only, so that the test patients hold positives"),
-        Experiment("covid", "ieee8023 covid-chestxray", covid, 64, 20 if smoke else 1000, generate=tiny,
-                   why="all findings; only those with enough test positives are scored"),
+                   train=small_data, generate=tiny,
+                   why="the most frequent findings only, so that the test patients hold positives; 437 training "
+                       "images, so the discriminator sees DiffAugment (Zhao et al. 2020), as for any small set"),
+        Experiment("covid", "ieee8023 covid-chestxray", covid, 64, 20 if smoke else 1000, train=small_data,
+                   generate=tiny, why="all findings; only those with enough test positives are scored; DiffAugment "
+                                      "(a few hundred training images)"),
     ]  # fmt: skip
 
 
@@ -112,15 +117,15 @@ def medsyn_exe() -> list[str]:
 OUTPUT = {"prepare": "cache", "train": "run", "generate": "synthetic", "evaluate": "evaluation"}  # step: folder
 
 
-def commands(exp: Experiment, folder: Path, smoke_settings: Path | None) -> dict[str, list[str]]:
+def commands(exp: Experiment, folder: Path, settings_file: Path) -> dict[str, list[str]]:
     """The four CLI steps of one experiment, in order; paths relative to the repository root."""
     exe, d = medsyn_exe(), {k: _display(folder / k) for k in OUTPUT.values()}
-    settings = ["--settings", _display(smoke_settings)] if smoke_settings else []
+    settings = ["--settings", _display(settings_file)]
     return {
         "prepare": [*exe, "data", "prepare", exp.spec, "--size", str(exp.size), "--out", d["cache"], "--seed", "0",
                     *exp.prepare, "--quiet"],
         "train": [*exe, "train", d["cache"], "--model", exp.model, "--size", str(exp.size), "--steps", str(exp.steps),
-                  "--width", str(exp.width), "--batch", str(exp.batch), "--seed", "0", "--device", "cpu",
+                  "--width", str(exp.width), "--batch", str(exp.batch), *exp.train, "--seed", "0", "--device", "cpu",
                   "--out", d["run"], "--quiet"],
         "generate": [*exe, "generate", d["run"], *exp.generate, "--seed", "0", "--device", "cpu",
                      "--out", d["synthetic"], "--quiet"],
@@ -129,6 +134,10 @@ def commands(exp: Experiment, folder: Path, smoke_settings: Path | None) -> dict
     }  # fmt: skip
 
 
+BENCH_SETTINGS = {"classifier": {"epochs": 30, "patience": 8}, "utility": {"seeds": [0, 1, 2]},
+                  "reid": {"epochs": 15, "steps_per_epoch": 50, "patience": 4}}  # fmt: skip
+"""`--quick` (the small CNN) trained as the textbook references train theirs (tens of epochs, patience, three
+seeds) rather than quick's 4 epochs x 1 seed, which leaves the small NIH set's real classifier at chance."""
 SMOKE_SETTINGS = {"classifier": {"epochs": 1}, "utility": {"n_bootstrap": 20}, "kid_subsets": 10,
                   "reid": {"epochs": 1, "steps_per_epoch": 5}}  # fmt: skip
 
@@ -202,15 +211,14 @@ def run_experiment(exp: Experiment, work: Path, smoke: bool) -> dict[str, Any]:
     RESULT.json with the step records, the metrics and the run's statistics."""
     folder = work / exp.key
     result_path = folder / "result.json"
-    settings = folder / "smoke-settings.json" if smoke else None  # YAML is a superset of JSON
+    settings = folder / "settings.json"  # YAML is a superset of JSON
     todo = commands(exp, folder, settings)
     done = _read_json(result_path)
     wanted = {name: shlex.join(argv) for name, argv in todo.items()}
     if done and done.get("status") == "ok" and {k: s.get("command") for k, s in done["steps"].items()} == wanted:
         print(f"[{exp.key}] finished earlier; kept ({_display(result_path)})")
         return done
-    if settings:
-        write_json_atomic(settings, SMOKE_SETTINGS)
+    write_json_atomic(settings, SMOKE_SETTINGS if smoke else BENCH_SETTINGS)
     steps: dict[str, Any] = {}
     stale = False  # once a step runs again, every later step must too
     for name, argv in todo.items():
@@ -230,7 +238,7 @@ def run_experiment(exp: Experiment, work: Path, smoke: bool) -> dict[str, Any]:
     reference = run_reference(exp, folder, steps["train"]["wall_s"]) if ok and exp.reference else None
     result = {
         "status": "ok" if ok else "failed", "experiment": asdict(exp), "smoke": smoke, "steps": steps,
-        "smoke_settings": SMOKE_SETTINGS if smoke else None,
+        "settings": SMOKE_SETTINGS if smoke else BENCH_SETTINGS,
         "train": _train_stats(folder / "run"),
         "synthetic": _read_json(folder / "synthetic" / "manifest.json") or {},
         "metrics": _read_json(folder / "evaluation" / "metrics.json") or {},
@@ -361,6 +369,8 @@ def run_phase(args: argparse.Namespace, work: Path) -> None:
                                               "run_commands": list(dict.fromkeys([*meta.get("run_commands", []), _own_command()]))})  # fmt: skip
     for exp in selected:
         run_experiment(exp, work, args.smoke)
+    if "sweep" in args.datasets:
+        run_sweep_step(args.data, work, args.smoke)
     count_gpu_flops(work, args.smoke)
 
 
@@ -482,6 +492,11 @@ def privacy_section(m: Mapping[str, Any]) -> str:
         rows += [[f"DCR ({d.get('space', space)}): synthetic closer to train than held-out p{q}",
                   fmt(d.get(f"fraction_below_p{q}"), pct=True), f"expected {q}%; identical copies {fmt(d.get('n_identical'))}"]
                  for q in (1, 5)]  # fmt: skip
+        if near := d.get("nearest_patient"):
+            rows.append([f"DCR ({d.get('space', space)}): synthetic images nearest to one training patient",
+                         fmt(near.get("synthetic"), pct=True),
+                         f"held-out images: {fmt(near.get('holdout'), pct=True)}; that patient's share of training "
+                         f"images: {fmt(near.get('training'), pct=True)}"])  # fmt: skip
     for space, d in (p.get("membership_inference") or {}).items():
         rows.append([f"membership inference AUROC ({d.get('space', space)})", ci(d, "auroc"), "0.5 = no leakage"])
     reid = p.get("reidentification") or {}
@@ -586,8 +601,8 @@ def experiment_section(r: Mapping[str, Any]) -> str:
     out = [f"## {exp.get('title', exp.get('key'))} ({exp.get('size')} px, {exp.get('model')}, {fmt(exp.get('steps'))} steps)",
            f"{str(exp.get('why', ''))[:1].upper()}{str(exp.get('why', ''))[1:]}. Measured at {_commits(steps.values())}.",
            "```bash\n" + "\n".join(s["command"] for s in steps.values()) + "\n```"]  # fmt: skip
-    if r.get("smoke_settings"):
-        out.append(f"Smoke settings file (passed with `--settings`): `{json.dumps(r['smoke_settings'])}`")
+    if r.get("settings"):
+        out.append(f"Evaluation settings file (passed with `--settings`): `{json.dumps(r['settings'])}`")
     out.append(steps_table(steps))
     failed = [(n, s) for n, s in steps.items() if s.get("exit_code") != 0]
     if failed or r.get("status") != "ok":
@@ -628,30 +643,79 @@ def machine_section(info: Mapping[str, Any]) -> str:
         table(["", ""], rows),
         "The machine is **shared** with other jobs: the 1-minute load average is recorded before, during (max) and "
         "after every command. CPU seconds (all threads of the command) are steadier than wall seconds. Every number is "
-        "from **one run** at **CPU scale** with quick evaluation settings, nothing tuned: read them as a smoke-level "
-        "baseline, not as the quality the models reach at full size.",
+        "from **one run** at **CPU scale** (small generators, `--quick` evaluation with the small CNN, trained as the "
+        "settings file of each data set says), nothing tuned per data set: read them as a CPU baseline, not as the "
+        "quality the models reach at full size on a GPU.",
     ])  # fmt: skip
 
 
+SWEEP_COLUMNS = {  # results.csv column(s) -> table heading; "a|b|c" renders as "a [b, c]"
+    "point": "cap per class", "real_train_images": "real train images", "synthetic_images": "synthetic images",
+    "generator_steps": "G steps", "generator_train_s": "G train s", "trtr_auroc|trtr_ci_low|trtr_ci_high": "TRTR",
+    "tstr_auroc|tstr_ci_low|tstr_ci_high": "TSTR", "ratio|ratio_ci_low|ratio_ci_high": "TSTR / TRTR",
+    "ratio_above_chance|ratio_above_chance_ci_low|ratio_above_chance_ci_high": "above-chance ratio",
+    "augmented_auroc": "real + synthetic", "point_wall_s": "point s",
+}  # fmt: skip
+
+
+def sweep_commands(data: Path, folder: Path, smoke: bool) -> list[str]:
+    """The samples sweep of Schütte et al. on PneumoniaMNIST: real images per class 50 .. 1000 (~10 min)."""
+    pneu = f"medmnist:{_display(data / 'pneumoniamnist' / 'pneumoniamnist.npz')}"
+    points, budget = ("20,60", "10") if smoke else ("50,200,1000", "2m")
+    return [*medsyn_exe(), "benchmark", "--data", pneu, "--sweep", "samples", "--points", points, "--size", "28",
+            "--steps", "20" if smoke else "20000", "--budget", budget, "--seed", "0", "--device", "cpu",
+            "--out", _display(folder), "--quiet"]  # fmt: skip
+
+
+def run_sweep_step(data: Path, work: Path, smoke: bool) -> dict[str, Any]:
+    """The sweep as one recorded command; `medsyn benchmark` itself resumes a killed sweep."""
+    folder, argv = work / "sweep", sweep_commands(data, work / "sweep" / "out", smoke)
+    record = _read_json(folder / "step.json")
+    if not (record and record.get("exit_code") == 0 and record.get("command") == shlex.join(argv)):
+        print(f"[sweep] {shlex.join(argv)}", flush=True)
+        record = run_command(argv, folder / "sweep.log")
+        write_json_atomic(folder / "step.json", record)
+        print(f"[sweep] exit {record['exit_code']} in {record['wall_s']:.0f} s", flush=True)
+    return record
+
+
+def _cell(row: Mapping[str, str], spec: str) -> str:
+    def num(key: str) -> str:
+        v = row.get(key, "")
+        try:
+            return fmt(_num(v)) if v != "" else "n/a"
+        except ValueError:
+            return v
+
+    main, *ci_keys = spec.split("|")
+    return num(main) + (f" [{num(ci_keys[0])}, {num(ci_keys[1])}]" if ci_keys else "")
+
+
 def sweep_section(sweep: Path, out_md: Path) -> str:
-    csv_path, png = sweep / "results.csv", sweep / "sweep.png"
+    """The recorded sweep command, a compact table of results.csv and its figure, copied beside the markdown
+    (docs/benchmarks/) so that the file in git shows it."""
+    step, csv_path, png = _read_json(sweep / "step.json") or {}, sweep / "out" / "results.csv", sweep / "out" / "sweep.png"
     try:
         with open(csv_path, newline="") as fh:
-            rows = list(csv.reader(fh))
+            rows = list(csv.DictReader(fh))
     except OSError:
-        return f"No sweep results: `{csv_path}` is missing."
-    if len(rows) < 2:
-        return f"No sweep results: `{csv_path}` has no rows."
+        return f"No sweep results: `{_display(csv_path)}` is missing."
+    if not rows:
+        return f"No sweep results: `{_display(csv_path)}` has no rows."
     parts = [
-        f"From `{_display(csv_path)}` (written by `medsyn benchmark`), one row per point:",
-        table(rows[0], rows[1:]),
+        f"`{step.get('command', 'n/a')}`: {fmt(step.get('wall_s'), 0)} s wall, {fmt(step.get('cpu_s'), 0)} s CPU, "
+        f"exit {step.get('exit_code', 'n/a')}, started {step.get('start', 'n/a')} (UTC) at {_commits([step])}. "
+        "At each point a generator is trained on that point's real training images only (within the time budget), "
+        "a synthetic set of the same size and label composition is drawn, and the small CNN is trained on real, "
+        "on synthetic and on both; all are tested on the same real test images. 95% CIs (patient bootstrap) in "
+        f"brackets; every column is in `{_display(csv_path)}`.",
+        table(list(SWEEP_COLUMNS.values()), [[_cell(r, k) for k in SWEEP_COLUMNS] for r in rows]),
     ]
-    if png.is_file() and png.resolve().is_relative_to(REPO):
-        parts.append(f"![sweep]({os.path.relpath(png.resolve(), out_md.resolve().parent)})")
-    else:
-        parts.append(
-            f"Figure: `{png.absolute()}` ({'outside the repository, not embedded' if png.is_file() else 'missing'})."
-        )
+    if png.is_file():
+        figure = out_md.parent / "docs" / "benchmarks" / "sweep-samples-pneumoniamnist.png"
+        with atomic_path(figure) as tmp:
+            shutil.copyfile(png, tmp)
+        parts.append(f"![sweep]({os.path.relpath(figure, out_md.parent)})")
     return "\n\n".join(parts)
 
 
@@ -734,7 +798,7 @@ def render(results: Sequence[Mapping[str, Any]], machine: Mapping[str, Any], flo
     ]  # fmt: skip
     parts += [experiment_section(r) for r in results]
     if sweep is not None:
-        parts += ["## Sweeps", sweep_section(sweep, out_md)]
+        parts += ["## Sweep: samples per class (PneumoniaMNIST)", sweep_section(sweep, out_md)]
     parts += ["## Full-size runs on GPUs: recipe and estimated cost", gpu_section(flops)]
     return "\n\n".join(parts).rstrip() + "\n"
 
@@ -743,7 +807,7 @@ def write_phase(args: argparse.Namespace, work: Path, out: Path) -> None:
     results = [r for e in experiments(args.data, args.smoke) if e.key in args.datasets
                if (r := _read_json(work / e.key / "result.json"))]  # fmt: skip
     text = render(results, _read_json(work / "machine.json") or {}, _read_json(work / "gpu_flops.json"),
-                  _own_command(), args.sweep, out)  # fmt: skip
+                  _own_command(), work / "sweep" if "sweep" in args.datasets else None, out)  # fmt: skip
     write_text_atomic(out, text)
     print(f"wrote {out} ({len(results)} data set(s))")
 
@@ -756,8 +820,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--out", type=Path, help="Markdown file (default BENCHMARKS.md, or WORK/BENCHMARKS.md with --smoke)."
     )
     p.add_argument("--data", type=Path, default=DATA, help="The shared real data sets (default ../shared/data).")
-    p.add_argument("--datasets", default="pneumoniamnist,nih,covid", help="Comma-separated experiments to run/show.")
-    p.add_argument("--sweep", type=Path, help="Output folder of `medsyn benchmark` (results.csv, sweep.png).")
+    p.add_argument("--datasets", default="pneumoniamnist,nih,covid,sweep",
+                   help="Comma-separated experiments to run/show (sweep: the PneumoniaMNIST samples sweep).")  # fmt: skip
     p.add_argument("--smoke", action="store_true", help="Tiny settings (a few minutes) to check the script.")
     args = p.parse_args(argv)
     args.datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]

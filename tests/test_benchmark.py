@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import numpy as np
@@ -54,9 +55,15 @@ def test_points_keep_the_test_patients_fixed(base: PreparedDataset) -> None:
     for p in classes + samples:
         part = base.index.iloc[p.rows]
         assert set(part.loc[part["split"] == "test", "patient_id"]) <= test_ids
-    for p in samples:  # the test split is identical at every samples point; only train is capped
-        part = base.index.iloc[p.rows]
-        assert np.array_equal(np.sort(p.rows[part["split"].to_numpy() == "test"]), base.rows("test"))
+    for p in classes + samples:  # val and test are identical at every point; only train is selected/capped
+        split = base.index["split"].to_numpy()[p.rows]
+        for name in ("val", "test"):
+            assert np.array_equal(np.sort(p.rows[split == name]), base.rows(name))
+    two = base.index.iloc[classes[0].rows]  # train rows positive only for left-out classes are dropped
+    assert not (two.loc[two["split"] == "train", classes[0].classes].sum(axis=1) == 0).all()
+    left_out = [c for c in base.classes if c not in classes[0].classes]
+    only_left_out = (two[left_out].sum(axis=1) > 0) & (two[classes[0].classes].sum(axis=1) == 0)
+    assert not only_left_out[two["split"] == "train"].any() and only_left_out[two["split"] == "test"].any()
     small, large = (base.index.iloc[p.rows] for p in samples)
     assert (small["split"] == "train").sum() < (large["split"] == "train").sum()
     # the rarest class is filled up to the cap (all-negative images count as one more class)
@@ -74,6 +81,8 @@ def test_unscorable_or_too_few_classes_are_refused(base: PreparedDataset) -> Non
         )
     with pytest.raises(ConfigError, match="--sweep"):
         tiny(base, sweep="resolution")
+    with pytest.raises(ConfigError, match="--augment"):
+        tiny(base, augment="mixup")
     with pytest.raises(ConfigError, match="--budget"):
         tiny(base, budget_s=0)
 
@@ -111,6 +120,10 @@ def test_killed_sweep_resumes_and_writes_csv_and_report(
     html = (tmp_path / "sw/report.html").read_text()
     assert "data:image/png;base64," in html and "TSTR/TRTR" in html
     assert (tmp_path / "sw/sweep.png").read_bytes()[:4] == b"\x89PNG"
+    for path in (tmp_path / "sw").rglob("*.json"):  # strict JSON: undefined ratios are null, never NaN
+        assert not re.search(r"\b(NaN|Infinity)\b", path.read_text()), path
+    assert run_sweep(tiny(base, sweep="samples", points=[10, 30], device="auto", budget_s=600.0), tmp_path / "sw",
+                     quiet=True)["points"] == summary["points"]  # fmt: skip
     with pytest.raises(ConfigError, match="other settings"):
         run_sweep(tiny(base, sweep="samples", points=[10, 30], steps=25), tmp_path / "sw", quiet=True)
 
@@ -134,3 +147,20 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     assert r.returncode == 2 and "--budget must be" in r.stderr
     r = run_cli("train", "phantom?n=60", "--out", str(tmp_path / "t"), "--time-limit", "never")
     assert r.returncode == 2 and "--time-limit must be a positive duration" in r.stderr
+
+
+def test_resume_check_ignores_device_progress_and_budget(base: PreparedDataset) -> None:
+    a = tiny(base).to_dict()
+    b = tiny(base, device="auto", budget_s=60.0, utility={**QUICK, "classifier": {**QUICK["classifier"], "progress": True,
+                                                                                 "device": "cuda"}}).to_dict()  # fmt: skip
+    assert sweep_mod._comparable(a) == sweep_mod._comparable(b)
+    assert sweep_mod._comparable(a) != sweep_mod._comparable(tiny(base, steps=30).to_dict())
+    assert sweep_mod._comparable(a) != sweep_mod._comparable(tiny(base, augment="diffaugment").to_dict())
+    before = {k: v for k, v in a.items() if k != "augment"}  # a sweep stored before --augment existed
+    assert sweep_mod._comparable(before) == sweep_mod._comparable(a)
+
+
+def test_unreadable_stored_settings_are_one_line_errors(base: PreparedDataset, tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="unreadable sweep settings"):
+        run_sweep(tiny(base), tmp_path, quiet=True)

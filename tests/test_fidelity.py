@@ -16,6 +16,7 @@ from monai.networks.nets import DenseNet121
 from torch import nn
 
 from medsyn.errors import CheckpointError, ConfigError, DataError
+from medsyn.evaluate import fidelity as fidelity_mod
 from medsyn.evaluate.features import (
     ClassifierFeatures,
     FeatureExtractor,
@@ -160,6 +161,12 @@ def test_fid_errors_name_the_problem() -> None:
         compute_fid(_gauss(50, 4, 0), _gauss(50, 5, 1), SPACE)
     with pytest.raises(ConfigError, match="feature space"):
         compute_fid(_gauss(50, 4, 0), _gauss(50, 4, 1), "inception")  # type: ignore[arg-type]
+
+
+def test_fid_without_a_finite_square_root_is_an_error_not_nan(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fidelity_mod.scipy.linalg, "sqrtm", lambda a: np.full_like(a, np.nan))
+    with pytest.raises(DataError, match="no finite square root"):
+        compute_fid(_gauss(50, 4, 0), _gauss(50, 4, 1), SPACE)
 
 
 # ----------------------------------------------------------------------------------------------- KID

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from medsyn.data import open_dataset
 from medsyn.data.adapters.chexpert import CHEXPERT_CLASSES
 from medsyn.data.cache import prepare
 from medsyn.errors import CheckpointError, ConfigError
-from medsyn.generate import export, generate, make_plan
+from medsyn.generate import export, generate, is_current, make_plan
 from medsyn.generate.layout import Layout
 from medsyn.models import load_generator
 from medsyn.train import TrainConfig, train
@@ -144,3 +145,18 @@ def test_distribution_plan_has_the_exact_training_composition() -> None:
         3,
     ]  # 2.45/0.7/0.35/3.5 -> 2/1/0/4
     assert not np.array_equal(plan.labels, make_plan(meta, 20, None, False, seed=4).labels)  # seeded order
+
+
+def test_is_current_until_the_run_trains_further(tmp_path: Path) -> None:
+    cache = prepare("phantom?n=64&seed=0", 16, tmp_path / "cache", quiet=True).path
+    cfg = TrainConfig(data=str(cache), model="cgan", size=16, steps=2, batch=8, width=8, device="cpu", sample_every=100)
+    run = train(cfg, tmp_path / "run", quiet=True)
+    assert not is_current(tmp_path / "syn", run)  # nothing drawn yet
+    generate(run, 20, tmp_path / "syn", quiet=True)
+    assert is_current(tmp_path / "syn", run)
+    train(cfg, run, resume=True, quiet=True)  # a finished run resumed: nothing trained, weights unchanged
+    assert is_current(tmp_path / "syn", run)
+    train(replace(cfg, steps=4), run, resume=True, quiet=True)
+    assert not is_current(tmp_path / "syn", run)  # a reuse would evaluate the old weights
+    (tmp_path / "syn" / "manifest.json").write_text("{")
+    assert not is_current(tmp_path / "syn", run)

@@ -95,7 +95,8 @@ RESULT = {
         },
         "privacy": {
             "dcr": {
-                "pixel": {"space": "pixels28", "fraction_below_p1": 0.0123, "fraction_below_p5": 0.0456},
+                "pixel": {"space": "pixels28", "fraction_below_p1": 0.0123, "fraction_below_p5": 0.0456,
+                          "nearest_patient": {"synthetic": 0.45, "holdout": 0.12, "training": 0.085}},
                 "feature": {"skipped": "no backbone"},
             },
             "membership_inference": {"pixel": {"space": "pixels28", "auroc": 0.513, "ci_low": 0.49, "ci_high": 0.53}},
@@ -126,6 +127,7 @@ def test_render_puts_measured_numbers_in_tables(mbm, tmp_path):
         "| coverage | 0.740 | k = 5 |",
         "DCR (pixels28): synthetic closer to train than held-out p1 | 1.2%",
         "| membership inference AUROC (pixels28) | 0.513 [0.490, 0.530] |",
+        "nearest to one training patient | 45.0% | held-out images: 12.0%; that patient's share of training images: 8.5% |",
         "n/a (no patient has two images)",
         "| training, median of logged rates | 812.5 |",
         "precision fp32",
@@ -168,12 +170,24 @@ def test_gpu_section_applies_the_stated_formula(mbm):
 
 
 def test_sweep_section_reads_the_csv_or_says_why_not(mbm, tmp_path):
-    assert "missing" in mbm.sweep_section(tmp_path, tmp_path / "B.md")
-    (tmp_path / "results.csv").write_text("point,ratio\n")
-    assert "no rows" in mbm.sweep_section(tmp_path, tmp_path / "B.md")
-    (tmp_path / "results.csv").write_text("point,ratio\n50,0.81\n100,0.88\n")
-    md = mbm.sweep_section(tmp_path, tmp_path / "B.md")
-    assert "| point | ratio |" in md and "| 100 | 0.88 |" in md and "sweep.png" in md
+    sweep = tmp_path / "sweep"
+    assert "missing" in mbm.sweep_section(sweep, tmp_path / "B.md")
+    (sweep / "out").mkdir(parents=True)
+    header = "point,real_train_images,synthetic_images,generator_steps,generator_train_s,trtr_auroc,trtr_ci_low,"
+    header += "trtr_ci_high,tstr_auroc,tstr_ci_low,tstr_ci_high,ratio,ratio_ci_low,ratio_ci_high,ratio_above_chance,"
+    header += "ratio_above_chance_ci_low,ratio_above_chance_ci_high,augmented_auroc,point_wall_s\n"
+    (sweep / "out" / "results.csv").write_text(header)
+    assert "no rows" in mbm.sweep_section(sweep, tmp_path / "B.md")
+    row = "50,100,100,900,120.0,0.9,0.85,0.95,0.8,0.7,0.9,0.8889,0.8,0.95,0.75,,,0.91,150.2\n"
+    (sweep / "out" / "results.csv").write_text(header + row)
+    (sweep / "out" / "sweep.png").write_bytes(b"\x89PNG fake")
+    mbm.write_json_atomic(sweep / "step.json", {"command": "medsyn benchmark --x", "wall_s": 600.4, "exit_code": 0})
+    md = mbm.sweep_section(sweep, tmp_path / "B.md")
+    assert "`medsyn benchmark --x`: 600 s wall" in md
+    assert "| 50 | 100 | 100 | 900 | 120 | 0.900 [0.850, 0.950] | 0.800 [0.700, 0.900] | 0.889 [0.800, 0.950] |" in md
+    assert "| 0.750 [n/a, n/a] | 0.910 | 150.200 |" in md
+    assert "![sweep](docs/benchmarks/sweep-samples-pneumoniamnist.png)" in md
+    assert (tmp_path / "docs/benchmarks/sweep-samples-pneumoniamnist.png").read_bytes() == b"\x89PNG fake"
 
 
 def test_reference_section_sets_medsyn_beside_the_textbook(mbm):

@@ -23,7 +23,7 @@ from medsyn.cli.evaluate import register
 from medsyn.data.cache import PreparedDataset, prepare
 from medsyn.data.phantom import PHANTOM_CLASSES, render_phantom
 from medsyn.errors import ConfigError, DataError
-from medsyn.evaluate.pipeline import TRTR_ORIGIN, evaluate, open_real, summary_rows
+from medsyn.evaluate.pipeline import TRTR_ORIGIN, EvalSettings, _members, evaluate, open_real, summary_rows
 from medsyn.evaluate.reid import load_reid
 from medsyn.evaluate.synthetic import align_labels, load_synthetic, open_synthetic
 from medsyn.generate.layout import Layout
@@ -253,3 +253,41 @@ def test_open_real_notes_when_the_generator_used_other_data(real, tmp_path):
     assert "not the ones the generator saw" in notes[0] and "seed 0" in notes[1] and "64 px" in notes[2]
     same = {"data": "phantom?n=480", "split_seed": 0, "size": SIZE}
     assert open_real(str(real.path), None, None, same, lambda: SIZE, tmp_path, True)[1] == []
+    moved = {"data": str(tmp_path / "gone" / "cache"), "split_seed": 0, "size": SIZE}  # a moved training cache
+    assert "could not check" in open_real(str(real.path), None, None, moved, lambda: SIZE, tmp_path, True)[1][0]
+
+
+def test_align_labels_leaves_out_known_classes_that_are_not_evaluated():
+    labels = np.array([[1, 0], [0, 1], [1, 1]], np.float32)
+    out, notes = align_labels(["Nodule", "Effusion"], labels, ["Nodule"], False, known=list(PHANTOM_CLASSES))
+    np.testing.assert_array_equal(out, [[1], [0], [1]]) and not notes
+    with pytest.raises(DataError, match="Effusion"):  # without `known`, Effusion is a class the real set lacks
+        align_labels(["Nodule", "Effusion"], labels, ["Nodule"], False)
+    with pytest.raises(DataError, match="Fracture"):
+        align_labels(["Nodule", "Fracture"], labels, ["Nodule"], False, known=list(PHANTOM_CLASSES))
+
+
+def test_members_leave_out_training_images_the_generator_never_saw(real):
+    seen, notes = _members(real, ["Nodule", "Effusion"])
+    table = real.index.iloc[real.rows("train")]
+    only_other = (table[["Nodule", "Effusion"]].sum(axis=1) == 0) & (table[list(PHANTOM_CLASSES)].sum(axis=1) > 0)
+    assert only_other.any() and np.array_equal(seen, ~only_other.to_numpy())
+    assert f"{int(only_other.sum())} real training images" in notes[0]
+    assert _members(real, None) == (None, []) and _members(real, list(PHANTOM_CLASSES)) == (None, [])
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"classifier": {"epochs": "10"}}, "ClassifierConfig.epochs must be an integer, got '10'"),
+        ({"reid": {"epochs": 2.5}}, "ReidConfig.epochs must be an integer"),
+        ({"pixel_size": "64"}, "EvalSettings.pixel_size must be an integer"),
+        ({"utility": {"seeds": [0, "a"]}}, r"UtilityConfig.seeds\[1\] must be an integer"),
+        ({"classifier": [1]}, "'classifier' must be a mapping"),
+        ({"classifier": {"augment": "no"}}, "augment must be true or false"),
+    ],
+)
+def test_settings_of_the_wrong_type_are_one_line_errors(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        EvalSettings.make(True, 0, "cpu", False, settings)
+    assert EvalSettings.make(True, 0, "cpu", False, {"classifier": {"epochs": 3.0}}).utility.classifier.epochs == 3

@@ -166,6 +166,20 @@ def test_dcr_passes_independent_samples(phantom_sets: dict[str, np.ndarray]) -> 
     assert res.pvalue_p1 == betabinom.sf(res.count_below_p1 - 1, 300, 3, 198)
 
 
+def test_nearest_patient_concentration_is_reported_without_ids(phantom_sets: dict[str, np.ndarray]) -> None:
+    s = phantom_sets
+    ids = np.array([f"p{i // 3:03d}" for i in range(300)])  # 100 patients of 3 images each
+    ids[:30] = "heavy"  # one patient with 10% of the training images
+    drawn = s["copies"][np.arange(200) % 30]  # a generator drawing that patient's look again and again
+    res = distance_to_closest_record(drawn, s["train"], s["holdout"], SPACE, train_patient_ids=ids)
+    assert res.nearest_patient["synthetic"] == 1.0 and res.nearest_patient["training"] == 0.1
+    assert res.nearest_patient["holdout"] < 0.3 and any("one patient" in n for n in res.notes)
+    assert "heavy" not in json.dumps(res.to_dict())  # shares only, never the id
+    fair = distance_to_closest_record(s["independent"], s["train"], s["holdout"], SPACE, train_patient_ids=ids)
+    assert fair.nearest_patient["synthetic"] < 0.3 and not any("one patient" in n for n in fair.notes)
+    assert distance_to_closest_record(s["independent"], s["train"], s["holdout"], SPACE).nearest_patient is None
+
+
 def test_precedence_null_law_is_exact() -> None:
     # All C(10, 4) interleavings of 4 synthetic and 6 held-out values are equally likely without copying:
     # X = synthetic values before the j-th held-out one follows BetaBinomial(4, j, 7 - j).

@@ -212,6 +212,8 @@ def test_images_must_be_unit_range_and_concat_mixes_dtypes():
     synth = np.full((3, 1, 4, 4), 0.25, np.float32)
     both = ConcatView([real, synth])[np.array([4, 0])]
     assert both.dtype == np.float32 and both[0].max() == 0.25 and both[1].max() == 1.0
+    f64 = ConcatView([real, synth.astype(np.float64)])[np.array([4, 0])]  # only uint8 parts are scaled
+    assert f64[0].max() == 0.25 and f64[1].max() == 1.0
 
 
 def test_classifiers_expose_features():

@@ -1,6 +1,6 @@
 """The main job end to end: prepare -> train a conditional GAN -> generate a balanced set -> evaluate.
 
-Defaults are sized for a 2-core CPU in about 15 minutes on the built-in phantom; `data` runs the same
+Defaults are sized for a 2-core CPU (a few minutes on the built-in phantom); `data` runs the same
 pipeline on a user's dataset. Each stage is resumable: a rerun reuses the cache, continues training
 from its checkpoint and regenerates only what is missing.
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from medsyn.evaluate.pipeline import evaluate
-from medsyn.generate import generate
+from medsyn.generate import generate, is_current
 from medsyn.train import TrainConfig, train
 
 
@@ -38,7 +38,7 @@ def run_demo(
     # change of settings is refused by the trainer with a one-line error.
     train(cfg, run_dir, resume=(run_dir / "run.json").is_file(), quiet=quiet)
     synthetic = out / "synthetic"
-    if not (synthetic / "manifest.json").is_file():
+    if not is_current(synthetic, run_dir):  # missing, or drawn before the run was trained further
         generate(run_dir, None, synthetic, balance=True, seed=seed, device=device, quiet=quiet)
     return evaluate(
         data, synthetic, out / "evaluation", quick=quick, seed=seed, device=device, cache=out / "cache", quiet=quiet

@@ -57,6 +57,8 @@ def sweep_figure(points: Sequence[Mapping[str, Any]], sweep: str) -> str:
 
 
 def _cell(v: Any) -> str:
+    if v is None:  # a non-finite number, stored as JSON null
+        return "n/a"
     if isinstance(v, float):
         return "n/a" if not np.isfinite(v) else f"{v:.3f}"
     return html.escape(str(v))

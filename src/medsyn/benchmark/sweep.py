@@ -31,12 +31,14 @@ from medsyn import __version__
 from medsyn.data.cache import PreparedDataset, prepare, subset
 from medsyn.data.splits import cap_per_class, select_classes
 from medsyn.errors import ConfigError, DataError
+from medsyn.evaluate.fidelity import to_jsonable
 from medsyn.evaluate.synthetic import load_synthetic
 from medsyn.evaluate.utility import LabeledImages, RowView, UtilityConfig, coerce_config, utility_report
-from medsyn.generate import generate
+from medsyn.generate import generate, is_current
 from medsyn.io import write_json_atomic, write_text_atomic
 from medsyn.train import TrainConfig, train
 from medsyn.train.checkpoint import checkpoint_file, load_checkpoint
+from medsyn.train.config import AUGMENTS
 from medsyn.train.data import cache_dir_for
 from medsyn.train.run import RUN_FILE
 
@@ -61,6 +63,7 @@ class SweepConfig:
     classes: list[str] | None = None  # classes to use (and their order in the classes sweep)
     size: int = 32
     model: str = "cgan"
+    augment: str = "none"  # discriminator augmentation; diffaugment or ada help at small points
     steps: int = 3000
     budget_s: float | None = None  # generator training time per point (seconds); None: `steps` decide
     width: int = 32
@@ -73,6 +76,8 @@ class SweepConfig:
     def __post_init__(self) -> None:
         if self.sweep not in SWEEPS:
             raise ConfigError(f"--sweep must be one of {', '.join(SWEEPS)}, got {self.sweep!r}")
+        if self.augment not in AUGMENTS:
+            raise ConfigError(f"--augment must be one of {', '.join(AUGMENTS)}, got {self.augment!r}")
         if self.points is not None:
             self.points = sorted({int(p) for p in self.points})
             if not self.points or self.points[0] < 1:
@@ -130,6 +135,13 @@ def plan_points(ds: PreparedDataset, cfg: SweepConfig) -> list[Point]:
         )
     table = ds.index
     train = table["split"].to_numpy() == "train"
+    heldout = table.loc[~train, "row"].to_numpy()
+
+    def with_heldout(kept_train: np.ndarray) -> np.ndarray:
+        """Validation and test rows stay whatever the classes: an image positive only for classes a point
+        leaves out is a true negative for the ones it keeps (only training rows are selected)."""
+        return np.union1d(kept_train[train[kept_train]], heldout)
+
     positives = {c: int((table.loc[train, c] > 0).sum()) for c in ready}
     order = ready if cfg.classes else sorted(ready, key=lambda c: -positives[c])  # most frequent first
     if cfg.sweep == "classes":
@@ -144,7 +156,7 @@ def plan_points(ds: PreparedDataset, cfg: SweepConfig) -> list[Point]:
         points = []
         for k in values:
             kept, _ = select_classes(table, ds.classes, order[:k])
-            points.append(Point(k, f"classes-{k:02d}", order[:k], kept["row"].to_numpy()))
+            points.append(Point(k, f"classes-{k:02d}", order[:k], with_heldout(kept["row"].to_numpy())))
         return points
     if not order:
         raise DataError(f"no class of {ds.path} has {need} positive and negative test images")
@@ -152,7 +164,7 @@ def plan_points(ds: PreparedDataset, cfg: SweepConfig) -> list[Point]:
     largest = max(positives[c] for c in order)
     values = cfg.points or [n for n in (50 * 2**i for i in range(20)) if n < largest] + [largest]
     return [
-        Point(n, f"samples-{n:05d}", order, cap_per_class(kept, order, n, seed=cfg.seed)["row"].to_numpy())
+        Point(n, f"samples-{n:05d}", order, with_heldout(cap_per_class(kept, order, n, seed=cfg.seed)["row"].to_numpy()))
         for n in values
     ]
 
@@ -173,21 +185,21 @@ def run_point(point: Point, base: PreparedDataset, cfg: SweepConfig, folder: Pat
     start = time.perf_counter()
     ds = subset(base, point.rows, point.classes, folder / "cache", quiet=quiet)
     run = folder / "run"
-    tc = TrainConfig(data=str(ds.path), model=cfg.model, size=cfg.size, steps=cfg.steps, batch=cfg.batch,
+    tc = TrainConfig(data=str(ds.path), model=cfg.model, augment=cfg.augment, size=cfg.size, steps=cfg.steps, batch=cfg.batch,
                      width=cfg.width, seed=cfg.seed, device=cfg.device, sample_every=max(500, cfg.steps // 4),
                      ckpt_every=min(500, cfg.steps))  # fmt: skip
     train(tc, run, resume=(run / RUN_FILE).is_file(), quiet=quiet, time_limit_s=cfg.budget_s)
     state = _generator_state(run)
     n_train = len(ds.rows("train"))
     synthetic = folder / "synthetic"
-    if not (synthetic / "manifest.json").is_file():
+    if not is_current(synthetic, run):  # missing, or drawn before a larger budget trained the run further
         generate(run, n_train, synthetic, seed=cfg.seed, device=cfg.device, quiet=quiet)
     syn = load_synthetic(synthetic, ds.classes, ds.size, ds.channels, quiet=quiet)
     report = utility_report(
         _split(ds, "train"), _split(ds, "val"), _split(ds, "test"),
         LabeledImages(syn.images, syn.labels, None, ds.classes, name="synthetic"), cfg.utility,
     )  # fmt: skip
-    write_json_atomic(folder / "utility.json", report)
+    write_json_atomic(folder / "utility.json", to_jsonable(report))
     test = ds.index[ds.index["split"] == "test"]
     return {
         "point": point.value,
@@ -213,7 +225,7 @@ def _row(r: dict[str, Any]) -> dict[str, Any]:
         "per_class_cap": r["point"] if r["sweep"] == "samples" else "", "real_train_images": r["real_train_images"],
         "synthetic_images": r["synthetic_images"], "test_images": r["test_images"],
         "test_patients": r["test_patients"], "generator_steps": r["generator"]["steps"],
-        "generator_train_s": round(r["generator"]["train_s"], 1), "stopped_by": r["generator"]["stopped_by"],
+        "generator_train_s": r["generator"]["train_s"] and round(r["generator"]["train_s"], 1), "stopped_by": r["generator"]["stopped_by"],
         "trtr_auroc": u["trtr"]["mean_auroc"], "trtr_ci_low": u["trtr"]["mean_ci_low"],
         "trtr_ci_high": u["trtr"]["mean_ci_high"], "tstr_auroc": u["tstr"]["mean_auroc"],
         "tstr_ci_low": u["tstr"]["mean_ci_low"], "tstr_ci_high": u["tstr"]["mean_ci_high"],
@@ -233,6 +245,15 @@ def write_csv(results: Sequence[dict[str, Any]], path: Path) -> None:
     write_text_atomic(path, buf.getvalue())
 
 
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    """The settings that decide a sweep's numbers: the time budget may grow on a rerun, and where it runs
+    (device) or whether it shows progress does not change the points already finished."""
+    out = {"augment": "none", **{k: v for k, v in config.items() if k not in ("budget_s", "device")}}  # before --augment
+    clf = {k: v for k, v in out["utility"]["classifier"].items() if k not in ("device", "progress")}
+    out["utility"] = {**out["utility"], "classifier": clf}
+    return out
+
+
 def run_sweep(cfg: SweepConfig, out: str | Path, quiet: bool = False) -> dict[str, Any]:
     """Run (or continue) a sweep into `out`: points/*/result.json, results.csv, sweep.png, report.html and
     sweep.json. Returns the sweep.json content."""
@@ -242,11 +263,15 @@ def run_sweep(cfg: SweepConfig, out: str | Path, quiet: bool = False) -> dict[st
     out.mkdir(parents=True, exist_ok=True)
     stored = out / "config.json"
     if stored.is_file():
-        previous = json.loads(stored.read_text())
-        changed = sorted(k for k in previous if k not in ("budget_s", "device") and previous[k] != cfg.to_dict()[k])
+        try:
+            previous = _comparable(json.loads(stored.read_text()))
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            raise ConfigError(f"{stored}: unreadable sweep settings ({exc}); use another --out") from None
+        now = _comparable(cfg.to_dict())
+        changed = sorted(k for k in previous.keys() | now.keys() if previous.get(k) != now.get(k))
         if changed:
             raise ConfigError(f"{out} holds a sweep with other settings ({', '.join(changed)}); use another --out")
-    write_json_atomic(stored, cfg.to_dict())
+    write_json_atomic(stored, to_jsonable(cfg.to_dict()))
     base = _base_cache(cfg, out, quiet)
     points = plan_points(base, cfg)
     results = []
@@ -257,7 +282,7 @@ def run_sweep(cfg: SweepConfig, out: str | Path, quiet: bool = False) -> dict[st
             print(f"[{i}/{len(points)}] {point.name}: {len(point.classes)} classes, {len(point.rows)} images")
         if not done.is_file():
             folder.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(done, run_point(point, base, cfg, folder, quiet))
+            write_json_atomic(done, to_jsonable(run_point(point, base, cfg, folder, quiet)))  # NaN -> null
         results.append(json.loads(done.read_text()))
     write_csv(results, out / "results.csv")
     summary = {
@@ -272,6 +297,6 @@ def run_sweep(cfg: SweepConfig, out: str | Path, quiet: bool = False) -> dict[st
         },  # fmt: skip
         "points": results,
     }
-    write_json_atomic(out / "sweep.json", summary)
+    write_json_atomic(out / "sweep.json", to_jsonable(summary))
     write_sweep_report(summary, out)
     return summary

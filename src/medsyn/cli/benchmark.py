@@ -13,6 +13,13 @@ from medsyn.errors import ConfigError
 from medsyn.evaluate.pipeline import EvalSettings, resolve_device
 
 console = Console()
+
+
+def _f(v: float | None) -> str:
+    """A stored number (JSON null where it was undefined)."""
+    return "n/a" if v is None else f"{v:.3f}"
+
+
 def _ints(text: str | None, what: str) -> list[int] | None:
     if text is None:
         return None
@@ -34,6 +41,7 @@ def register(app: typer.Typer) -> None:
         classes: str = typer.Option(None, help="Comma-separated classes to use (and their order for 'classes')."),
         size: int = typer.Option(32, help="Image size in px."),
         model: str = typer.Option("cgan", help="dcgan | cgan | acgan | stylegan2."),
+        augment: str = typer.Option("none", help="none | diffaugment | ada: discriminator augmentation (small points)."),
         steps: int = typer.Option(3000, help="Generator training steps per point."),
         budget: str = typer.Option(None, help="Generator training time per point, e.g. 300, 5m, 1.5h."),
         width: int = typer.Option(32, help="Generator width."),
@@ -50,15 +58,14 @@ def register(app: typer.Typer) -> None:
         cfg = SweepConfig(
             data=data, sweep=sweep, points=_ints(points, "--points"),
             classes=[c.strip() for c in classes.split(",") if c.strip()] if classes else None, size=size,
-            model=model, steps=steps, budget_s=parse_duration(budget, "--budget") if budget else None, width=width,
+            model=model, augment=augment, steps=steps, budget_s=parse_duration(budget, "--budget") if budget else None, width=width,
             batch=batch, seed=seed, split_seed=split_seed, device=dev, utility=utility,
         )  # fmt: skip
         summary = run_sweep(cfg, out, quiet=quiet)
         for p in summary["points"]:
-            r = p["utility"]["ratio"]["tstr_over_trtr"]
+            u, r = p["utility"], p["utility"]["ratio"]["tstr_over_trtr"]
             console.print(
-                f"{sweep} {p['point']:>6}: TRTR {p['utility']['trtr']['mean_auroc']:.3f}  "
-                f"TSTR {p['utility']['tstr']['mean_auroc']:.3f}  ratio {r['value']:.3f} "
-                f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+                f"{sweep} {p['point']:>6}: TRTR {_f(u['trtr']['mean_auroc'])}  TSTR {_f(u['tstr']['mean_auroc'])}  "
+                f"ratio {_f(r['value'])} [{_f(r['ci_low'])}, {_f(r['ci_high'])}]"
             )
         console.print(f"results: {out / 'results.csv'}  figure: {out / 'sweep.png'}  report: {out / 'report.html'}")

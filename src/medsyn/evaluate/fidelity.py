@@ -92,6 +92,11 @@ def _frechet(
     if offset:
         shift = np.eye(len(mu1)) * eps
         covmean = scipy.linalg.sqrtm((sigma1 + shift) @ (sigma2 + shift))
+        if not np.isfinite(covmean).all():
+            raise DataError(
+                f"FID: the covariance product has no finite square root, even offset by {eps:g}; the features "
+                "are degenerate (non-finite or constant)"
+            )
     if np.iscomplexobj(covmean):
         imag = float(np.max(np.abs(np.diagonal(covmean).imag)))
         if imag > 1e-3:

@@ -47,6 +47,7 @@ from rich.console import Console
 from medsyn import __version__
 from medsyn.data.cache import PreparedDataset, prepare
 from medsyn.data.spec import parse_spec
+from medsyn.data.splits import select_classes
 from medsyn.errors import ConfigError, DataError, MedsynError
 from medsyn.evaluate.features import (
     ClassifierFeatures,
@@ -119,27 +120,36 @@ class EvalSettings:
     ) -> EvalSettings:
         """Defaults for quick / full mode, then `overrides` ({'classifier': {...}, 'utility': {...},
         'reid': {...}, other fields}); unknown keys are a ConfigError."""
+        if overrides is not None and not isinstance(overrides, Mapping):
+            raise ConfigError(f"evaluation settings must be a mapping, got {overrides!r}")
         over = dict(overrides or {})
+
+        def section(key: str) -> dict[str, Any]:
+            value = over.pop(key, None) or {}
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"evaluation setting {key!r} must be a mapping, got {value!r}")
+            return dict(value)
+
         clf = ClassifierConfig(
             model="smallcnn" if quick else "densenet121", epochs=4 if quick else 20,
             patience=2 if quick else 5, seed=seed, device=device, progress=progress,
         )  # fmt: skip
-        clf = coerce_config(ClassifierConfig, {**asdict(clf), **dict(over.pop("classifier", {}))})
+        clf = coerce_config(ClassifierConfig, {**asdict(clf), **section("classifier")})
         utility = coerce_config(UtilityConfig, {
             "classifier": clf, "seeds": [seed] if quick else [seed, seed + 1, seed + 2],
-            "n_bootstrap": 200 if quick else 1000, "bootstrap_seed": seed, **dict(over.pop("utility", {})),
+            "n_bootstrap": 200 if quick else 1000, "bootstrap_seed": seed, **section("utility"),
         })  # fmt: skip
         reid = ReidConfig(
             encoder="smallcnn" if quick else clf.model, epochs=4 if quick else 20,
             steps_per_epoch=25 if quick else 100, patience=2 if quick else 5, seed=seed, device=device,
             progress=progress,
         )  # fmt: skip
-        reid = coerce_config(ReidConfig, {**asdict(reid), **dict(over.pop("reid", {}))})
+        reid = coerce_config(ReidConfig, {**asdict(reid), **section("reid")})
         known = {f for f in cls.__dataclass_fields__} - {"quick", "seed", "device", "utility", "reid"}
         unknown = sorted(set(over) - known)
         if unknown:
             raise ConfigError(f"unknown evaluation setting(s) {unknown}; expected some of {sorted(known)}")
-        return cls(quick=quick, seed=seed, device=device, utility=utility, reid=reid, **over)
+        return coerce_config(cls, {"quick": quick, "seed": seed, "device": device, "utility": utility, "reid": reid, **over})
 
 
 class _Stages:
@@ -207,11 +217,16 @@ def open_real(
         ds = prepare(cfg.data, int(size), cache_dir_for(cfg, out), seed=split_seed, quiet=quiet)
     notes = []
     if tc.get("data"):
-        if _data_key(str(tc["data"])) != _data_key(str(ds.path)):
-            notes.append(
-                f"the generator was trained on {tc['data']}, but the real set is {ds.spec}: the privacy checks' "
-                "'training images' are not the ones the generator saw"
-            )
+        try:
+            same = _data_key(str(tc["data"])) == _data_key(str(ds.path))
+        except MedsynError:  # e.g. the generator's cache folder was moved or deleted since training
+            notes.append(f"could not check that the generator's training data ({tc['data']}) is this real set")
+        else:
+            if not same:
+                notes.append(
+                    f"the generator was trained on {tc['data']}, but the real set is {ds.spec}: the privacy "
+                    "checks' 'training images' are not the ones the generator saw"
+                )
         seed_used = ds.meta.get("settings", {}).get("seed")
         if seed_used is not None and int(seed_used) != int(tc.get("split_seed", 0)):
             notes.append(
@@ -237,6 +252,27 @@ def _classes(real: list[str], asked: list[str] | None, trained: list[str] | None
         note = f"evaluated on the generator's training classes; not evaluated: {', '.join(dropped)}"
         return kept, [note] if dropped else []
     return list(real), []
+
+
+def _members(ds: PreparedDataset, trained: list[str] | None) -> tuple[np.ndarray | None, list[str]]:
+    """Which real training images the generator saw (bool over `ds.rows('train')`; None: all) and a note.
+
+    A generator trained with `classes=` never saw training images positive only for other classes (the
+    trainer leaves them out); counting them as members would dilute membership inference towards 0.5."""
+    if not trained or not set(ds.classes) - set(trained):
+        return None, []
+    table = ds.index.iloc[ds.rows("train")]
+    try:
+        kept, _ = select_classes(table, ds.classes, [c for c in ds.classes if c in trained])
+    except MedsynError:
+        return None, []
+    seen = np.isin(table["row"].to_numpy(), kept["row"].to_numpy())
+    if seen.all():
+        return None, []
+    return seen, [
+        f"{int((~seen).sum())} real training images are positive only for classes the generator was not trained "
+        "on; it never saw them, so the privacy checks leave them out of the training (member) set"
+    ]
 
 
 def _split(ds: PreparedDataset, rows: np.ndarray, cols: list[int]) -> _Split:
@@ -272,7 +308,8 @@ def _utility(splits: dict[str, _Split], syn: SyntheticSet, classes: list[str], c
     dropped = [c for c in classes if c not in names]
     if dropped:
         run.report["notes"] = [
-            f"not scored (fewer than {cfg.min_test_positives} positive or negative test images): {', '.join(dropped)}"
+            f"not scored (fewer than {cfg.min_test_positives} positive or negative test images): {', '.join(dropped)}",
+            *run.report["notes"],
         ]
     return run
 
@@ -444,13 +481,17 @@ def evaluate(
         ds, data_notes = open_real(str(real), size, cache, opened.train_config, opened.native_size, out, quiet)
     trained = (opened.train_config or {}).get("classes")
     eval_classes, class_notes = _classes(ds.classes, classes, trained)
-    data_notes += class_notes
+    seen, member_notes = _members(ds, trained)
+    data_notes += class_notes + member_notes
     s.utility.uncertainty_policy = str(ds.meta.get("label_policy", "n/a"))
     scratch = out / ".scratch"
     try:
         with stage("synthetic data"):
-            syn = load_synthetic(opened, eval_classes, ds.size, ds.channels, scratch=scratch, quiet=quiet)
-        metrics, assets, models = _run(ds, syn, eval_classes, s, external, stage, real_images)
+            syn = load_synthetic(
+                opened, eval_classes, ds.size, ds.channels, scratch=scratch, quiet=quiet,
+                fit=str(ds.meta.get("fit", "pad")), known=list(ds.classes),
+            )  # fmt: skip
+        metrics, assets, models = _run(ds, syn, eval_classes, s, external, stage, real_images, seen)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     with stage("models: save"):
@@ -468,8 +509,10 @@ def evaluate(
 
 def _run(
     ds: PreparedDataset, syn: SyntheticSet, classes: list[str], s: EvalSettings,
-    external: FeatureExtractor | None, stage: _Stages, real_images: bool,
+    external: FeatureExtractor | None, stage: _Stages, real_images: bool, seen: np.ndarray | None = None,
 ) -> tuple[dict[str, Any], ReportAssets, _Models]:  # fmt: skip
+    """All three sections. `seen`: the training images the generator saw (see `_members`), the privacy
+    checks' members; utility and fidelity use the whole training split."""
     cols = [ds.classes.index(c) for c in classes]
     splits = {name: _split(ds, ds.rows(name), cols) for name in ("train", "val", "test")}
     held_rows = np.concatenate([ds.rows("val"), ds.rows("test")])
@@ -531,7 +574,11 @@ def _run(
             metrics["fidelity"] = {"backbone": backbone, **_skipped(exc)}
 
     spaces = [("pixel", pix, pixel)] + ([("feature", feats, space)] if space is not None else [])
-    privacy, checks, dcrs, mias, reid_scores, reid_model = _privacy(spaces, splits, held, syn, s, stage,
+    members = splits
+    if seen is not None:
+        spaces = [(key, {**f, "train": f["train"][seen]}, sp) for key, f, sp in spaces]
+        members = {**splits, "train": _split(ds, ds.rows("train")[seen], cols)}
+    privacy, checks, dcrs, mias, reid_scores, reid_model = _privacy(spaces, members, held, syn, s, stage,
                                                                     external is not None)  # fmt: skip
     metrics["privacy"] = privacy
     utility_check = useful_verdict(metrics["utility"])
@@ -567,7 +614,8 @@ def _privacy(
         with stage(f"privacy: DCR ({sp.name})"):
             try:
                 dcrs[key] = distance_to_closest_record(f["syn"], f["train"], f["held"], sp, n_closest=s.n_closest,
-                                                       device=s.device, progress=progress)  # fmt: skip
+                                                       device=s.device, progress=progress,
+                                                       train_patient_ids=train.patient_ids)  # fmt: skip
                 privacy["dcr"][key] = dcrs[key].to_dict()
                 checks.append(dcr_verdict(dcrs[key]))
             except MedsynError as exc:

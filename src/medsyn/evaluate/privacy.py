@@ -68,6 +68,7 @@ DCR_RELIABLE_HOLDOUT = 100
 DCR_WARN_RATIO, DCR_FAIL_RATIO = 1.5, 3.0
 DCR_WARN_P, DCR_FAIL_P = 0.05, 0.01
 DCR_TEST = "precedence test (Nelson 1963): synthetic count below a held-out order statistic ~ beta-binomial"
+NEAREST_PATIENT_NOTE = 0.10  # noted when one patient is nearest to more synthetic images than this (and 2x held-out)
 MIA_FAIL_AUROC = 0.60
 MIA_MIN_IMAGES = 10
 
@@ -96,6 +97,9 @@ class DCRResult(Result):
     median_synthetic: float
     median_holdout: float
     closest: list[dict[str, Any]]  # [{synthetic_index, train_index, distance}], nearest first
+    # With training patient ids: the training patient nearest to most synthetic images, as shares (never the
+    # id): of synthetic images, of held-out images (the baseline) and of the training images themselves.
+    nearest_patient: dict[str, float] | None
     synthetic_distances: np.ndarray = field(metadata=ARRAY)  # (n_synthetic,)
     synthetic_nearest: np.ndarray = field(metadata=ARRAY)  # train index of each synthetic image's nearest
     holdout_distances: np.ndarray = field(metadata=ARRAY)  # (n_holdout,)
@@ -124,8 +128,13 @@ def distance_to_closest_record(
     n_closest: int = 16,
     device: str | torch.device | None = None,
     progress: bool = False,
+    train_patient_ids: Any = None,
 ) -> DCRResult:
     """DCR of synthetic and held-out images to the training images (see module docstring).
+
+    `train_patient_ids` adds `nearest_patient`: a generator that collapses onto the look of one training
+    patient (often the one with the most images) puts many synthetic images next to that patient's images,
+    which the per-image thresholds may not show; unseen patients' images give the expected share.
 
     The p-values account for the held-out percentiles' own uncertainty (precedence test); with few
     held-out images that uncertainty is large, so only a large excess can be detected, which a note says.
@@ -136,12 +145,24 @@ def distance_to_closest_record(
         raise DataError(f"DCR needs at least {DCR_MIN_HOLDOUT} held-out real images, got {len(ho)}")
     syn_nn = knn(syn, tr, 1, device=device, progress=progress)
     d_syn, nearest = syn_nn.distances[:, 0], syn_nn.indices[:, 0]
-    d_ho = knn(ho, tr, 1, device=device, progress=progress).distances[:, 0]
+    ho_nn = knn(ho, tr, 1, device=device, progress=progress)
+    d_ho = ho_nn.distances[:, 0]
     t1, t5 = (float(t) for t in np.percentile(d_ho, [1, 5]))
     below = [int((d_syn < t).sum()) for t in (t1, t5)]
     tests = [precedence_test(b, len(syn), len(ho), q) for b, q in zip(below, (1, 5), strict=True)]
     order = np.argsort(d_syn, kind="stable")[: max(0, n_closest)]
     notes = []
+    concentration = None
+    ids = check_patient_ids(train_patient_ids, len(tr), "DCR training")
+    if ids is not None:
+        concentration = nearest_patient_shares(ids, nearest, ho_nn.indices[:, 0])
+        if concentration["synthetic"] > max(NEAREST_PATIENT_NOTE, 2 * concentration["holdout"]):
+            notes.append(
+                f"{100 * concentration['synthetic']:.0f}% of synthetic images have their nearest training image "
+                f"in one patient (held-out images: {100 * concentration['holdout']:.0f}%; that patient has "
+                f"{100 * concentration['training']:.0f}% of the training images): the generator draws that "
+                "patient's look; inspect the closest pairs and the re-identification result"
+            )
     if len(ho) < DCR_RELIABLE_HOLDOUT:
         notes.append(
             f"only {len(ho)} held-out images: the 1st-percentile threshold is poorly estimated, so the test "
@@ -171,10 +192,24 @@ def distance_to_closest_record(
             {"synthetic_index": int(i), "train_index": int(nearest[i]), "distance": float(d_syn[i])} for i in order
         ],
         notes=notes,
+        nearest_patient=concentration,
         synthetic_distances=d_syn,
         synthetic_nearest=nearest,
         holdout_distances=d_ho,
     )
+
+
+def nearest_patient_shares(train_ids: np.ndarray, syn_nearest: np.ndarray, holdout_nearest: np.ndarray) -> dict:
+    """Shares of synthetic / held-out / training images that belong to (or lie nearest to) the training
+    patient nearest to the most synthetic images."""
+    patients, codes = np.unique(train_ids, return_inverse=True)
+    counts = np.bincount(codes[syn_nearest], minlength=len(patients))
+    top = int(np.argmax(counts))
+    return {
+        "synthetic": float(counts[top] / len(syn_nearest)),
+        "holdout": float(np.mean(codes[holdout_nearest] == top)),
+        "training": float(np.mean(codes == top)),
+    }
 
 
 @dataclass

@@ -192,10 +192,23 @@ def _norm(name: str) -> str:
     return re.sub(r"[\s_]+", " ", name.strip().lower())
 
 
+def _parts(name: str) -> list[str]:
+    """The classes a synthetic label names: 'A+B' (a folder of a label combination) names A and B."""
+    return [_norm(p) for p in name.split("+")] if "+" in name else [_norm(name)]
+
+
 def align_labels(
-    syn_classes: list[str], syn_labels: np.ndarray, classes: list[str], exclusive: bool, note_ignored: bool = True
+    syn_classes: list[str],
+    syn_labels: np.ndarray,
+    classes: list[str],
+    exclusive: bool,
+    note_ignored: bool = True,
+    known: list[str] | None = None,
 ) -> tuple[np.ndarray, list[str]]:
     """Synthetic labels (N, Ks) mapped onto `classes` (N, K), and notes.
+
+    `known`: every class of the real set when only some (`classes`) are evaluated: a synthetic column of a
+    known class that is not evaluated is left out, not refused.
 
     `exclusive`: the source gives each image one class (a folder per class), so a class without a
     folder is a negative (0); otherwise a class the synthetic set does not label is NaN (masked).
@@ -203,31 +216,32 @@ def align_labels(
     every column of its format, e.g. all 14 NIH findings), so ignoring them is not worth a note.
     """
     index = {_norm(c): j for j, c in enumerate(classes)}
+    real = index.keys() | {_norm(c) for c in known or ()}
     out = np.full((len(syn_labels), len(classes)), 0.0 if exclusive else np.nan, dtype=np.float32)
     covered: set[int] = set()
     unknown, ignored = [], []
     for s, name in enumerate(syn_classes):
         col = syn_labels[:, s]
-        parts = [_norm(p) for p in name.split("+")] if "+" in name else [_norm(name)]
-        if all(p in index for p in parts):
-            for p in parts:
+        parts = _parts(name)
+        if all(p in real for p in parts) and any(p in index for p in parts):
+            for p in (p for p in parts if p in index):
                 j = index[p]
                 if j in covered or exclusive:  # several sources for one class (A, A+B): positive wins
                     out[:, j] = np.where(col == 1, 1.0, out[:, j])
                 else:
                     out[:, j] = col
                 covered.add(j)
-        elif _norm(name) == NO_FINDING or not np.nansum(col == 1):
+        elif _norm(name) == NO_FINDING or not np.nansum(col == 1) or all(p in real for p in parts):
             ignored.append(name)
         else:
             unknown.append(f"{name} ({int(np.nansum(col == 1))} images)")
     if unknown:
         raise DataError(
-            f"synthetic class(es) {', '.join(unknown)} are not in the real set (classes: {', '.join(classes)}); "
+            f"synthetic class(es) {', '.join(unknown)} are not in the real set (classes: {', '.join(known or classes)}); "
             "evaluate against real data with these classes or drop those images"
         )
     notes = []
-    dropped = [c for c in ignored if _norm(c) != NO_FINDING]
+    dropped = [c for c in ignored if _norm(c) != NO_FINDING and not all(p in real for p in _parts(c))]
     if dropped and note_ignored:
         notes.append(f"synthetic label columns not in the real set and without positives were ignored: {', '.join(dropped)}")
     missing = [classes[j] for j in range(len(classes)) if j not in covered]
@@ -267,7 +281,9 @@ def _file_channels(src: Source) -> int | None:
         raise DataError(f"{path}: unreadable synthetic image ({exc})") from None
 
 
-def _decode(src: Source, size: int, channels: int, out: np.ndarray, quiet: bool) -> tuple[int, set[tuple[int, int]]]:
+def _decode(
+    src: Source, size: int, channels: int, fit: str, out: np.ndarray, quiet: bool
+) -> tuple[int, set[tuple[int, int]]]:
     """Decode every image into `out` (uint8); returns how many were resized and their native sizes."""
     threaded = isinstance(src, FileSource)
     resized, shapes = 0, set()
@@ -276,7 +292,7 @@ def _decode(src: Source, size: int, channels: int, out: np.ndarray, quiet: bool)
         img = _to_channels(src.read_image(i), channels)
         native = (int(img.shape[1]), int(img.shape[2]))
         if native != (size, size):
-            img = fit_square(img, size, "pad")
+            img = fit_square(img, size, fit)
         return np.round(img * 255.0).astype(np.uint8), native
 
     with progress_bar(f"load synthetic {size}px", total=len(src), quiet=quiet) as advance, ThreadPoolExecutor(
@@ -306,8 +322,13 @@ def load_synthetic(
     *,
     scratch: Path | None = None,
     quiet: bool = False,
+    fit: str = "pad",
+    known: list[str] | None = None,
 ) -> SyntheticSet:
     """Decode a synthetic set at `size` px with `channels`, labels aligned to `classes` (see module doc).
+
+    `fit`: how images of another size are squared, as the real cache was (`pad` or `crop`). `known`: all
+    classes of the real set, when `classes` is a selection of them (see `align_labels`).
 
     `scratch`: a folder for a memory-mapped image file when the set exceeds `MEMMAP_BYTES` (the caller
     deletes it); without it such sets are decoded into RAM.
@@ -324,7 +345,7 @@ def load_synthetic(
         src = open_dataset(parse_spec(opened.location).with_options(size=size))  # render at size, no resampling
     exclusive = src.info.get("format") == "folder"
     labels, label_notes = align_labels(
-        list(src.classes), src.labels(), classes, exclusive, note_ignored=opened.kind != "medsyn-generate"
+        list(src.classes), src.labels(), classes, exclusive, note_ignored=opened.kind != "medsyn-generate", known=known
     )
     notes += label_notes
     native_c = _file_channels(src)
@@ -343,13 +364,13 @@ def load_synthetic(
     else:
         images = np.empty(shape, dtype=np.uint8)
     try:
-        resized, shapes = _decode(src, size, channels, images, quiet)
+        resized, shapes = _decode(src, size, channels, fit, images, quiet)
     except (OSError, ValueError) as exc:
         raise DataError(f"{opened.location}: cannot decode the synthetic images ({exc})") from None
     if resized:
         sizes = ", ".join(f"{w}x{h}" for h, w in sorted(shapes)[:3]) + (", ..." if len(shapes) > 3 else "")
         notes.append(
             f"{resized} of {len(src)} synthetic images were not {size}x{size} px ({sizes}): resized to {size} px "
-            "as the real cache was (aspect kept, padded, Lanczos)"
+            f"as the real cache was (aspect kept, {'padded' if fit == 'pad' else 'centre-cropped'}, Lanczos)"
         )
     return SyntheticSet(images, labels, list(classes), opened.kind, opened.location, opened.manifest, notes)

@@ -20,8 +20,8 @@ import copy
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, TypeVar
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 
 import numpy as np
 import torch
@@ -51,7 +51,33 @@ def coerce_config(cls: type[C], value: C | Mapping[str, Any] | None) -> C:
     unknown = sorted(set(value) - known)
     if unknown:
         raise ConfigError(f"unknown {cls.__name__} key(s) {unknown}; expected some of {sorted(known)}")
-    return cls(**value)
+    hints = get_type_hints(cls)
+    return cls(**{k: _typed(f"{cls.__name__}.{k}", v, hints[k]) for k, v in value.items()})
+
+
+def _typed(name: str, value: Any, tp: Any) -> Any:
+    """`value` checked against the field type `tp` (YAML gives strings where a user quoted a number): a
+    one-line ConfigError instead of a TypeError deep inside training. Whole floats count as integers."""
+    args = get_args(tp)
+    if type(None) in args:  # X | None
+        if value is None:
+            return None
+        tp = next(a for a in args if a is not type(None))
+    if is_dataclass(tp):
+        return coerce_config(tp, value)  # type: ignore[arg-type]
+    if get_origin(tp) is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name} must be a list, got {value!r}")
+        return [_typed(f"{name}[{i}]", v, get_args(tp)[0]) for i, v in enumerate(value)]
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int and number and float(value).is_integer():
+        return int(value)
+    if tp is float and number:
+        return float(value)
+    if tp in (int, float, bool, str) and not isinstance(value, tp):
+        kind = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[tp]
+        raise ConfigError(f"{name} must be {kind}, got {value!r}")
+    return value
 
 
 def _check_positive(owner: str, **values: float) -> None:
@@ -147,7 +173,8 @@ class ConcatView:
         for p in np.unique(part):
             sel = part == p
             part_images = np.asarray(self.parts[p][idx[sel] - self.offsets[p]])
-            out[sel] = part_images / np.float32(255) if part_images.dtype != self.dtype else part_images
+            scale = part_images.dtype == np.uint8 and self.dtype != np.uint8
+            out[sel] = part_images / np.float32(255) if scale else part_images
         return out
 
 
@@ -441,6 +468,7 @@ def _summarize(
         out["mean_auroc_per_seed"] = [float(v) for v in seed_means]
     mean_reps = rep_mean[:, evaluable].mean(axis=1) if evaluable else np.full(len(reps), math.nan)
     out["mean_ci_low"], out["mean_ci_high"] = percentile_ci(mean_reps, level)
+    out["mean_n_bootstrap_valid"] = int(np.isfinite(mean_reps).sum())
     return out
 
 
@@ -488,6 +516,22 @@ def _resampling(ids: np.ndarray | None, labels: np.ndarray, n_bootstrap: int, le
         "ci_level": level,
         "ci_method": "percentile bootstrap",
     }
+
+
+def _sparse_bootstrap_notes(trtr: Mapping[str, Any], classes: list[str], n_bootstrap: int, unit: str) -> list[str]:
+    """Say where many resamples lacked a class's positives (or negatives): the few that had them decide its
+    interval, which is then conditional on them and too narrow (few positive patients, not few images)."""
+    notes = []
+    for c in classes:
+        entry = trtr["classes"][c]
+        valid = entry.get("n_bootstrap_valid", n_bootstrap)
+        if entry.get("reason") is None and n_bootstrap and valid < 0.95 * n_bootstrap:
+            notes.append(
+                f"{c}: only {valid} of {n_bootstrap} {unit} resamples held both positive and negative test images "
+                f"({entry['n_pos']} positive images): its CI, and the mean's, come from those resamples only and "
+                "understate the uncertainty; read them with care"
+            )
+    return notes
 
 
 def mean_auroc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -724,6 +768,7 @@ def run_utility(
     out["model_selection"] = "early stopping on mean AUROC of the real validation split"
     out["classifier"] = asdict(cfg.classifier)
     out.update(_resampling(test.patient_ids, test.labels, cfg.n_bootstrap, cfg.ci_level))
+    out["notes"] = _sparse_bootstrap_notes(results["trtr"], classes, cfg.n_bootstrap, out["resample_unit"])
     return UtilityRun(
         report=out,
         classes=classes,

@@ -8,8 +8,8 @@ generate("runs/cgan64", 1000, "synthetic/safe", privacy_filter=True)  # re-draw 
 export("runs/cgan64", "shared/cgan64")                               # safetensors + JSON, no pickle
 """
 
-from medsyn.generate.core import export, generate
+from medsyn.generate.core import export, generate, is_current
 from medsyn.generate.plan import Plan, make_plan
 from medsyn.generate.privacy_filter import PrivacyFilter
 
-__all__ = ["Plan", "PrivacyFilter", "export", "generate", "make_plan"]
+__all__ = ["Plan", "PrivacyFilter", "export", "generate", "is_current", "make_plan"]

@@ -8,6 +8,7 @@ With a privacy filter (`privacy_filter.py`), candidates too close to a training 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,7 +22,7 @@ import torch
 from PIL import Image
 
 from medsyn import __version__
-from medsyn.errors import CheckpointError, ConfigError
+from medsyn.errors import CheckpointError, ConfigError, MedsynError
 from medsyn.generate.layout import Layout
 from medsyn.generate.plan import Plan, make_plan
 from medsyn.generate.privacy_filter import PrivacyFilter, as_filter, calibrate
@@ -80,6 +81,18 @@ def generator_files(folder: str | os.PathLike[str]) -> tuple[dict[str, Any], lis
             raise CheckpointError(f"{sub}: no generator (checkpoints/last.pt or {WEIGHTS_NAME}); was it trained?")
         files.append(GeneratorFile(name or "all", path))
     return meta, files
+
+
+def is_current(out: str | os.PathLike[str], run_dir: str | os.PathLike[str]) -> bool:
+    """True when `out` is a finished synthetic set drawn from the generator weights now in `run_dir`, so a
+    rerun may reuse it; after more training (or a missing or unreadable set) it must be drawn again."""
+    try:
+        manifest = json.loads((Path(out) / "manifest.json").read_text())
+        _, files = generator_files(run_dir)
+        drawn = [g["sha256"] for g in manifest["generators"]]
+    except (OSError, ValueError, KeyError, TypeError, MedsynError):
+        return False
+    return drawn == [f.sha256() for f in files]
 
 
 def _precision(precision: str, cuda: bool) -> torch.dtype | None:
