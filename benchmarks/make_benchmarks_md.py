@@ -330,10 +330,8 @@ def git_state() -> dict[str, Any]:
         except (OSError, subprocess.SubprocessError):
             return ""
 
-    return {
-        "commit": git("rev-parse", "HEAD") or None,
-        "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
-    }
+    changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines() if line]
+    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(changed), "dirty_files": changed}
 
 
 def machine_info() -> dict[str, Any]:
@@ -492,7 +490,8 @@ def privacy_section(m: Mapping[str, Any]) -> str:
         rows += [[f"DCR ({d.get('space', space)}): synthetic closer to train than held-out p{q}",
                   fmt(d.get(f"fraction_below_p{q}"), pct=True), f"expected {q}%; identical copies {fmt(d.get('n_identical'))}"]
                  for q in (1, 5)]  # fmt: skip
-        if near := d.get("nearest_patient"):
+        train = dig(m, "data", "real", "splits", "train") or {}
+        if (near := d.get("nearest_patient")) and train.get("patients") != train.get("images"):  # else no patients
             rows.append([f"DCR ({d.get('space', space)}): synthetic images nearest to one training patient",
                          fmt(near.get("synthetic"), pct=True),
                          f"held-out images: {fmt(near.get('holdout'), pct=True)}; that patient's share of training "
@@ -626,10 +625,12 @@ def experiment_section(r: Mapping[str, Any]) -> str:
 
 def _commits(records: Iterable[Mapping[str, Any]]) -> str:
     """The git commit(s) the steps ran at (a resumed benchmark may span several)."""
-    seen = dict.fromkeys(
-        f"`{dig(r, 'git', 'commit') or 'n/a'}`" + " (with uncommitted changes)" * bool(dig(r, "git", "dirty"))
-        for r in records
-    )
+    def one(r: Mapping[str, Any]) -> str:
+        files = dig(r, "git", "dirty_files")
+        dirty = f" (with uncommitted changes to {', '.join(files)})" if files else " (with uncommitted changes)"
+        return f"`{dig(r, 'git', 'commit') or 'n/a'}`" + dirty * bool(dig(r, "git", "dirty"))
+
+    seen = dict.fromkeys(one(r) for r in records)
     return "commit " + ", ".join(seen) if seen else "an unknown commit"
 
 

@@ -203,3 +203,10 @@ def test_reference_section_sets_medsyn_beside_the_textbook(mbm):
     assert "Not run: x.py not found" in mbm.reference_section({"reference": {"skipped": "x.py not found"}})
     failed = mbm.reference_section({"reference": {"command": "c", "exit_code": 1, "tail": "boom"}})
     assert "failed (exit 1)" in failed and "boom" in failed
+
+
+def test_nearest_patient_row_only_where_patients_have_several_images(mbm):
+    m = RESULT["metrics"]
+    assert "nearest to one training patient" in mbm.privacy_section(m)
+    singles = {**m, "data": {"real": {"splits": {"train": {"images": 900, "patients": 900}}}}}
+    assert "nearest to one training patient" not in mbm.privacy_section(singles)

@@ -178,6 +178,8 @@ def test_nearest_patient_concentration_is_reported_without_ids(phantom_sets: dic
     fair = distance_to_closest_record(s["independent"], s["train"], s["holdout"], SPACE, train_patient_ids=ids)
     assert fair.nearest_patient["synthetic"] < 0.3 and not any("one patient" in n for n in fair.notes)
     assert distance_to_closest_record(s["independent"], s["train"], s["holdout"], SPACE).nearest_patient is None
+    singles = np.array([f"p{i}" for i in range(300)])  # one image per patient: image hubness, not a patient
+    assert distance_to_closest_record(drawn, s["train"], s["holdout"], SPACE, train_patient_ids=singles).nearest_patient is None
 
 
 def test_precedence_null_law_is_exact() -> None:

@@ -154,14 +154,15 @@ def distance_to_closest_record(
     notes = []
     concentration = None
     ids = check_patient_ids(train_patient_ids, len(tr), "DCR training")
-    if ids is not None:
+    if ids is not None and len(np.unique(ids)) < len(ids):  # one image per patient: nothing to concentrate on
         concentration = nearest_patient_shares(ids, nearest, ho_nn.indices[:, 0])
         if concentration["synthetic"] > max(NEAREST_PATIENT_NOTE, 2 * concentration["holdout"]):
             notes.append(
                 f"{100 * concentration['synthetic']:.0f}% of synthetic images have their nearest training image "
                 f"in one patient (held-out images: {100 * concentration['holdout']:.0f}%; that patient has "
-                f"{100 * concentration['training']:.0f}% of the training images): the generator draws that "
-                "patient's look; inspect the closest pairs and the re-identification result"
+                f"{100 * concentration['training']:.1f}% of the training images): the generator may reproduce "
+                "that patient's look, or its images crowd around a few real ones (low diversity); inspect the "
+                "closest pairs and the re-identification result"
             )
     if len(ho) < DCR_RELIABLE_HOLDOUT:
         notes.append(
