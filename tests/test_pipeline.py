@@ -285,6 +285,7 @@ def test_members_leave_out_training_images_the_generator_never_saw(real):
         ({"utility": {"seeds": [0, "a"]}}, r"UtilityConfig.seeds\[1\] must be an integer"),
         ({"classifier": [1]}, "'classifier' must be a mapping"),
         ({"classifier": {"augment": "no"}}, "augment must be true or false"),
+        ({"classifier": {"epochs": True}}, "epochs must be an integer, got True"),
     ],
 )
 def test_settings_of_the_wrong_type_are_one_line_errors(settings, message):

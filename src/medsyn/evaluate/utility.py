@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
@@ -69,12 +70,12 @@ def _typed(name: str, value: Any, tp: Any) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{name} must be a list, got {value!r}")
         return [_typed(f"{name}[{i}]", v, get_args(tp)[0]) for i, v in enumerate(value)]
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    number = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))  # true is not 1 here
     if tp is int and number and float(value).is_integer():
         return int(value)
     if tp is float and number:
         return float(value)
-    if tp in (int, float, bool, str) and not isinstance(value, tp):
+    if tp in (int, float, bool, str) and (tp in (int, float) or not isinstance(value, tp)):
         kind = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[tp]
         raise ConfigError(f"{name} must be {kind}, got {value!r}")
     return value
