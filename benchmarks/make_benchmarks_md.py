@@ -169,6 +169,26 @@ def run_command(argv: Sequence[str], log: Path) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def recorded(label: str, argv: Sequence[str], record: Path, log: Path, rerun: bool = False,
+             before: Callable[[], None] | None = None,
+             finish: Callable[[dict[str, Any]], None] | None = None) -> tuple[dict[str, Any], bool]:  # fmt: skip
+    """One command run at most once: kept when `record` says it already exited 0 with the same command line
+    (unless `rerun`); else `before` (e.g. clear a stale output), run, completed by `finish` (e.g. the output
+    it parsed) and recorded. Returns the record and whether it ran now."""
+    done = _read_json(record)
+    if not rerun and done and done.get("exit_code") == 0 and done.get("command") == shlex.join(argv):
+        return done, False
+    if before is not None:
+        before()
+    print(f"[{label}] {shlex.join(argv)}", flush=True)
+    result = run_command(argv, log)
+    if finish is not None:
+        finish(result)
+    write_json_atomic(record, result)
+    print(f"[{label}] exit {result['exit_code']} in {result['wall_s']:.0f} s", flush=True)
+    return result, True
+
+
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text())
@@ -222,15 +242,10 @@ def run_experiment(exp: Experiment, work: Path, smoke: bool) -> dict[str, Any]:
     steps: dict[str, Any] = {}
     stale = False  # once a step runs again, every later step must too
     for name, argv in todo.items():
-        record_path = folder / "steps" / f"{name}.json"
-        record = _read_json(record_path)
-        if stale or not (record and record.get("exit_code") == 0 and record.get("command") == shlex.join(argv)):
-            stale = True
-            shutil.rmtree(folder / OUTPUT[name], ignore_errors=True)
-            print(f"[{exp.key}] {name}: {shlex.join(argv)}", flush=True)
-            record = run_command(argv, folder / "logs" / f"{name}.log")
-            write_json_atomic(record_path, record)
-            print(f"[{exp.key}] {name}: exit {record['exit_code']} in {record['wall_s']:.0f} s", flush=True)
+        record, ran = recorded(f"{exp.key} {name}", argv, folder / "steps" / f"{name}.json",
+                               folder / "logs" / f"{name}.log", rerun=stale,
+                               before=lambda n=name: shutil.rmtree(folder / OUTPUT[n], ignore_errors=True))  # fmt: skip
+        stale = stale or ran
         steps[name] = record
         if record["exit_code"] != 0:
             break
@@ -258,19 +273,16 @@ def run_reference(exp: Experiment, folder: Path, train_wall_s: float) -> dict[st
         return {"skipped": f"{_display(path)} not found (set MEDSYN_SHARED_BENCH)"}
     argv = [_display(Path(sys.executable)), _display(path), *options, "--budget-min", f"{train_wall_s / 60:.3f}",
             "--out", _display(folder / "reference"), "--seed", "0"]  # fmt: skip
-    record_path = folder / "steps" / "reference.json"
-    record = _read_json(record_path)
-    if not (record and record.get("exit_code") == 0 and record.get("command") == shlex.join(argv)):
-        print(f"[{exp.key}] reference: {shlex.join(argv)}", flush=True)
-        record = run_command(argv, folder / "logs" / "reference.log")
-        lines = Path(folder / "logs" / "reference.log").read_text(errors="replace").strip().splitlines()
+    log = folder / "logs" / "reference.log"
+
+    def parse(record: dict[str, Any]) -> None:  # the script's last line is its JSON summary
+        lines = log.read_text(errors="replace").strip().splitlines()
         try:
             record["summary"] = json.loads(lines[-1]) if record["exit_code"] == 0 else None
         except (IndexError, ValueError):
             record["summary"], record["exit_code"] = None, record["exit_code"] or -1
-        write_json_atomic(record_path, record)
-        print(f"[{exp.key}] reference: exit {record['exit_code']} in {record['wall_s']:.0f} s", flush=True)
-    return record
+
+    return recorded(f"{exp.key} reference", argv, folder / "steps" / "reference.json", log, finish=parse)[0]
 
 
 def count_gpu_flops(work: Path, smoke: bool) -> dict[str, Any]:
@@ -670,23 +682,15 @@ def sweep_commands(data: Path, folder: Path, smoke: bool) -> list[str]:
 
 def run_sweep_step(data: Path, work: Path, smoke: bool) -> dict[str, Any]:
     """The sweep as one recorded command; `medsyn benchmark` itself resumes a killed sweep."""
-    folder, argv = work / "sweep", sweep_commands(data, work / "sweep" / "out", smoke)
-    record = _read_json(folder / "step.json")
-    if not (record and record.get("exit_code") == 0 and record.get("command") == shlex.join(argv)):
-        print(f"[sweep] {shlex.join(argv)}", flush=True)
-        record = run_command(argv, folder / "sweep.log")
-        write_json_atomic(folder / "step.json", record)
-        print(f"[sweep] exit {record['exit_code']} in {record['wall_s']:.0f} s", flush=True)
-    return record
+    folder = work / "sweep"
+    return recorded("sweep", sweep_commands(data, folder / "out", smoke), folder / "step.json", folder / "sweep.log")[0]
 
 
 def _cell(row: Mapping[str, str], spec: str) -> str:
     def num(key: str) -> str:
         v = row.get(key, "")
-        try:
-            return fmt(_num(v)) if v != "" else "n/a"
-        except ValueError:
-            return v
+        n = _num(v)
+        return fmt(n) if n is not None else (v or "n/a")
 
     main, *ci_keys = spec.split("|")
     return num(main) + (f" [{num(ci_keys[0])}, {num(ci_keys[1])}]" if ci_keys else "")

@@ -210,3 +210,16 @@ def test_nearest_patient_row_only_where_patients_have_several_images(mbm):
     assert "nearest to one training patient" in mbm.privacy_section(m)
     singles = {**m, "data": {"real": {"splits": {"train": {"images": 900, "patients": 900}}}}}
     assert "nearest to one training patient" not in mbm.privacy_section(singles)
+
+
+def test_recorded_runs_a_command_once_and_again_after_a_failure(mbm, tmp_path):
+    argv, record, log = [sys.executable, "-c", "print('done')"], tmp_path / "r.json", tmp_path / "r.log"
+    cleared: list[int] = []
+    first, ran = mbm.recorded("t", argv, record, log, before=lambda: cleared.append(1),
+                              finish=lambda r: r.update(extra=log.read_text().strip()))  # fmt: skip
+    assert ran and first["exit_code"] == 0 and first["extra"] == "done" and cleared == [1]
+    assert mbm.recorded("t", argv, record, log, before=lambda: cleared.append(1)) == (first, False) and cleared == [1]
+    assert mbm.recorded("t", argv, record, log, rerun=True)[1]
+    failing = [sys.executable, "-c", "raise SystemExit(3)"]
+    assert mbm.recorded("t", failing, record, log)[0]["exit_code"] == 3
+    assert mbm.recorded("t", failing, record, log)[1]  # a failed step is run again

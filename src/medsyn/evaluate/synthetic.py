@@ -194,7 +194,7 @@ def _norm(name: str) -> str:
 
 def _parts(name: str) -> list[str]:
     """The classes a synthetic label names: 'A+B' (a folder of a label combination) names A and B."""
-    return [_norm(p) for p in name.split("+")] if "+" in name else [_norm(name)]
+    return [_norm(p) for p in name.split("+")]
 
 
 def align_labels(
