@@ -1,7 +1,9 @@
 """The `medsyn` command: a thin typer layer over the package API.
 
 User errors (`MedsynError`) print one line and exit with code 2; nothing else is caught, so bugs still
-show a traceback.
+show a traceback. Usage errors (missing argument, unknown option) are typer's own: in standalone mode it
+prints them with the usage line and exits 2, whichever click (vendored or not) the installed typer uses, so
+this module imports nothing typer does not promise.
 """
 
 from __future__ import annotations
@@ -49,21 +51,18 @@ def _root(
 def main() -> None:
     err = Console(stderr=True)
     try:
-        app(standalone_mode=False)
+        app()  # standalone: typer shows usage errors and --help, and maps Ctrl-C to exit code 130
     except MedsynError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        err.print("interrupted; completed work is kept (checkpoints and caches are written atomically)")
-        sys.exit(130)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        sys.exit(1)
-    except Exception as exc:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+    except KeyboardInterrupt:  # typer versions that let it through
+        sys.exit(_interrupted(err))
+    except SystemExit as exc:
+        if exc.code == 130:
+            _interrupted(err)
         raise
+
+
+def _interrupted(err: Console) -> int:
+    err.print("interrupted; completed work is kept (checkpoints and caches are written atomically)", soft_wrap=True)
+    return 130
