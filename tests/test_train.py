@@ -29,7 +29,7 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def tiny(cache: Path, **kw: object) -> TrainConfig:
     base = dict(data=str(cache), model="cgan", size=16, steps=4, batch=8, width=8, ckpt_every=2, log_every=1,
-                sample_every=100, device="cpu")  # fmt: skip
+                sample_every=100, device="cpu", precision="fp32")  # fmt: skip
     base.update(kw)
     return TrainConfig(**base)
 
@@ -167,15 +167,36 @@ def test_disk_full_keeps_last_good_checkpoint(tmp_path: Path, cache: Path, monke
     assert sorted(p.name for p in ckpts.iterdir()) == ["last.pt", "previous.pt"]  # no temporary left behind
 
 
-def test_corrupt_or_foreign_run_is_one_line_error(tmp_path: Path, cache: Path) -> None:
-    run = train(tiny(cache, steps=2), tmp_path / "run", quiet=True)
+def test_damaged_last_checkpoint_falls_back_to_previous(
+    tmp_path: Path, cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 16.8: a truncated last.pt is detected, said in one line, and --resume continues from previous.pt."""
+    whole = train(tiny(cache, steps=6), tmp_path / "whole", quiet=True)
+    run = train(tiny(cache, steps=4), tmp_path / "run", quiet=True)  # checkpoints at 2 (previous) and 4 (last)
     last = run / "checkpoints" / "last.pt"
     data = last.read_bytes()
     last.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="corrupt") as err:
+    capsys.readouterr()
+    train(tiny(cache, steps=6), run, resume=True, quiet=True)
+    said = capsys.readouterr().err
+    assert "last.pt is damaged (truncated" in said and "previous.pt" in said
+    assert loss_rows(run) == loss_rows(whole)  # steps 3-4 trained again from step 2, exactly as before
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 6
+
+
+def test_damaged_checkpoints_and_foreign_run_are_one_line_errors(tmp_path: Path, cache: Path) -> None:
+    run = train(tiny(cache, steps=2), tmp_path / "run", quiet=True)
+    ckpts = run / "checkpoints"
+    saved = {name: (ckpts / name).read_bytes() for name in ("last.pt", "previous.pt")}
+    for name, data in saved.items():
+        flipped = bytearray(data)
+        flipped[len(data) // 2] ^= 0xFF  # one bit-flipped byte inside a stored tensor: a CRC mismatch
+        (ckpts / name).write_bytes(bytes(flipped))
+    with pytest.raises(CheckpointError, match="damaged checkpoint") as err:
         train(None, run, resume=True)
-    assert "\n" not in str(err.value) and "previous.pt" in str(err.value)
-    last.write_bytes(data)
+    assert "\n" not in str(err.value) and "previous.pt is damaged too" in str(err.value)
+    for name, data in saved.items():
+        (ckpts / name).write_bytes(data)
     meta = (run / "run.json").read_text().replace(f'"medsyn_version": "{__version__}"', '"medsyn_version": "0.0.1"')
     (run / "run.json").write_text(meta)
     with pytest.raises(CheckpointError, match="0.0.1"):

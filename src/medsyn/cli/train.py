@@ -15,6 +15,7 @@ from medsyn.generate import PrivacyFilter, export, generate
 from medsyn.generate.privacy_filter import summary_line
 from medsyn.train import TrainConfig, train
 from medsyn.train.run import read_run_meta
+from medsyn.train.trainer import progress_line
 
 console = Console()
 
@@ -53,7 +54,9 @@ def register(app: typer.Typer) -> None:
         r1_gamma: float = typer.Option(None, "--r1-gamma", help="R1 weight (default: the model's; 0 = off)."),
         ema_decay: float = typer.Option(None, "--ema-decay", help="EMA decay of the generator (default 0.999)."),
         augment: str = typer.Option(None, help="none | diffaugment | ada (default none)."),
-        precision: str = typer.Option(None, help="auto | fp32 | bf16 | fp16 (default auto)."),
+        precision: str = typer.Option(
+            None, help="auto | fp32 | bf16 | fp16 (default auto: bf16 on GPUs; on CPU the faster of fp32/bf16, timed)."
+        ),
         channels_last: bool = typer.Option(
             None, "--channels-last/--no-channels-last", help="Memory format (default: on with bf16/fp16)."
         ),
@@ -68,7 +71,9 @@ def register(app: typer.Typer) -> None:
         config: Path = typer.Option(None, "--config", help="YAML config (e.g. RUN/config.yaml); options override it."),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly where it stopped."),
         time_limit: str = typer.Option(
-            None, "--time-limit", help="Stop (with a checkpoint) after this much training time, e.g. 90m, 2h."
+            None,
+            "--time-limit",
+            help="Stop (with a checkpoint) after this much training time, e.g. 90m, 2h; kept by --resume.",
         ),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     ) -> None:
@@ -81,10 +86,15 @@ def register(app: typer.Typer) -> None:
             "classes": [c.strip() for c in classes.split(",") if c.strip()] if classes is not None else None,
             "cache": str(cache) if cache is not None else None, "sample_every": sample_every,
             "ckpt_every": ckpt_every, "log_every": log_every, "workers": workers,
+            "time_limit_s": parse_duration(time_limit, "--time-limit") if time_limit else None,
         }  # fmt: skip
         base.update({k: v for k, v in given.items() if v is not None})
-        limit = parse_duration(time_limit, "--time-limit") if time_limit else None
-        run = train(TrainConfig.from_dict(base), out, resume=resume, quiet=quiet, time_limit_s=limit)
+        run = train(TrainConfig.from_dict(base), out, resume=resume, quiet=quiet)
+        prog = read_run_meta(run).get("progress")
+        if prog is not None:
+            console.print(
+                progress_line(prog), style=None if prog["stop_reason"] == "completed" else "yellow", soft_wrap=True
+            )
         console.print(f"run folder: {run}")
 
     @app.command("generate")

@@ -34,7 +34,7 @@ from medsyn.progress import progress_bar
 from medsyn.train.checkpoint import checkpoint_file, load_checkpoint
 from medsyn.train.data import NO_FINDING
 from medsyn.train.run import read_run_meta, write_run_meta
-from medsyn.train.trainer import cpu_auto_precision, derive_seed, wants_cuda
+from medsyn.train.trainer import derive_seed, progress, run_progress, wants_cuda
 
 
 @dataclass(frozen=True)
@@ -95,15 +95,30 @@ def is_current(out: str | os.PathLike[str], run_dir: str | os.PathLike[str]) -> 
     return drawn == [f.sha256() for f in files]
 
 
-def _precision(precision: str, cuda: bool) -> torch.dtype | None:
-    """Autocast dtype (None: fp32). 'auto' is bf16 where the hardware has it natively, as in training."""
+def _precision(precision: str, cuda: bool, meta: dict[str, Any]) -> torch.dtype | None:
+    """Autocast dtype (None: fp32). 'auto' is bf16 on a GPU that has it; on a CPU it is the precision the
+    run's training chose by timing this model (run.json `runtime`), fp32 where nothing was measured."""
     if precision not in ("auto", "fp32", "bf16", "fp16"):
         raise ConfigError(f"precision must be one of auto, fp32, bf16, fp16, got {precision!r}")
-    if precision == "auto":
-        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp32") if cuda else cpu_auto_precision()
+    if precision == "auto" and cuda:
+        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    elif precision == "auto":
+        runtime = meta.get("runtime") or {}
+        precision = "bf16" if runtime.get("device") == "cpu" and runtime.get("precision") == "bf16" else "fp32"
     if precision == "fp16" and not cuda:
         raise ConfigError("precision fp16 needs a GPU; on CPU use bf16 or fp32")
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def training_progress(meta: dict[str, Any], files: list[GeneratorFile]) -> dict[str, Any] | None:
+    """How far the generators were trained (manifest `training`): read from their checkpoints, so a killed run
+    counts what it reached; for exported weights, the `progress` recorded in run.json (None if unknown)."""
+    if any(not f.path.name.endswith(".pt") for f in files):
+        return meta.get("progress")
+    steps, limit = int(meta["config"]["steps"]), meta["config"].get("time_limit_s")
+    share = None if limit is None else float(limit) / len(files)
+    reached = [progress(load_checkpoint(f.path), steps, share) for f in files]
+    return run_progress(reached, [f.group for f in files], bool(meta["conditional"]))
 
 
 def _batches(plan: Plan, gen_index: int, batch: int) -> Iterator[np.ndarray]:
@@ -156,7 +171,7 @@ def generate(
     layout = Layout.for_source(stats["source_format"], classes, stats.get("source_options", {}))
     cuda = wants_cuda(device)
     dev = torch.device("cuda") if cuda else torch.device("cpu")
-    amp = _precision(precision, cuda)
+    amp = _precision(precision, cuda, meta)
     groups = [*classes, no_finding] if no_finding else classes
     screen = None if filt is None else calibrate(filt, meta, Path(run_dir), groups, dev, quiet)
     out = Path(out)
@@ -194,6 +209,7 @@ def generate(
             "counts": plan.counts(classes, no_finding),
             "layout": layout.kind,
             "labels_file": layout.labels_file,
+            "training": training_progress(meta, files),
             **extra,
         })  # fmt: skip
     return out
@@ -232,5 +248,6 @@ def export(run_dir: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path
             save_generator(file.load(), tmp / rel)
         keep = ("model", "conditional", "config", "groups", "labels")
         origin = [{"group": f.group, "sha256": f.sha256()} for f in files]
-        write_run_meta(tmp, {**{k: meta[k] for k in keep}, "exported_from": origin})
+        trained = {"progress": training_progress(meta, files)}
+        write_run_meta(tmp, {**{k: meta[k] for k in keep}, **trained, "exported_from": origin})
     return out

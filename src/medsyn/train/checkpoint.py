@@ -12,6 +12,7 @@ import errno
 import os
 import random
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import torch
 from medsyn import __version__
 from medsyn.errors import CheckpointError
 from medsyn.io import atomic_path
+from medsyn.train.logs import notice
 
 FORMAT = "medsyn-train-checkpoint"
 FORMAT_VERSION = 1
@@ -101,11 +103,34 @@ def _disk_full(exc: BaseException, folder: Path) -> bool:
 
 
 def checkpoint_file(ckpt_dir: Path) -> Path:
-    """last.pt, or previous.pt when a run was killed between the two renames of a checkpoint write."""
-    for name in (LAST, PREVIOUS):
-        if (ckpt_dir / name).is_file():
-            return ckpt_dir / name
+    """The newest intact checkpoint: last.pt, or previous.pt when last.pt is missing (a run killed between
+    the two renames of a checkpoint write) or damaged (a disk error, a partial copy), which is said in one line.
+
+    Intact means torch's zip container reads back with matching CRCs; that catches truncated and
+    bit-flipped files without unpickling anything.
+    """
+    last, previous = ckpt_dir / LAST, ckpt_dir / PREVIOUS
+    damage = _damage(last) if last.is_file() else None
+    if last.is_file() and damage is None:
+        return last
+    if previous.is_file() and _damage(previous) is None:
+        if damage is not None:
+            notice(f"[yellow]{last} is damaged ({damage}); using the checkpoint before it, {previous}[/]")
+        return previous
+    if damage is not None:
+        kept = " (previous.pt is damaged too)" if previous.is_file() else ""
+        raise CheckpointError(f"{last}: damaged checkpoint ({damage}) and no intact previous.pt to fall back to{kept}")
     raise CheckpointError(f"{ckpt_dir}: no checkpoint (last.pt) found; is this a medsyn run folder?")
+
+
+def _damage(path: Path) -> str | None:
+    """Why `path` is not an intact torch checkpoint container, or None when it is."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (OSError, zipfile.BadZipFile, EOFError) as exc:
+        return "truncated or not a torch checkpoint" if isinstance(exc, zipfile.BadZipFile | EOFError) else str(exc)
+    return None if bad is None else f"corrupt data in {bad.rsplit('/', 1)[-1]}"
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -115,10 +140,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise CheckpointError(f"{path}: checkpoint not found") from None
     except Exception as exc:  # a damaged file can fail in the zip reader, the unpickler or torch itself
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        alt = path.with_name(PREVIOUS) if path.name == LAST else None
-        hint = f"; the checkpoint before it is {alt}" if alt is not None and alt.is_file() else ""
-        raise CheckpointError(f"{path}: corrupt or unreadable checkpoint ({first[:200]}){hint}") from None
+        why = _damage(path) or f"{type(exc).__name__} while reading it"
+        raise CheckpointError(f"{path}: unreadable checkpoint ({why})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a medsyn training checkpoint")
     if state.get("format_version") != FORMAT_VERSION or state.get("medsyn_version") != __version__:

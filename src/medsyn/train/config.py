@@ -24,7 +24,17 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 #: Settings a resumed run may change without invalidating its checkpoint (schedule, logging, hardware).
 RESUMABLE_CHANGES = frozenset(
-    {"steps", "sample_every", "ckpt_every", "log_every", "workers", "device", "precision", "channels_last"}
+    {
+        "steps",
+        "time_limit_s",
+        "sample_every",
+        "ckpt_every",
+        "log_every",
+        "workers",
+        "device",
+        "precision",
+        "channels_last",
+    }
 )
 #: Models whose discriminator uses BatchNorm by default; a gradient penalty is ill-defined with batch
 #: statistics (Gulrajani et al. 2017), so wgan-gp switches their critic to no normalisation.
@@ -39,6 +49,7 @@ class TrainConfig:
     model: str = "cgan"
     size: int = 64
     steps: int = 10_000
+    time_limit_s: float | None = None  # stop once this much training time is spent (all sessions together)
     batch: int = 64
     width: int = 64
     z_dim: int = 100
@@ -144,6 +155,12 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.time_limit_s is not None and (
+            isinstance(self.time_limit_s, bool)
+            or not isinstance(self.time_limit_s, int | float)
+            or not self.time_limit_s > 0
+        ):
+            raise ConfigError(f"time limit must be a positive number of seconds, got {self.time_limit_s!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         for name in ("lr_g", "lr_d", "r1_gamma"):

@@ -12,11 +12,10 @@ or a pure function of the step (the data order), so on CPU a resumed run repeats
 from __future__ import annotations
 
 import copy
-import functools
 import os
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +51,7 @@ from medsyn.train.distributed import (
     shutdown,
 )
 from medsyn.train.logs import LossLog, notice, save_grid, step_progress
+from medsyn.train.precision import probe_cpu_precision
 from medsyn.train.run import RUN_FILE, read_run_meta, write_run_meta
 
 ADA_INTERVAL = 4  # steps between ADA p updates (StyleGAN2-ADA)
@@ -72,6 +72,7 @@ class Runtime:
     precision: str  # fp32 | bf16 | fp16
     channels_last: bool
     workers: int
+    precision_probe: Mapping[str, Any] | None = None  # the timing behind an 'auto' choice on CPU
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -87,18 +88,8 @@ class Runtime:
             "precision": self.precision,
             "channels_last": self.channels_last,
             "workers": self.workers,
+            **({"precision_probe": dict(self.precision_probe)} if self.precision_probe else {}),
         }
-
-
-@functools.cache
-def cpu_auto_precision() -> str:
-    """bf16 only on CPUs with native bf16 matrix instructions (AMX or AVX512-BF16); elsewhere oneDNN emulates
-    it and a 64 px DCGAN step measured ~3x slower than fp32 (benchmarks/bench_train.py)."""
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return "fp32"
-    return "bf16" if flags & {"amx_bf16", "avx512_bf16"} else "fp32"
 
 
 def wants_cuda(device: str) -> bool:
@@ -107,20 +98,32 @@ def wants_cuda(device: str) -> bool:
     return device == "cuda" or (device == "auto" and torch.cuda.is_available())
 
 
-def resolve_runtime(cfg: TrainConfig, info: DistInfo) -> Runtime:
-    """Device, precision, memory format and loader workers for this process."""
+def resolve_runtime(
+    cfg: TrainConfig, info: DistInfo, model: GANConfig | None = None, previous: Mapping[str, Any] | None = None
+) -> Runtime:
+    """Device, precision, memory format and loader workers for this process.
+
+    `precision: auto` on a CPU keeps `previous` (the run's recorded runtime) when resuming, else times `model`
+    in fp32 and bf16 on rank 0 (`precision.probe_cpu_precision`) and every rank takes rank 0's choice.
+    """
     cuda = wants_cuda(cfg.device)
     device = torch.device("cuda", info.local_rank) if cuda else torch.device("cpu")
-    precision = cfg.precision
-    if precision == "auto":
-        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else cpu_auto_precision()
+    precision, probe = cfg.precision, None
+    if precision == "auto" and cuda:
+        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    elif precision == "auto" and previous and previous.get("device") == "cpu":
+        precision, probe = str(previous["precision"]), previous.get("precision_probe")
+    elif precision == "auto":
+        probe = probe_cpu_precision(model, cfg.batch) if info.main and model is not None else None
+        bf16 = torch.tensor([float(probe is not None and probe["choice"] == "bf16")])
+        precision = "bf16" if all_reduce_sum(bf16, info).item() > 0 else "fp32"
     if precision == "fp16" and not cuda:
         raise ConfigError("precision fp16 needs a GPU; on CPU use --precision bf16 or fp32")
     if precision == "bf16" and not cuda and not torch.backends.mkldnn.is_available():
         raise ConfigError("precision bf16 on this CPU needs oneDNN (mkldnn), which this torch build lacks")
     channels_last = cfg.channels_last if cfg.channels_last is not None else precision != "fp32"
     workers = cfg.workers if cfg.workers is not None else (min(4, (os.cpu_count() or 1) // info.world) if cuda else 0)
-    return Runtime(device, precision, channels_last, workers)
+    return Runtime(device, precision, channels_last, workers, probe)
 
 
 class Trainer:
@@ -415,9 +418,9 @@ class Trainer:
 
     def fit(
         self, resume: dict[str, Any] | None, show_progress: bool, label: str, time_limit_s: float | None = None
-    ) -> None:
+    ) -> dict[str, Any]:
         """Train to `cfg.steps` (or until `time_limit_s` of training time, counted over resumed sessions
-        too), from scratch or from the checkpoint `resume`."""
+        too), from scratch or from the checkpoint `resume`; returns `progress(...)` of where it stopped."""
         cfg, info = self.cfg, self.info
         per_step = cfg.batch * info.world
         if resume is not None:
@@ -475,12 +478,52 @@ class Trainer:
                 mark_step, mark_time = self.step, time.perf_counter()
                 if out_of_time:
                     break
+        return progress(self.state_dict_summary(), cfg.steps, time_limit_s)
+
+    def state_dict_summary(self) -> dict[str, Any]:
+        """The counters of `state_dict` that say how far training got (cheap: no weights, no collectives)."""
+        return {"step": self.step, "images_seen": self.images_seen, "train_seconds": self.train_seconds}
 
 
 def training_done(state: Mapping[str, Any], steps: int, time_limit_s: float | None = None) -> bool:
     """Whether a checkpoint has reached `steps`, or used up a time limit."""
     spent = float(state.get("train_seconds", 0.0))
     return int(state["step"]) >= steps or (time_limit_s is not None and spent >= time_limit_s)
+
+
+def progress(state: Mapping[str, Any], steps: int, time_limit_s: float | None) -> dict[str, Any]:
+    """How far a generator got and why it stopped, as run.json's `progress` records it.
+
+    stop_reason: 'completed' (all `steps`), 'time-limit' (the training-time budget ran out first) or
+    'interrupted' (neither: the run was killed and can be resumed)."""
+    step = int(state["step"])
+    spent = float(state.get("train_seconds", 0.0))
+    if step >= steps:
+        reason = "completed"
+    elif time_limit_s is not None and spent >= time_limit_s:
+        reason = "time-limit"
+    else:
+        reason = "interrupted"
+    return {
+        "steps": step,
+        "steps_planned": steps,
+        "images_seen": int(state["images_seen"]),
+        "train_seconds": round(spent, 3),
+        "stop_reason": reason,
+    }
+
+
+def progress_line(prog: Mapping[str, Any]) -> str:
+    """One line for the end of `medsyn train`: steps trained, images seen and why training stopped."""
+    why = {
+        "completed": "all planned steps done",
+        "time-limit": "stopped by the time limit: the generator is under-trained; resume with a larger --time-limit",
+        "interrupted": "interrupted; resume with --resume",
+    }[prog["stop_reason"]]
+    return (
+        f"trained {prog['steps']:,} of {prog['steps_planned']:,} steps ({prog['images_seen']:,} images seen, "
+        f"{prog['train_seconds']:.0f} s of training): {why}"
+    )
 
 
 def _match_param_layout(opt: torch.optim.Optimizer) -> None:
@@ -498,6 +541,7 @@ def _session_config(cfg: TrainConfig | None, out: Path, resume: bool) -> TrainCo
     if not resume:
         if cfg is None:
             raise ConfigError("a new run needs a config (dataset spec, model, ...)")
+        cfg.validate()
         if (out / RUN_FILE).exists():
             raise ConfigError(
                 f"{out} already holds a training run; pass --resume to continue it or choose another --out"
@@ -524,19 +568,19 @@ def train(
     """Train a model into the run folder `out_dir`; `resume` continues a killed or finished run exactly.
 
     With `resume`, `cfg` may be None (use the run's config) or the run's config with a new schedule
-    (`steps`, logging intervals) or hardware settings. Launch under torchrun for data-parallel training.
-    `time_limit_s` stops training (with a checkpoint) once that much training time has been spent, counted
-    over resumed sessions; per-class models share it equally. Checked every `log_every` steps.
+    (`steps`, `time_limit_s`, logging intervals) or hardware settings. Launch under torchrun for
+    data-parallel training. The config's `time_limit_s` (or this argument, which overrides it and is
+    stored with the run, so `resume` keeps it) stops training with a checkpoint once that much training
+    time has been spent, counted over resumed sessions; per-class models share it equally. Checked every
+    `log_every` steps. How far each generator got and why it stopped is written to run.json's `progress`.
     """
-    if time_limit_s is not None and not time_limit_s > 0:
-        raise ConfigError(f"time limit must be positive, got {time_limit_s}")
     out = Path(out_dir)
     cfg = _session_config(cfg, out, resume)
+    if time_limit_s is not None:
+        cfg = replace(cfg, time_limit_s=time_limit_s)
+        cfg.validate()
     info = init_distributed(wants_cuda(cfg.device))
     try:
-        rt = resolve_runtime(cfg, info)
-        if rt.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
         data = open_train_data(cfg, out, info, quiet)
         conditional = MODELS[cfg.model].conditional
         groups = data.groups(per_class=not conditional)
@@ -545,38 +589,62 @@ def train(
             if empty and info.main:
                 notice(f"no training images for {', '.join(empty)}: no generator is trained for them")
             groups = [g for g in groups if g.count > 0]
+        k = len(data.classes) if conditional else 0
+        model = GANConfig(cfg.model, cfg.size, data.cache.channels, k, cfg.z_dim, cfg.width, cfg.model_extra)
+        previous = read_run_meta(out).get("runtime") if resume else None
+        rt = resolve_runtime(cfg, info, model, previous)
+        if rt.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        meta = {
+            "model": cfg.model,
+            "conditional": conditional,
+            "config": cfg.to_dict(),
+            "groups": [g.to_dict() for g in groups],
+            "labels": data.label_stats(),
+            "runtime": {**rt.to_dict(), "world": info.world},
+            "data": {
+                "cache": str(data.cache.path),
+                "spec": data.cache.spec,
+                "content_hash": data.cache.meta.get("content_hash"),
+            },
+        }
         if info.main:
             out.mkdir(parents=True, exist_ok=True)
-            write_run_meta(
-                out,
-                {
-                    "model": cfg.model,
-                    "conditional": conditional,
-                    "config": cfg.to_dict(),
-                    "groups": [g.to_dict() for g in groups],
-                    "labels": data.label_stats(),
-                    "runtime": {**rt.to_dict(), "world": info.world},
-                    "data": {
-                        "cache": str(data.cache.path),
-                        "spec": data.cache.spec,
-                        "content_hash": data.cache.meta.get("content_hash"),
-                    },
-                },
-            )
+            write_run_meta(out, meta)
             write_text_atomic(out / "config.yaml", cfg.to_yaml())
         barrier(info)
         plan = [(0, groups, out)] if conditional else [(i, [g], out / g.dir) for i, g in enumerate(groups)]
-        share = None if time_limit_s is None else time_limit_s / len(plan)
+        share = None if cfg.time_limit_s is None else cfg.time_limit_s / len(plan)
+        reached = []
         for index, trained_groups, folder in plan:
             state = None
             if resume and (folder / "checkpoints").is_dir():
                 state = load_checkpoint(checkpoint_file(folder / "checkpoints"))
                 if training_done(state, cfg.steps, share):
+                    reached.append(progress(state, cfg.steps, share))
                     continue
             label = cfg.model if conditional else f"{cfg.model} {trained_groups[0].name}"
             trainer = Trainer(cfg, data, trained_groups, index, folder, rt, info)
-            trainer.fit(state, show_progress=info.main and not quiet, label=label, time_limit_s=share)
+            reached.append(trainer.fit(state, show_progress=info.main and not quiet, label=label, time_limit_s=share))
+        if info.main:
+            write_run_meta(out, {**meta, "progress": run_progress(reached, [g[1][0].name for g in plan], conditional)})
         barrier(info)  # no rank tears the process group down while another is still in a collective
     finally:
         shutdown(info)
     return out
+
+
+def run_progress(reached: list[dict[str, Any]], names: list[str], conditional: bool) -> dict[str, Any]:
+    """run.json's `progress` from each generator's `progress(...)`: the generator's own, or for per-class
+    runs the totals (fewest steps, images summed, the least finished reason) and each group's."""
+    if conditional:
+        return reached[0]
+    order = ("completed", "time-limit", "interrupted")  # the run's reason is its least finished group's
+    total = {
+        "steps": min(r["steps"] for r in reached),
+        "steps_planned": reached[0]["steps_planned"],
+        "images_seen": sum(r["images_seen"] for r in reached),
+        "train_seconds": round(sum(r["train_seconds"] for r in reached), 3),
+        "stop_reason": max((r["stop_reason"] for r in reached), key=order.index),
+    }
+    return {**total, "groups": [{"group": n, **r} for n, r in zip(names, reached, strict=True)]}

@@ -1,0 +1,80 @@
+"""`--precision auto` on a CPU: time the run's own model in fp32 and in bf16 + channels_last, keep the faster.
+
+CPU flags do not predict it: on the project's 2-core AMD EPYC (no `avx512_bf16` flag in /proc/cpuinfo) a 64 px
+DCGAN trained 2.4x faster in bf16 + channels_last than in fp32 (benchmarks/bench_train.py prints both), while
+on CPUs where oneDNN emulates bf16 it can be several times slower, and tiny models lose to the conversion
+overhead. So the choice is a measurement: a few interleaved forward/backward passes of the generator and
+discriminator on a small batch before training starts; bf16 is taken only when it is clearly faster. It is recorded in run.json
+(`runtime.precision_probe`) and a resumed run keeps it, so one run never mixes precisions.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import torch
+
+from medsyn.models import GANConfig, build_gan
+
+PROBE_BATCH = 8  # enough to separate the two (they differ by 2x or more where it matters), cheap at any size
+PROBE_REPEATS = 3
+BF16_MARGIN = 1.25  # bf16 costs precision, so it must be clearly faster, which also keeps near-ties on fp32
+CLEAR_GAP = 3.0  # a round in which one side is this much slower than the other decides at once
+
+
+def _pass(G: torch.nn.Module, D: torch.nn.Module, z: torch.Tensor, y: torch.Tensor | None, bf16: bool) -> float:
+    """CPU seconds for one generator forward + discriminator forward + backward through both (process CPU
+    time, not wall time, so that other jobs on a shared machine do not decide the comparison)."""
+    fmt = torch.channels_last if bf16 else torch.contiguous_format
+    start = time.process_time()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        x = G(z, y).contiguous(memory_format=fmt)
+        logits = D(x, y)[0]
+    logits.float().mean().backward()
+    return time.process_time() - start
+
+
+def probe_cpu_precision(model: GANConfig, batch: int) -> dict[str, Any]:
+    """Median CPU seconds per pass in fp32 and in bf16 + channels_last, and the precision to train in.
+
+    Runs on copies of freshly built networks under a forked RNG, so the run's own weights and random
+    streams are untouched.
+    """
+    if not torch.backends.mkldnn.is_available():
+        return {"choice": "fp32", "reason": "this torch build has no oneDNN (mkldnn), so no CPU bf16"}
+    n = max(1, min(batch, PROBE_BATCH))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread: the kernels' relative speed without OpenMP spin-waits, which
+    try:  # inflate CPU time when other jobs share the cores
+        return _probe(model, n)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _probe(model: GANConfig, n: int) -> dict[str, Any]:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        nets = {
+            "fp32": build_gan(model),
+            "bf16": tuple(m.to(memory_format=torch.channels_last) for m in build_gan(model)),
+        }
+        z = torch.randn(n, model.z_dim)
+        y = torch.randint(0, 2, (n, model.num_classes)).float() if model.num_classes else None
+        times: dict[str, list[float]] = {"fp32": [], "bf16": []}
+        for i in range(PROBE_REPEATS + 1):  # round 0 warms up oneDNN's kernel caches and is not counted
+            last = {name: _pass(G, D, z, y, bf16=name == "bf16") for name, (G, D) in nets.items()}
+            if i == 0:
+                continue
+            for name, t in last.items():
+                times[name].append(t)
+            if max(last.values()) > CLEAR_GAP * min(last.values()):  # one clear round settles it
+                break
+    seconds = {name: statistics.median(ts) for name, ts in times.items()}
+    return {
+        "choice": "bf16" if seconds["bf16"] * BF16_MARGIN < seconds["fp32"] else "fp32",
+        "fp32_s": round(seconds["fp32"], 5),
+        "bf16_s": round(seconds["bf16"], 5),
+        "batch": n,
+    }

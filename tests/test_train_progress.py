@@ -1,0 +1,154 @@
+"""Where a run stopped and why (run.json `progress`, the manifest's `training`), the time limit kept across a
+kill -9 and `--resume`, and `--precision auto` chosen by timing on a CPU (issue 16, items 2, 3 and 10)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from medsyn.data.cache import prepare
+from medsyn.generate import generate
+from medsyn.models import GANConfig
+from medsyn.train import TrainConfig, Trainer, train
+from medsyn.train import trainer as trainer_module
+from medsyn.train.checkpoint import load_checkpoint
+from medsyn.train.precision import probe_cpu_precision
+from medsyn.train.run import read_run_meta
+from medsyn.train.trainer import progress_line
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return prepare("phantom?n=64&seed=0", 16, tmp_path_factory.mktemp("cache") / "phantom16", quiet=True).path
+
+
+def tiny(cache: Path, **kw: object) -> TrainConfig:
+    base = dict(data=str(cache), model="cgan", size=16, steps=4, batch=8, width=8, ckpt_every=2, log_every=1,
+                sample_every=100, device="cpu", precision="fp32")  # fmt: skip
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture
+def one_second_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fake training clock that advances 1 s per step."""
+    clock = {"t": 0.0}
+    real_step = Trainer.train_step
+
+    def step(self: Trainer, *a: object) -> dict:
+        clock["t"] += 1.0
+        return real_step(self, *a)
+
+    monkeypatch.setattr("medsyn.train.trainer.time.perf_counter", lambda: clock["t"])
+    monkeypatch.setattr(Trainer, "train_step", step)
+
+
+def test_progress_says_how_far_and_why(tmp_path: Path, cache: Path, one_second_steps: None) -> None:
+    cut = train(tiny(cache, steps=100, log_every=2, time_limit_s=3.5), tmp_path / "cut", quiet=True)
+    prog = read_run_meta(cut)["progress"]
+    assert prog == {"steps": 4, "steps_planned": 100, "images_seen": 32, "train_seconds": 4.0,
+                    "stop_reason": "time-limit"}  # fmt: skip
+    assert "trained 4 of 100 steps (32 images seen" in progress_line(prog) and "time limit" in progress_line(prog)
+    done = train(tiny(cache), tmp_path / "done", quiet=True)
+    assert read_run_meta(done)["progress"]["stop_reason"] == "completed"
+    per_class = train(tiny(cache, model="dcgan", steps=2, classes=["Effusion"]), tmp_path / "pc", quiet=True)
+    prog = read_run_meta(per_class)["progress"]
+    assert [g["group"] for g in prog["groups"]] == ["Effusion", "No Finding"]
+    assert prog["images_seen"] == 2 * 2 * 8 and prog["stop_reason"] == "completed"
+
+
+def test_manifest_records_training_progress(tmp_path: Path, cache: Path, one_second_steps: None) -> None:
+    run = train(tiny(cache, steps=100, log_every=2, time_limit_s=3.5), tmp_path / "run", quiet=True)
+    out = generate(run, 8, tmp_path / "syn", quiet=True, device="cpu")
+    training = json.loads((out / "manifest.json").read_text())["training"]
+    assert training["steps"] == 4 and training["images_seen"] == 32 and training["stop_reason"] == "time-limit"
+
+
+def test_time_limit_is_part_of_the_run_and_survives_resume(tmp_path: Path, cache: Path, one_second_steps: None,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """Issue 16.2, in process: killed before the limit, a plain resume (no limit given) stops at the stored one."""
+    calls = {"n": 0}
+    step = Trainer.train_step
+
+    def killed_at_3(self: Trainer, *a: object) -> dict:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return step(self, *a)
+
+    monkeypatch.setattr(Trainer, "train_step", killed_at_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(cache, steps=100, log_every=2, time_limit_s=5.5), tmp_path / "run", quiet=True)
+    monkeypatch.setattr(Trainer, "train_step", step)
+    run = train(None, tmp_path / "run", resume=True, quiet=True)
+    ck = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert ck["step"] == 6 and read_run_meta(run)["config"]["time_limit_s"] == 5.5
+
+
+def _checkpoint_step(run: Path) -> int:
+    try:
+        return int(load_checkpoint(run / "checkpoints" / "last.pt")["step"])
+    except Exception:  # not written yet, or being renamed
+        return -1
+
+
+def test_kill_9_then_resume_stops_on_time(tmp_path: Path, cache: Path) -> None:
+    """Issue 16.2 as a user hits it: `train --time-limit` killed with SIGKILL, then `train --resume --out R`
+    with no other option must stop at the stored limit (before the fix it ran on toward --steps)."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "medsyn", "train", str(cache), "--model", "cgan", "--size", "16", "--width", "8",
+           "--batch", "8", "--steps", "1000000", "--ckpt-every", "5", "--log-every", "1", "--device", "cpu",
+           "--precision", "fp32", "--time-limit", "8", "--quiet", "--out", str(run)]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while _checkpoint_step(run) < 5 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode() if proc.stderr else ""
+    killed_at = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert killed_at["train_seconds"] < 8
+    resumed = subprocess.run([sys.executable, "-m", "medsyn", "train", "--resume", "--quiet", "--out", str(run)],
+                             capture_output=True, text=True, timeout=240)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    ck = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert 8 <= ck["train_seconds"] < 8 + 30 and ck["step"] < 1000000
+    assert "stopped by the time limit" in " ".join(resumed.stdout.split())
+
+
+def test_auto_precision_is_measured_recorded_and_kept_on_resume(tmp_path: Path, cache: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    probe = {"choice": "bf16", "fp32_s": 0.02, "bf16_s": 0.01, "batch": 8}
+    monkeypatch.setattr(trainer_module, "probe_cpu_precision", lambda model, batch: probe)
+    run = train(tiny(cache, precision="auto", steps=2), tmp_path / "run", quiet=True)
+    runtime = read_run_meta(run)["runtime"]
+    assert runtime["precision"] == "bf16" and runtime["channels_last"] and runtime["precision_probe"] == probe
+
+    def must_not_probe(model: GANConfig, batch: int) -> dict:
+        raise AssertionError("a resumed run re-timed its precision")
+
+    monkeypatch.setattr(trainer_module, "probe_cpu_precision", must_not_probe)
+    train(tiny(cache, precision="auto", steps=4), run, resume=True, quiet=True)
+    assert read_run_meta(run)["runtime"]["precision"] == "bf16"
+    manifest = json.loads((generate(run, 4, tmp_path / "syn", quiet=True) / "manifest.json").read_text())
+    assert manifest["precision"] == "bfloat16"  # generation follows the run's measured choice
+
+
+def test_probe_times_both_precisions_without_touching_the_rng() -> None:
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    threads = torch.get_num_threads()
+    result = probe_cpu_precision(GANConfig("cgan", 16, 1, 3, 16, 8), batch=64)
+    assert torch.equal(torch.get_rng_state(), before) and torch.get_num_threads() == threads
+    assert result["choice"] in ("fp32", "bf16") and result["batch"] == 8
+    assert result["fp32_s"] > 0 and result["bf16_s"] > 0
+    faster = result["bf16_s"] * 1.25 < result["fp32_s"]
+    assert result["choice"] == ("bf16" if faster else "fp32")
