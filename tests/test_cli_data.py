@@ -22,6 +22,8 @@ def assert_one_line_error(proc, *fragments):
 def test_bad_inputs_exit_2_with_one_line(tmp_path):
     assert_one_line_error(run_cli("data", "inspect", f"nih:{tmp_path / 'missing'}"), "not found")
     assert_one_line_error(run_cli("data", "inspect", "bogus:/x"), "unknown dataset spec")
+    missing_cache = str(tmp_path / "no" / "such" / "cache")
+    assert_one_line_error(run_cli("train", missing_cache, "--out", str(tmp_path / "run")), "no such file or folder")
     pd.DataFrame({"Image Index": ["a.png"]}).to_csv(tmp_path / "Data_Entry_2017.csv", index=False)
     assert_one_line_error(run_cli("data", "inspect", f"nih:{tmp_path}"), "Finding Labels")
     write_png(tmp_path / "f" / "a" / "1.png")

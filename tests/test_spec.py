@@ -19,3 +19,13 @@ def test_phantom_needs_no_location_and_yaml_mapping_is_equivalent():
 def test_bad_specs_raise_spec_error(bad):
     with pytest.raises(SpecError):
         parse_spec(bad)
+
+
+def test_a_path_that_is_not_a_spec_says_whether_it_exists(tmp_path):
+    with pytest.raises(SpecError, match=r"/no/such/cache: no such file or folder") as info:
+        parse_spec("/no/such/cache")
+    assert "kind must be" not in str(info.value)
+    with pytest.raises(SpecError, match="no such file or folder"):
+        parse_spec("./cache-64")
+    with pytest.raises(SpecError, match=r"not a prepared medsyn cache \(no meta.json\).*folder:"):
+        parse_spec(str(tmp_path))

@@ -7,6 +7,7 @@ Examples: `nih:/data/cxr14`, `chexpert:/data/CheXpert-v1.0?uncertain=ones&view=f
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
@@ -52,7 +53,7 @@ def parse_spec(spec: str | DatasetSpec | dict[str, Any]) -> DatasetSpec:
     kind, sep, location = head.partition(":")
     kind = kind.strip().lower()
     if kind not in KINDS:
-        raise SpecError(f"unknown dataset spec {text!r}: kind must be one of {', '.join(KINDS)}")
+        raise _not_a_spec(text, kind)
     if kind != "phantom" and not location:
         raise SpecError(f"dataset spec {text!r} needs a location, e.g. '{kind}:/path/to/data'")
     options = {}
@@ -62,3 +63,18 @@ def parse_spec(spec: str | DatasetSpec | dict[str, Any]) -> DatasetSpec:
             raise SpecError(f"bad option {part!r} in dataset spec {text!r}; expected key=value")
         options[unquote(key)] = unquote(value)  # '+' stays '+' (regexes), unlike form decoding
     return DatasetSpec(kind, location if sep else "", options)
+
+
+def _not_a_spec(text: str, kind: str) -> SpecError:
+    """The error for text that names no known kind. Commands also accept a prepared cache folder, so text
+    that is a path (or looks like one) is answered about the path, not about spec syntax."""
+    path = Path(text).expanduser()
+    if path.exists():
+        kinds = ("folder", "nih", "chexpert", "ieee8023") if path.is_dir() else ("csv", "medmnist")
+        return SpecError(
+            f"{text}: not a prepared medsyn cache (no meta.json) and not a dataset spec; to read it as data, "
+            f"name its format: {' or '.join(f'{k}:{text}' for k in kinds)}"
+        )
+    if "/" in kind or "\\" in kind or kind.startswith((".", "~")):
+        return SpecError(f"{text}: no such file or folder")
+    return SpecError(f"unknown dataset spec {text!r}: kind must be one of {', '.join(KINDS)} (and no such path exists)")
