@@ -1,4 +1,4 @@
-"""Model configuration and the registry of model facts the trainer needs (loss, R1, optimiser settings)."""
+"""Model configuration and the registry of model facts the trainer needs (family, optimiser, GAN loss/R1)."""
 
 from __future__ import annotations
 
@@ -47,17 +47,22 @@ class GANConfig:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """Facts about one architecture, so the trainer picks sensible defaults without model-specific code."""
+    """Facts about one architecture, so the trainer picks sensible defaults without model-specific code.
+
+    `family` says which training step applies: 'gan' (generator + discriminator) or 'diffusion' (one
+    denoiser, no discriminator). The GAN-only facts (loss, R1, discriminator learning rate) are None for
+    diffusion models; `lr_g` is the learning rate of the generator or denoiser."""
 
     name: str
     conditional: bool  # True: needs num_classes > 0 and uses y; False: trained per class, y ignored
-    default_loss: str  # 'ns' | 'hinge' | 'wgan-gp'
-    r1_gamma: float  # 0 = no R1 penalty
+    default_loss: str | None  # 'ns' | 'hinge' | 'wgan-gp'; None: not a GAN
+    r1_gamma: float | None  # 0 = no R1 penalty; None: not a GAN
     lr_g: float
-    lr_d: float
+    lr_d: float | None  # None: no discriminator
     betas: tuple[float, float]
     description: str
     sizes: tuple[int, ...] = SUPPORTED_SIZES
+    family: str = "gan"  # 'gan' | 'diffusion'
 
 
 MODELS: dict[str, ModelInfo] = {
@@ -83,6 +88,12 @@ MODELS: dict[str, ModelInfo] = {
             "Compact StyleGAN2 (Karras et al. 2020): label-conditioned mapping network, modulated convs "
             "with noise, skip toRGB outputs, residual projection discriminator with minibatch-stddev, "
             "equalized LR; use with R1 and DiffAugment/ADA.",
+        ),
+        ModelInfo(
+            "ddpm", True, None, None, 2e-4, None, (0.9, 0.999),
+            "Class-conditional DDPM (Ho et al. 2020) on MONAI's DiffusionModelUNet: multi-hot labels as a sum "
+            "of learned class embeddings, label dropout for classifier-free guidance, DDIM sampling.",
+            family="diffusion",
         ),
     )
 }

@@ -8,14 +8,16 @@ from medsyn.errors import ConfigError
 from medsyn.models.base import Discriminator, Generator
 from medsyn.models.config import MODELS, GANConfig
 from medsyn.models.dcgan import DCGANDiscriminator, DCGANGenerator
+from medsyn.models.diffusion import DiffusionGenerator
 from medsyn.models.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
 
-_Pair = tuple[type[Generator], type[Discriminator]]
+_Pair = tuple[type[Generator], type[Discriminator] | None]
 _CLASSES: dict[str, _Pair] = {
     "dcgan": (DCGANGenerator, DCGANDiscriminator),
     "cgan": (DCGANGenerator, DCGANDiscriminator),
     "acgan": (DCGANGenerator, DCGANDiscriminator),
     "stylegan2": (StyleGAN2Generator, StyleGAN2Discriminator),
+    "ddpm": (DiffusionGenerator, None),  # a diffusion model has no discriminator
 }
 assert set(_CLASSES) == set(MODELS)
 
@@ -31,6 +33,9 @@ def _classes(cfg: GANConfig | dict[str, Any]) -> tuple[GANConfig, _Pair]:
 def build_gan(cfg: GANConfig | dict[str, Any]) -> tuple[Generator, Discriminator]:
     """Build (G, D) in train mode; weights depend only on the torch seed (G is initialised first)."""
     cfg, (gen_cls, disc_cls) = _classes(cfg)
+    if disc_cls is None:
+        raise ConfigError(f"{cfg.name} is a {MODELS[cfg.name].family} model without a discriminator; "
+                          "use build_generator")
     return gen_cls(cfg), disc_cls(cfg)
 
 
