@@ -18,6 +18,7 @@ from medsyn.cli import benchmark as benchmark_cli
 from medsyn.cli import data as data_cli
 from medsyn.cli import demo as demo_cli
 from medsyn.cli import evaluate as evaluate_cli
+from medsyn.cli import reader_study as reader_study_cli
 from medsyn.cli import train as train_cli
 from medsyn.errors import MedsynError
 
@@ -33,6 +34,7 @@ train_cli.register(app)
 evaluate_cli.register(app)
 demo_cli.register(app)
 benchmark_cli.register(app)
+reader_study_cli.register(app)
 
 
 def _version(value: bool) -> None:
