@@ -24,7 +24,8 @@ from PIL import Image
 
 from medsyn.data.cache import prepare
 from medsyn.data.phantom import PHANTOM_CLASSES, render_phantom
-from medsyn.evaluate.pipeline import evaluate, summary_rows
+from medsyn.evaluate.pipeline import evaluate
+from medsyn.report.summary import summary_rows
 
 GROUPS = {  # benchmark stage -> prefixes of the pipeline's stage names
     "load (real cache + synthetic PNGs)": ("real data", "synthetic data"),

@@ -18,8 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medsyn.evaluate.reid import HEADS, ReidConfig, match_synthetic, train_reid, verification_auroc
-from medsyn.evaluate.utility import ClassifierConfig, per_class_auroc, train_classifier
+from medsyn.evaluate.classifier import ClassifierConfig, train_classifier
+from medsyn.evaluate.privacy.linkage import match_synthetic
+from medsyn.evaluate.privacy.reid import HEADS, ReidConfig, train_reid
+from medsyn.evaluate.privacy.verification import verification_auroc
+from medsyn.evaluate.utility import per_class_auroc
 
 DATA = Path("/work/shared/data/nih-cxr14-sample")
 

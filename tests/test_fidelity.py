@@ -21,8 +21,6 @@ from medsyn.evaluate.features import (
     ClassifierFeatures,
     FeatureExtractor,
     FeatureSpace,
-    FIDInceptionV3,
-    InceptionFeatures,
     PixelFeatures,
     TorchXRayVisionFeatures,
 )
@@ -32,9 +30,10 @@ from medsyn.evaluate.fidelity import (
     compute_kid,
     compute_prdc,
     frechet_distance,
-    histogram_divergence,
     per_class_fid,
 )
+from medsyn.evaluate.inception import FIDInceptionV3, InceptionFeatures
+from medsyn.evaluate.intensity import histogram_divergence
 
 SPACE = FeatureSpace("test-features", "random arrays")
 
@@ -305,7 +304,8 @@ def test_classifier_features_use_the_penultimate_layer() -> None:
     with torch.no_grad():
         ref = nn.functional.adaptive_avg_pool2d(net.body(torch.from_numpy(x)), 8).flatten(1)
     assert feats.dtype == np.float64 and feats.shape == (3, 256)
-    np.testing.assert_allclose(feats, ref.numpy(), rtol=1e-6)
+    # float32 convolutions round differently by batch size (2 here, 3 in ref): atol for relu outputs near 0
+    np.testing.assert_allclose(feats, ref.numpy(), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(ext((x * 255).round().astype(np.uint8)), feats, atol=0.02)  # uint8 accepted
 
     class WithFeatures(_TinyNet):

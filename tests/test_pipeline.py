@@ -23,11 +23,13 @@ from medsyn.cli.evaluate import register
 from medsyn.data.cache import PreparedDataset, prepare
 from medsyn.data.phantom import PHANTOM_CLASSES, render_phantom
 from medsyn.errors import ConfigError, DataError
-from medsyn.evaluate.pipeline import TRTR_ORIGIN, EvalSettings, _members, evaluate, open_real, summary_rows
-from medsyn.evaluate.reid import load_reid
+from medsyn.evaluate.pipeline import TRTR_ORIGIN, EvalSettings, evaluate, open_real
+from medsyn.evaluate.privacy.reid import load_reid
+from medsyn.evaluate.real import members
 from medsyn.evaluate.synthetic import align_labels, load_synthetic, open_synthetic
 from medsyn.generate.layout import Layout
 from medsyn.models.classifiers import load_classifier
+from medsyn.report.summary import summary_rows
 
 SIZE = 32
 TINY = {
@@ -111,7 +113,9 @@ def _levels(metrics: dict) -> dict[str, str]:
 
 def test_copies_of_training_images_fail_every_privacy_check(copies):
     levels = _levels(copies)
-    assert levels == {"dcr": "fail", "dcr feature": "fail", "membership inference": "fail", "re-identification": "fail"}
+    assert levels == {"dcr": "fail", "dcr feature": "fail", "membership inference": "fail", "re-identification": "fail",
+                      # copies of 200 training images spread over many patients: no one patient stands out
+                      "nearest-patient concentration": "pass", "nearest-patient concentration feature": "pass"}
     p = copies["privacy"]
     assert p["dcr"]["pixel"]["fraction_below_p1"] > 0.9
     assert p["membership_inference"]["pixel"]["auroc"] > 0.65
@@ -260,7 +264,8 @@ def test_open_real_notes_when_the_generator_used_other_data(real, tmp_path):
 def test_align_labels_leaves_out_known_classes_that_are_not_evaluated():
     labels = np.array([[1, 0], [0, 1], [1, 1]], np.float32)
     out, notes = align_labels(["Nodule", "Effusion"], labels, ["Nodule"], False, known=list(PHANTOM_CLASSES))
-    np.testing.assert_array_equal(out, [[1], [0], [1]]) and not notes
+    np.testing.assert_array_equal(out, [[1], [0], [1]])
+    assert notes == []
     with pytest.raises(DataError, match="Effusion"):  # without `known`, Effusion is a class the real set lacks
         align_labels(["Nodule", "Effusion"], labels, ["Nodule"], False)
     with pytest.raises(DataError, match="Fracture"):
@@ -268,12 +273,26 @@ def test_align_labels_leaves_out_known_classes_that_are_not_evaluated():
 
 
 def test_members_leave_out_training_images_the_generator_never_saw(real):
-    seen, notes = _members(real, ["Nodule", "Effusion"])
+    info = members(real, {"classes": ["Nodule", "Effusion"]})
     table = real.index.iloc[real.rows("train")]
     only_other = (table[["Nodule", "Effusion"]].sum(axis=1) == 0) & (table[list(PHANTOM_CLASSES)].sum(axis=1) > 0)
-    assert only_other.any() and np.array_equal(seen, ~only_other.to_numpy())
-    assert f"{int(only_other.sum())} real training images" in notes[0]
-    assert _members(real, None) == (None, []) and _members(real, list(PHANTOM_CLASSES)) == (None, [])
+    assert only_other.any() and np.array_equal(info.seen, ~only_other.to_numpy()) and info.known
+    assert f"{int(only_other.sum())} real training images" in info.note
+    everything = members(real, {"classes": None})
+    assert everything.seen is None and everything.known and everything.note is None
+    assert members(real, {"classes": list(PHANTOM_CLASSES)}).seen is None
+
+
+def test_members_say_when_they_cannot_tell_which_images_the_generator_saw(real, monkeypatch):
+    unknown = members(real, None)  # a synthetic set that does not record its generator's training data
+    assert unknown.seen is None and not unknown.known and "every real training image counts" in unknown.note
+
+    def refuse(*args, **kwargs):
+        raise DataError("class selection failed")
+
+    monkeypatch.setattr("medsyn.evaluate.real.select_classes", refuse)
+    failed = members(real, {"classes": ["Nodule"]})
+    assert failed.seen is None and not failed.known and "class selection failed" in failed.note
 
 
 @pytest.mark.parametrize(

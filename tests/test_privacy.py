@@ -18,12 +18,12 @@ from medsyn.evaluate.features import FeatureSpace, PixelFeatures
 from medsyn.evaluate.neighbors import ball_counts, knn
 from medsyn.evaluate.privacy import (
     DCR_TEST,
-    dcr_verdict,
     distance_to_closest_record,
     membership_inference,
-    mia_verdict,
+    nearest_patient_shares,
     precedence_test,
 )
+from medsyn.evaluate.verdicts import concentration_verdict, dcr_verdict, mia_verdict
 
 SPACE = FeatureSpace("test-features", "random arrays")
 
@@ -166,20 +166,36 @@ def test_dcr_passes_independent_samples(phantom_sets: dict[str, np.ndarray]) -> 
     assert res.pvalue_p1 == betabinom.sf(res.count_below_p1 - 1, 300, 3, 198)
 
 
-def test_nearest_patient_concentration_is_reported_without_ids(phantom_sets: dict[str, np.ndarray]) -> None:
+def test_nearest_patient_concentration_is_a_tested_verdict_without_ids(phantom_sets: dict[str, np.ndarray]) -> None:
     s = phantom_sets
     ids = np.array([f"p{i // 3:03d}" for i in range(300)])  # 100 patients of 3 images each
     ids[:30] = "heavy"  # one patient with 10% of the training images
     drawn = s["copies"][np.arange(200) % 30]  # a generator drawing that patient's look again and again
     res = distance_to_closest_record(drawn, s["train"], s["holdout"], SPACE, train_patient_ids=ids)
-    assert res.nearest_patient["synthetic"] == 1.0 and res.nearest_patient["training"] == 0.1
-    assert res.nearest_patient["holdout"] < 0.3 and any("one patient" in n for n in res.notes)
+    c = res.nearest_patient
+    assert c["synthetic"] == 1.0 and c["training"] == 0.1 and c["holdout"] < 0.3
+    assert c["pvalue"] < 0.01 and "permutation test" in c["test"]
+    verdict = concentration_verdict(res)
+    assert verdict.level == "fail" and "permutation test p" in verdict.reason
     assert "heavy" not in json.dumps(res.to_dict())  # shares only, never the id
     fair = distance_to_closest_record(s["independent"], s["train"], s["holdout"], SPACE, train_patient_ids=ids)
-    assert fair.nearest_patient["synthetic"] < 0.3 and not any("one patient" in n for n in fair.notes)
+    assert fair.nearest_patient["synthetic"] < 0.3 and fair.nearest_patient["pvalue"] > 0.05
+    assert concentration_verdict(fair).level == "pass"
     assert distance_to_closest_record(s["independent"], s["train"], s["holdout"], SPACE).nearest_patient is None
     singles = np.array([f"p{i}" for i in range(300)])  # one image per patient: image hubness, not a patient
-    assert distance_to_closest_record(drawn, s["train"], s["holdout"], SPACE, train_patient_ids=singles).nearest_patient is None
+    lone = distance_to_closest_record(drawn, s["train"], s["holdout"], SPACE, train_patient_ids=singles)
+    assert lone.nearest_patient is None and concentration_verdict(lone) is None
+
+
+def test_concentration_permutation_test_is_calibrated_under_the_null() -> None:
+    """Synthetic and held-out nearest patients drawn from the same skewed law: p < 0.05 in about 5% of draws."""
+    rng = np.random.default_rng(0)
+    ids = np.repeat(np.arange(40).astype(str), 5)
+    weights = np.linspace(1, 6, len(ids))  # some training images are hubs for everyone
+    weights /= weights.sum()
+    small = [nearest_patient_shares(ids, rng.choice(len(ids), 150, p=weights), rng.choice(len(ids), 60, p=weights),
+                                    seed=i, permutations=400)["pvalue"] < 0.05 for i in range(50)]  # fmt: skip
+    assert np.mean(small) <= 0.12
 
 
 def test_precedence_null_law_is_exact() -> None:

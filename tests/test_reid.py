@@ -7,16 +7,10 @@ import pytest
 import torch
 
 from medsyn.errors import CheckpointError, ConfigError, DataError
-from medsyn.evaluate.reid import (
-    PairSampler,
-    ReidConfig,
-    load_reid,
-    match_synthetic,
-    save_reid,
-    train_reid,
-    verification_auroc,
-    wilson_ci,
-)
+from medsyn.evaluate.privacy.linkage import match_synthetic
+from medsyn.evaluate.privacy.reid import ReidConfig, load_reid, save_reid, train_reid
+from medsyn.evaluate.privacy.verification import PairSampler, verification_auroc
+from medsyn.evaluate.stats import wilson_ci
 
 
 def patients(n_patients: int, per_patient: int, seed: int, size: int = 16):

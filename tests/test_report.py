@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from medsyn.evaluate.features import FeatureSpace
-from medsyn.evaluate.fidelity import to_jsonable
-from medsyn.evaluate.privacy import Verdict, distance_to_closest_record
+from medsyn.evaluate.privacy import distance_to_closest_record
 from medsyn.evaluate.utility import UtilityRun
+from medsyn.evaluate.verdicts import THRESHOLDS, Verdict, overall, realistic_verdict, reid_verdict, useful_verdict
+from medsyn.io import to_jsonable
 from medsyn.report import ReportAssets, write_report
 from medsyn.report import figures as F
-from medsyn.report.verdicts import THRESHOLDS, overall, realistic_verdict, reid_verdict, useful_verdict
 
 
 def _utility(trtr: float, tstr: float, trtr_low: float = 0.7) -> dict:

@@ -10,23 +10,10 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from medsyn.errors import ConfigError, DataError
-from medsyn.evaluate.utility import (
-    ClassifierConfig,
-    ConcatView,
-    LabeledImages,
-    UtilityConfig,
-    _auroc_bootstrap,
-    as_unit_tensor,
-    bootstrap_counts,
-    masked_bce,
-    mean_auroc,
-    per_class_auroc,
-    predict_logits,
-    run_utility,
-    train_classifier,
-    utility_report,
-    weighted_auroc,
-)
+from medsyn.evaluate.classifier import ClassifierConfig, masked_bce, predict_logits, train_classifier
+from medsyn.evaluate.data import ConcatView, LabeledImages, as_unit_tensor
+from medsyn.evaluate.stats import auroc_bootstrap, bootstrap_counts, mean_auroc, weighted_auroc
+from medsyn.evaluate.utility import UtilityConfig, per_class_auroc, run_utility, utility_report
 from medsyn.models.classifiers import build_classifier
 
 
@@ -107,7 +94,7 @@ def test_blockwise_patient_bootstrap_equals_weighted_resample():
     labels[::7, 0] = np.nan
     scores = [np.round(labels + rng.normal(0, 1, labels.shape), 1) for _ in range(2)]  # ties included
     ids = np.repeat(np.arange(30), 3)
-    _, reps = _auroc_bootstrap(scores, labels, ids, n_bootstrap=5, seed=9)
+    _, reps = auroc_bootstrap(scores, labels, ids, n_bootstrap=5, seed=9)
     for b, counts in enumerate(bootstrap_counts(30, 5, 9)):
         for r in range(2):
             for c in range(2):

@@ -1,15 +1,20 @@
-"""Atomic file and folder writes: a killed process never leaves a half-written file that is later read."""
+"""Atomic file and folder writes (a killed process never leaves a half-written file that is later read), and
+JSON-ready result dataclasses."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 def _umask() -> int:
@@ -71,3 +76,43 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------- JSON-ready results
+
+ARRAY = {"array": True}
+"""Dataclass field metadata: a large per-image array, left out of `Result.to_dict()` unless asked for."""
+
+
+def to_jsonable(value: Any) -> Any:
+    """numpy scalars/arrays -> Python, non-finite floats -> None (strict JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return to_jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class Result:
+    """Mixin for result dataclasses: `to_dict(arrays=False)` gives plain JSON-ready dicts."""
+
+    def to_dict(self, arrays: bool = False) -> dict[str, Any]:
+        return {
+            f.name: _dump(getattr(self, f.name), arrays)
+            for f in fields(self)  # type: ignore[arg-type]
+            if arrays or not f.metadata.get("array")
+        }
+
+
+def _dump(value: Any, arrays: bool) -> Any:
+    if isinstance(value, Result):
+        return value.to_dict(arrays)
+    if isinstance(value, list):
+        return [_dump(v, arrays) for v in value]
+    return to_jsonable(value)

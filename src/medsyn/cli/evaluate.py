@@ -11,7 +11,9 @@ from rich.console import Console
 from rich.table import Table
 
 from medsyn.errors import ConfigError
-from medsyn.evaluate.pipeline import evaluate, summary_rows
+from medsyn.evaluate.pipeline import evaluate
+from medsyn.report.html import training_text
+from medsyn.report.summary import summary_rows
 
 console = Console()
 STYLE = {"pass": "bold green", "warn": "bold yellow", "fail": "bold red", "n/a": "dim"}
@@ -39,6 +41,10 @@ def print_summary(metrics: dict[str, Any], out: Path, title: str) -> None:
     for question, level, numbers in summary_rows(metrics):
         table.add_row(question, f"[{STYLE[level]}]{TEXT[level]}[/]", numbers)
     console.print(table)
+    console.print(f"generator training: {training_text(metrics['data']['synthetic'].get('training'))}")
+    warning = metrics.get("fidelity", {}).get("warning")
+    if warning:
+        console.print(f"[bold red]warning:[/] {warning}")
     console.print(f"report: {metrics['report']}")
     console.print(f"metrics: {out / 'metrics.json'}")
 

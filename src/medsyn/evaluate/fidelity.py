@@ -15,13 +15,12 @@ comparable at the same backbone and the same N.
 * Precision, recall, density, coverage (Naeem et al. 2020), k = 5; equal to the `prdc` package on
   the same inputs (exact distances; see `medsyn.evaluate.neighbors`), with bounded memory.
 * Per-class FID on features grouped by label, with a stated reason for skipped classes.
-* Intensity-histogram divergences (KL both ways, their mean, Jensen-Shannon) of the pixel values.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field, fields
+import warnings
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -29,50 +28,13 @@ import scipy.linalg
 import torch
 
 from medsyn.errors import ConfigError, DataError
+from medsyn.evaluate.data import check_patient_ids
 from medsyn.evaluate.features import FeatureExtractor, FeatureSpace
 from medsyn.evaluate.neighbors import as_feature_sets, ball_counts, knn
-from medsyn.evaluate.utility import as_unit_tensor, batches, check_images, check_patient_ids
+from medsyn.io import ARRAY, Result, to_jsonable  # noqa: F401  (benchmark/sweep.py imports it from here)
 
 MIN_FID_IMAGES = 10
 """Fewest images per set for an FID: below this the covariance estimate is meaningless."""
-
-ARRAY = {"array": True}
-"""Field metadata: large per-image arrays, left out of `to_dict()` unless asked for."""
-
-
-def to_jsonable(value: Any) -> Any:
-    """numpy scalars/arrays -> Python, non-finite floats -> None (strict JSON has no NaN)."""
-    if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return to_jsonable(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-class Result:
-    """Mixin for result dataclasses: `to_dict(arrays=False)` gives plain JSON-ready dicts."""
-
-    def to_dict(self, arrays: bool = False) -> dict[str, Any]:
-        return {
-            f.name: _dump(getattr(self, f.name), arrays)
-            for f in fields(self)  # type: ignore[arg-type]
-            if arrays or not f.metadata.get("array")
-        }
-
-
-def _dump(value: Any, arrays: bool) -> Any:
-    if isinstance(value, Result):
-        return value.to_dict(arrays)
-    if isinstance(value, list):
-        return [_dump(v, arrays) for v in value]
-    return to_jsonable(value)
-
 
 # ----------------------------------------------------------------------------------------------- FID
 
@@ -82,16 +44,27 @@ def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return features.mean(axis=0), np.cov(features, rowvar=False).reshape(features.shape[1], -1)
 
 
+def _sqrtm(m: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """`scipy.linalg.sqrtm` with its LinAlgWarning (singular or ill-conditioned input) caught and returned as
+    text, so the result can say so instead of a raw warning reaching the terminal."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", scipy.linalg.LinAlgWarning)
+        root = scipy.linalg.sqrtm(m)
+    messages = [str(w.message).strip() for w in caught if issubclass(w.category, scipy.linalg.LinAlgWarning)]
+    return root, ("; ".join(dict.fromkeys(messages)) or None)
+
+
 def _frechet(
     mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float
-) -> tuple[float, bool]:
-    """Frechet distance and whether the eps offset was needed (singular covariance product)."""
+) -> tuple[float, bool, str | None]:
+    """Frechet distance, whether the eps offset was needed (singular covariance product), and scipy's
+    ill-conditioning warning about the square root (None when there was none)."""
     diff = mu1 - mu2
-    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+    covmean, ill = _sqrtm(sigma1 @ sigma2)
     offset = not np.isfinite(covmean).all()
     if offset:
         shift = np.eye(len(mu1)) * eps
-        covmean = scipy.linalg.sqrtm((sigma1 + shift) @ (sigma2 + shift))
+        covmean, ill = _sqrtm((sigma1 + shift) @ (sigma2 + shift))
         if not np.isfinite(covmean).all():
             raise DataError(
                 f"FID: the covariance product has no finite square root, even offset by {eps:g}; the features "
@@ -106,7 +79,7 @@ def _frechet(
             )
         covmean = covmean.real
     value = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean)
-    return float(value), offset
+    return float(value), offset, ill
 
 
 def frechet_distance(
@@ -149,6 +122,7 @@ class FIDResult(Result):
     dim: int
     baseline: FIDBaseline | None
     notes: list[str] = field(default_factory=list)
+    ill_conditioned: bool = False  # scipy warned that a covariance product's square root is inaccurate
 
 
 def _real_halves(
@@ -204,7 +178,8 @@ def compute_fid(
         raise ConfigError(f"FID: baseline_repeats must be >= 1, got {baseline_repeats}")
     r, s = as_feature_sets("FID", MIN_FID_IMAGES, real=real, synthetic=synthetic)
     ids = check_patient_ids(real_groups, len(r), "FID real_groups:")
-    value, offset = _frechet(*feature_stats(r), *feature_stats(s), eps=eps)
+    value, offset, ill = _frechet(*feature_stats(r), *feature_stats(s), eps=eps)
+    warned = [ill] if ill else []
     notes = []
     if offset:
         notes.append(f"singular covariance product: eps={eps} added to the diagonals")
@@ -237,13 +212,20 @@ def compute_fid(
             rr, sr = [], []
             for a_rows, b_rows in halves:
                 a = feature_stats(r[a_rows])
-                rr.append(_frechet(*a, *feature_stats(r[b_rows]), eps=eps)[0])
-                sr.append(_frechet(*a, *feature_stats(s[rng.choice(len(s), n, replace=False)]), eps=eps)[0])
+                for out, other in ((rr, r[b_rows]), (sr, s[rng.choice(len(s), n, replace=False)])):
+                    value_b, _, ill_b = _frechet(*a, *feature_stats(other), eps=eps)
+                    out.append(value_b)
+                    warned += [ill_b] if ill_b else []
             base = FIDBaseline(
                 n, baseline_repeats, float(np.mean(rr)), float(np.std(rr)), float(np.mean(sr)), float(np.std(sr)),
                 split, n_req, n_patients, note,
             )  # fmt: skip
-    return FIDResult(value, meta.name, meta.implementation, len(r), len(s), r.shape[1], base, notes)
+    if warned:
+        notes.append(
+            f"scipy warned that a covariance product is ill-conditioned ({warned[0]}): the matrix square root, and so "
+            "the FID, is inaccurate; more images per side than feature dimensions help"
+        )
+    return FIDResult(value, meta.name, meta.implementation, len(r), len(s), r.shape[1], base, notes, bool(warned))
 
 
 # ----------------------------------------------------------------------------------------------- KID
@@ -420,68 +402,3 @@ def per_class_fid(
         res = compute_fid(r[real_rows[j]], s[syn_rows[j]], space, baseline=baseline, real_groups=groups, seed=seed + j)
         out.append(ClassFID(name, nr, ns, res, None))
     return out
-
-
-# ----------------------------------------------------------------------------- intensity histograms
-
-
-@dataclass
-class HistogramDivergence(Result):
-    """Divergences (nats) between the pixel-intensity histograms of the two sets.
-
-    kl_real_synthetic = KL(P_real || P_synthetic): large when the synthetic set lacks intensities that
-    real images have; kl_synthetic_real the reverse; symmetric_kl their mean; js the Jensen-Shannon
-    divergence (bounded by ln 2). Histograms: `bins` equal bins on [0, 1], additive smoothing with
-    `alpha` pseudo-counts per bin (so no empty bin makes KL infinite).
-    """
-
-    kl_real_synthetic: float
-    kl_synthetic_real: float
-    symmetric_kl: float
-    js: float
-    bins: int
-    alpha: float
-    n_real: int
-    n_synthetic: int
-    real_histogram: np.ndarray = field(metadata=ARRAY)  # probabilities (bins,)
-    synthetic_histogram: np.ndarray = field(metadata=ARRAY)
-
-
-def intensity_histogram(images: Any, bins: int = 256, alpha: float = 1.0, batch_size: int = 256) -> np.ndarray:
-    """Smoothed probability histogram of all pixel values in [0, 1] (uint8 or float images), batched."""
-    images = check_images(images)
-    counts = torch.zeros(bins, dtype=torch.float64)
-    for idx in batches(len(images), batch_size):
-        x = as_unit_tensor(np.asarray(images[idx]))
-        b = (x.flatten() * bins).long().clamp_(0, bins - 1)
-        counts += torch.bincount(b, minlength=bins).double()
-    p = (counts + alpha) / (counts.sum() + alpha * bins)
-    return p.numpy()
-
-
-def _kl(p: np.ndarray, q: np.ndarray) -> float:
-    return float(np.sum(p * np.log(p / q)))
-
-
-def histogram_divergence(
-    real_images: Any, synthetic_images: Any, *, bins: int = 256, alpha: float = 1.0
-) -> HistogramDivergence:
-    """Pixel-intensity histogram divergences of two image sets (see `HistogramDivergence`)."""
-    if bins < 2 or alpha <= 0:
-        raise ConfigError(f"histogram divergence needs bins >= 2 and alpha > 0, got {bins}, {alpha}")
-    p = intensity_histogram(real_images, bins, alpha)
-    q = intensity_histogram(synthetic_images, bins, alpha)
-    m = (p + q) / 2
-    kl_pq, kl_qp = _kl(p, q), _kl(q, p)
-    return HistogramDivergence(
-        kl_pq,
-        kl_qp,
-        (kl_pq + kl_qp) / 2,
-        (_kl(p, m) + _kl(q, m)) / 2,
-        bins,
-        alpha,
-        len(real_images),
-        len(synthetic_images),
-        p,
-        q,
-    )

@@ -12,7 +12,8 @@ Accepted inputs:
 
 Labels are matched to the real classes by name (case, spaces and underscores ignored). A folder class
 named `A+B` (how `medsyn generate` stores multi-label images in the folder layout) is positive for A and
-B; a `No Finding` class the real set does not have means "no positive label". Synthetic classes with
+B; the negative class (the manifest's `negative_class`, e.g. `normal` for brain CT; `No Finding` when the
+manifest does not name one) means "no positive label" when the real set has no class of that name. Synthetic classes with
 positive images that the real set lacks are an error; columns without any positive are ignored, with a
 note. Images of another size are resized exactly as `medsyn data prepare` resizes (aspect kept, padded,
 Lanczos), and grey/colour mismatches are converted; both are stated in the returned notes.
@@ -42,7 +43,8 @@ from medsyn.data.spec import parse_spec
 from medsyn.errors import DataError, SpecError
 from medsyn.progress import progress_bar
 
-NO_FINDING = "no finding"
+NO_FINDING = "No Finding"
+"""The negative group's name when a synthetic set's manifest does not give its `negative_class`."""
 MANIFEST_FORMAT = "medsyn-synthetic"
 LAYOUT_SPECS = {"nih": "nih:{dir}", "chexpert": "chexpert:{dir}?view=all", "folder": "folder:{dir}"}
 MEMMAP_BYTES = 1 << 30
@@ -58,6 +60,11 @@ class SyntheticInput:
     location: str
     manifest: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def negative_class(self) -> str:
+        """The name of the "no positive label" group in this set's labels (the manifest's, else No Finding)."""
+        return str((self.manifest or {}).get("negative_class") or NO_FINDING)
 
     @property
     def train_config(self) -> dict[str, Any] | None:
@@ -80,6 +87,7 @@ class SyntheticSet:
     location: str
     manifest: dict[str, Any] | None
     notes: list[str]
+    negative_class: str = NO_FINDING
 
     def __len__(self) -> int:
         return len(self.images)
@@ -98,6 +106,9 @@ class SyntheticSet:
                            if np.isnan(self.labels[:, j]).any()},
             "generator": {k: manifest[k] for k in ("model", "mode", "seed", "generators", "medsyn_version")
                           if k in manifest} or None,
+            "training": manifest.get("training"),  # steps / images seen / stop reason; None for older sets
+            "negative_class": self.negative_class,
+            "privacy_filter": manifest.get("privacy_filter"),
             "notes": self.notes,
         }  # fmt: skip
 
@@ -204,8 +215,11 @@ def align_labels(
     exclusive: bool,
     note_ignored: bool = True,
     known: list[str] | None = None,
+    negative: str = NO_FINDING,
 ) -> tuple[np.ndarray, list[str]]:
     """Synthetic labels (N, Ks) mapped onto `classes` (N, K), and notes.
+
+    `negative`: the synthetic set's name for "no positive label" (ignored as a column unless a real class).
 
     `known`: every class of the real set when only some (`classes`) are evaluated: a synthetic column of a
     known class that is not evaluated is left out, not refused.
@@ -231,7 +245,7 @@ def align_labels(
                 else:
                     out[:, j] = col
                 covered.add(j)
-        elif _norm(name) == NO_FINDING or not np.nansum(col == 1) or all(p in real for p in parts):
+        elif _norm(name) == _norm(negative) or not np.nansum(col == 1) or all(p in real for p in parts):
             ignored.append(name)
         else:
             unknown.append(f"{name} ({int(np.nansum(col == 1))} images)")
@@ -241,7 +255,7 @@ def align_labels(
             "evaluate against real data with these classes or drop those images"
         )
     notes = []
-    dropped = [c for c in ignored if _norm(c) != NO_FINDING and not all(p in real for p in _parts(c))]
+    dropped = [c for c in ignored if _norm(c) != _norm(negative) and not all(p in real for p in _parts(c))]
     if dropped and note_ignored:
         notes.append(f"synthetic label columns not in the real set and without positives were ignored: {', '.join(dropped)}")
     missing = [classes[j] for j in range(len(classes)) if j not in covered]
@@ -345,7 +359,8 @@ def load_synthetic(
         src = open_dataset(parse_spec(opened.location).with_options(size=size))  # render at size, no resampling
     exclusive = src.info.get("format") == "folder"
     labels, label_notes = align_labels(
-        list(src.classes), src.labels(), classes, exclusive, note_ignored=opened.kind != "medsyn-generate", known=known
+        list(src.classes), src.labels(), classes, exclusive, note_ignored=opened.kind != "medsyn-generate", known=known,
+        negative=opened.negative_class,
     )
     notes += label_notes
     native_c = _file_channels(src)
@@ -373,4 +388,6 @@ def load_synthetic(
             f"{resized} of {len(src)} synthetic images were not {size}x{size} px ({sizes}): resized to {size} px "
             f"as the real cache was (aspect kept, {'padded' if fit == 'pad' else 'centre-cropped'}, Lanczos)"
         )
-    return SyntheticSet(images, labels, list(classes), opened.kind, opened.location, opened.manifest, notes)
+    return SyntheticSet(
+        images, labels, list(classes), opened.kind, opened.location, opened.manifest, notes, opened.negative_class
+    )

@@ -5,114 +5,39 @@
 
 Three settings, all tested on the same held-out real patients with the same bootstrap resamples:
 TRTR (train real, test real), TSTR (train synthetic, test real) and augmentation (real + synthetic).
-Model selection is always early stopping on the mean AUROC of the REAL validation split.
+Model selection is always early stopping on the mean AUROC of the REAL validation split (the training
+loop is `medsyn.evaluate.classifier`, the statistics `medsyn.evaluate.stats`).
 
 Masked labels (NaN, e.g. CheXpert 'ignore' policy) are left out of the loss and of every metric.
-Confidence intervals are percentile bootstraps that resample PATIENTS (images of one patient are
-correlated, so resampling images would make the intervals too narrow); differences and ratios between
+Confidence intervals are percentile bootstraps that resample PATIENTS; differences and ratios between
 settings use paired resamples. Several classifier seeds give mean +- std; the interval is then that of
 the seed-averaged AUROC (test-set uncertainty), while the std shows training variability.
 """
 
 from __future__ import annotations
 
-import copy
 import math
-import numbers
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
-from typing import Any, TypeVar, get_args, get_origin, get_type_hints
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from scipy.sparse import coo_matrix
 from torch import nn
 
 from medsyn.errors import ConfigError, DataError
-from medsyn.models.classifiers import Classifier, build_classifier
-from medsyn.seed import seed_everything
+from medsyn.evaluate.classifier import ClassifierConfig, predict_logits, train_classifier
+from medsyn.evaluate.config import coerce_config
+from medsyn.evaluate.data import ConcatView, LabeledImages, RowView, as_labeled, check_labels, check_patient_ids
+from medsyn.evaluate.stats import auroc_bootstrap, label_stats, percentile_ci, resampling, summarize
+from medsyn.models.classifiers import Classifier
+
+__all__ = [  # the utility API; LabeledImages, RowView, ClassifierConfig, train_classifier and coerce_config are
+    # re-exported because callers (benchmark sweeps, benchmarks) import them from here
+    "SETTINGS", "ClassifierConfig", "LabeledImages", "RowView", "UtilityConfig", "UtilityRun", "coerce_config",
+    "per_class_auroc", "run_utility", "train_classifier", "utility_report",
+]  # fmt: skip
 
 SETTINGS = ("trtr", "tstr", "augmented")
-
-C = TypeVar("C")
-
-
-def coerce_config(cls: type[C], value: C | Mapping[str, Any] | None) -> C:
-    """`value` as a `cls` dataclass: None -> defaults; a mapping (YAML) -> unknown keys are an error."""
-    if value is None:
-        return cls()
-    if isinstance(value, cls):
-        return value
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{cls.__name__} must be a mapping or {cls.__name__}, got {type(value).__name__}")
-    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(value) - known)
-    if unknown:
-        raise ConfigError(f"unknown {cls.__name__} key(s) {unknown}; expected some of {sorted(known)}")
-    hints = get_type_hints(cls)
-    return cls(**{k: _typed(f"{cls.__name__}.{k}", v, hints[k]) for k, v in value.items()})
-
-
-def _typed(name: str, value: Any, tp: Any) -> Any:
-    """`value` checked against the field type `tp` (YAML gives strings where a user quoted a number): a
-    one-line ConfigError instead of a TypeError deep inside training. Whole floats count as integers."""
-    args = get_args(tp)
-    if type(None) in args:  # X | None
-        if value is None:
-            return None
-        tp = next(a for a in args if a is not type(None))
-    if is_dataclass(tp):
-        return coerce_config(tp, value)  # type: ignore[arg-type]
-    if get_origin(tp) is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{name} must be a list, got {value!r}")
-        return [_typed(f"{name}[{i}]", v, get_args(tp)[0]) for i, v in enumerate(value)]
-    number = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))  # true is not 1 here
-    if tp is int and number and float(value).is_integer():
-        return int(value)
-    if tp is float and number:
-        return float(value)
-    if tp in (int, float, bool, str) and (tp in (int, float) or not isinstance(value, tp)):
-        kind = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[tp]
-        raise ConfigError(f"{name} must be {kind}, got {value!r}")
-    return value
-
-
-def _check_positive(owner: str, **values: float) -> None:
-    for key, v in values.items():
-        if not v > 0:
-            raise ConfigError(f"{owner}.{key} must be positive, got {v!r}")
-
-
-@dataclass
-class ClassifierConfig:
-    """Training settings of one utility classifier."""
-
-    model: str = "smallcnn"
-    epochs: int = 20
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 1e-5
-    patience: int = 5  # epochs without a better mean val AUROC before stopping
-    augment: bool = True
-    seed: int = 0
-    device: str = "cpu"
-    eval_batch_size: int = 256
-    progress: bool = False
-
-    def __post_init__(self) -> None:
-        _check_positive(
-            "classifier",
-            epochs=self.epochs,
-            lr=self.lr,
-            patience=self.patience,
-            eval_batch_size=self.eval_batch_size,
-        )
-        if self.batch_size < 2:
-            raise ConfigError(f"classifier.batch_size must be >= 2 (batch norm), got {self.batch_size}")
 
 
 @dataclass
@@ -134,343 +59,6 @@ class UtilityConfig:
             raise ConfigError(f"utility.seeds must be a non-empty list of distinct integers, got {self.seeds}")
         if self.n_bootstrap < 0 or not 0 < self.ci_level < 1 or self.min_test_positives < 1:
             raise ConfigError("utility: n_bootstrap must be >= 0, ci_level in (0, 1), min_test_positives >= 1")
-
-
-# --------------------------------------------------------------------------------------------- data
-
-
-class RowView:
-    """Rows `rows` of an image array, read on demand: a prepared split of a memmap is never copied whole."""
-
-    def __init__(self, array: Any, rows: np.ndarray) -> None:
-        self.array, self.rows = array, np.asarray(rows, dtype=np.int64)
-        self.shape = (len(self.rows), *array.shape[1:])
-        self.dtype = array.dtype
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, idx: np.ndarray) -> np.ndarray:
-        return np.asarray(self.array[self.rows[idx]])
-
-
-class ConcatView:
-    """Several image arrays seen as one (real + synthetic for augmentation) without concatenating them."""
-
-    def __init__(self, parts: Sequence[Any]) -> None:
-        self.parts = list(parts)
-        self.offsets = np.cumsum([0] + [len(p) for p in self.parts])
-        self.shape = (int(self.offsets[-1]), *self.parts[0].shape[1:])
-        # uint8 and float parts together are read as float32 in [0, 1] (uint8 parts divided by 255).
-        self.dtype = np.dtype(np.uint8) if all(p.dtype == np.uint8 for p in self.parts) else np.dtype(np.float32)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, idx: np.ndarray) -> np.ndarray:
-        idx = np.asarray(idx, dtype=np.int64)
-        out = np.empty((len(idx), *self.shape[1:]), dtype=self.dtype)
-        part = np.searchsorted(self.offsets, idx, side="right") - 1
-        for p in np.unique(part):
-            sel = part == p
-            part_images = np.asarray(self.parts[p][idx[sel] - self.offsets[p]])
-            scale = part_images.dtype == np.uint8 and self.dtype != np.uint8
-            out[sel] = part_images / np.float32(255) if scale else part_images
-        return out
-
-
-def check_images(images: Any, name: str = "images") -> Any:
-    """Validate (N, C, S, S); torch tensors become numpy, arrays/memmaps/views pass through."""
-    if isinstance(images, torch.Tensor):
-        images = images.detach().cpu().numpy()
-    shape = getattr(images, "shape", None)
-    if shape is None or len(shape) != 4 or shape[2] != shape[3] or shape[0] == 0:
-        raise DataError(f"{name} must be a non-empty array of shape (N, C, S, S), got shape {shape}")
-    return images
-
-
-def _check_labels(labels: Any, n: int, name: str) -> np.ndarray:
-    labels = np.asarray(labels, dtype=np.float32)
-    if labels.ndim == 1:
-        labels = labels[:, None]
-    if labels.ndim != 2 or len(labels) != n:
-        raise DataError(f"{name} labels must have shape ({n}, K), got {labels.shape}")
-    bad = ~np.isnan(labels) & (labels != 0) & (labels != 1)
-    if bad.any():
-        raise DataError(f"{name} labels must be 0, 1 or NaN (masked), found {labels[bad][0]!r}")
-    return labels
-
-
-def check_patient_ids(patient_ids: Any, n: int, name: str) -> np.ndarray | None:
-    if patient_ids is None:
-        return None
-    ids = np.asarray(patient_ids).astype(str)
-    if ids.shape != (n,):
-        raise DataError(f"{name} patient ids must have shape ({n},), got {ids.shape}")
-    return ids
-
-
-@dataclass
-class LabeledImages:
-    """Images (N, C, S, S) uint8 or float in [0, 1], labels (N, K) 0/1/NaN, optional patient ids."""
-
-    images: Any
-    labels: np.ndarray
-    patient_ids: np.ndarray | None = None
-    classes: list[str] | None = None
-    name: str = "data"
-
-    def __post_init__(self) -> None:
-        self.images = check_images(self.images, f"{self.name} images")
-        self.labels = _check_labels(self.labels, len(self.images), self.name)
-        self.patient_ids = check_patient_ids(self.patient_ids, len(self.images), self.name)
-        if self.classes is not None:
-            self.classes = [str(c) for c in self.classes]
-            if len(self.classes) != self.labels.shape[1]:
-                raise DataError(
-                    f"{self.name}: {len(self.classes)} class names for {self.labels.shape[1]} label columns"
-                )
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    @classmethod
-    def from_prepared(cls, ds: Any, split: str) -> LabeledImages:
-        """One split of a `medsyn.data.cache.PreparedDataset`, images read lazily from its memmap."""
-        rows = np.asarray(ds.rows(split), dtype=np.int64)
-        if len(rows) == 0:
-            raise DataError(f"prepared dataset has no images in split {split!r}")
-        table = ds.index.set_index("row") if "row" in ds.index else ds.index
-        return cls(
-            RowView(ds.images, rows),
-            np.asarray(ds.labels)[rows],
-            table.loc[rows, "patient_id"].to_numpy(),
-            list(ds.classes),
-            name=split,
-        )
-
-
-def as_labeled(data: LabeledImages | Sequence[Any], name: str) -> LabeledImages:
-    """Accept a LabeledImages or a tuple (images, labels[, patient_ids[, classes]])."""
-    if isinstance(data, LabeledImages):
-        return data
-    if not isinstance(data, Sequence) or not 2 <= len(data) <= 4:
-        raise DataError(f"{name} must be LabeledImages or a tuple (images, labels[, patient_ids[, classes]])")
-    return LabeledImages(*data, name=name)
-
-
-def as_unit_tensor(batch: np.ndarray) -> torch.Tensor:
-    """uint8 -> float in [0, 1]; float must already lie in [0, 1] ([-1, 1] generator output is an error)."""
-    if batch.dtype == np.uint8:
-        return torch.from_numpy(np.ascontiguousarray(batch)).float().div_(255.0)
-    if not np.issubdtype(batch.dtype, np.floating):
-        raise DataError(f"images must be uint8 or float in [0, 1], got dtype {batch.dtype}")
-    lo, hi = float(batch.min()), float(batch.max())
-    if lo < -1e-3 or hi > 1 + 1e-3 or math.isnan(lo + hi):
-        raise DataError(
-            f"float images must lie in [0, 1], found values in [{lo:.3g}, {hi:.3g}]; "
-            "convert [-1, 1] images with (x + 1) / 2"
-        )
-    return torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
-
-
-def batches(n: int, size: int, order: np.ndarray | None = None) -> Iterator[np.ndarray]:
-    idx = np.arange(n) if order is None else order
-    for start in range(0, n, size):
-        yield idx[start : start + size]
-
-
-def light_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Small random rotation (+-5 deg), scale (+-5%), shift (+-4%), brightness/contrast (+-10%).
-
-    No flips: left/right is anatomical in chest radiographs (heart side), so a flip makes a wrong image.
-    """
-    n = x.shape[0]
-    r = torch.rand(n, 6, generator=gen) * 2 - 1
-    angle, scale = r[:, 0] * math.radians(5), 1 + 0.05 * r[:, 1]
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos, -sin, 0.08 * r[:, 2]], 1), torch.stack([sin, cos, 0.08 * r[:, 3]], 1)], 1)
-    grid = F.affine_grid(theta.to(x), list(x.shape), align_corners=False)
-    x = F.grid_sample(x, grid, padding_mode="border", align_corners=False)
-    contrast, brightness = (1 + 0.1 * r[:, 4]).to(x), (0.1 * r[:, 5]).to(x)
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    return ((x - mean) * contrast[:, None, None, None] + mean + brightness[:, None, None, None]).clamp_(0, 1)
-
-
-def masked_bce(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Mean BCE over the non-NaN labels only, and how many there were (0 -> the loss is a constant 0)."""
-    mask = ~torch.isnan(labels)
-    target = torch.where(mask, labels, torch.zeros_like(labels))
-    loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    n = int(mask.sum())
-    return (loss * mask).sum() / max(n, 1), n
-
-
-def progress_bar(enabled: bool) -> Any:
-    if not enabled:
-        return nullcontext(None)
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        transient=True,
-    )
-
-
-@torch.no_grad()
-def predict_logits(model: nn.Module, images: Any, batch_size: int = 256) -> np.ndarray:
-    """Logits (N, K) as float64, in batches. Not probabilities: float32 sigmoid saturates into ties."""
-    images = check_images(images)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out = [
-        model(as_unit_tensor(images[idx]).to(device)).double().cpu().numpy() for idx in batches(len(images), batch_size)
-    ]
-    model.train(was_training)
-    return np.concatenate(out)
-
-
-# ------------------------------------------------------------------------------------------ metrics
-
-
-def auc_from_group_weights(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
-    """AUROC from weighted positive/negative counts per distinct score, scores ascending on the last axis.
-
-    Ties count 1/2. Works on (G,) or (B, G); NaN where one side is empty. Elementwise product + sum,
-    not `@`: BLAS threads make a 1-D dot 30x slower on a busy shared machine.
-    """
-    tp, tn = pos.sum(-1), neg.sum(-1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        auc = (pos * (np.cumsum(neg, axis=-1) - 0.5 * neg)).sum(-1) / (tp * tn)
-    return np.where((tp > 0) & (tn > 0), auc, np.nan)
-
-
-def grouped_auc(inv: np.ndarray, n_groups: int, w_pos: np.ndarray, w_neg: np.ndarray) -> float:
-    """AUROC of weighted samples; `inv` = rank of each sample's score among the distinct scores."""
-    return float(auc_from_group_weights(np.bincount(inv, w_pos, n_groups), np.bincount(inv, w_neg, n_groups)))
-
-
-def weighted_auroc(scores: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None) -> float:
-    """AUROC with integer-like sample weights (a weight k equals k copies: what a bootstrap resample is)."""
-    w = np.ones(len(y)) if weights is None else np.asarray(weights, dtype=np.float64)
-    uniq, inv = np.unique(scores, return_inverse=True)
-    y = np.asarray(y, dtype=np.float64)
-    return grouped_auc(inv, len(uniq), w * y, w * (1 - y))
-
-
-def cluster_codes(patient_ids: np.ndarray | None, n: int) -> tuple[np.ndarray, int]:
-    """Resampling unit per image: its patient, or the image itself when there are no patient ids."""
-    if patient_ids is None:
-        return np.arange(n), n
-    uniq, codes = np.unique(patient_ids, return_inverse=True)
-    return codes, len(uniq)
-
-
-def bootstrap_counts(n_units: int, n_bootstrap: int, seed: int) -> Iterator[np.ndarray]:
-    """Per replicate, how many times each unit (patient) was drawn, with replacement."""
-    rng = np.random.default_rng(seed)
-    for _ in range(n_bootstrap):
-        yield np.bincount(rng.integers(0, n_units, n_units), minlength=n_units).astype(np.float64)
-
-
-def percentile_ci(values: np.ndarray, level: float) -> tuple[float, float]:
-    """Percentile interval over the finite replicates, (NaN, NaN) when there are none."""
-    values = np.asarray(values, dtype=np.float64)
-    values = values[np.isfinite(values)]
-    if len(values) == 0:
-        return math.nan, math.nan
-    a = (1 - level) / 2 * 100
-    lo, hi = np.percentile(values, [a, 100 - a])
-    return float(lo), float(hi)
-
-
-def _label_stats(labels: np.ndarray, classes: list[str]) -> list[dict[str, Any]]:
-    stats = []
-    for c, name in enumerate(classes):
-        col = labels[:, c]
-        n_pos, n_neg = int((col == 1).sum()), int((col == 0).sum())
-        if n_pos and n_neg:
-            reason = None
-        elif n_pos + n_neg == 0:
-            reason = f"class {name}: every test label is masked"
-        else:
-            reason = (
-                f"class {name}: test labels are all {'positive' if n_pos else 'negative'} "
-                f"({n_pos + n_neg} unmasked images), AUROC undefined"
-            )
-        stats.append({"n_pos": n_pos, "n_neg": n_neg, "n_masked": int(np.isnan(col).sum()), "reason": reason})
-    return stats
-
-
-def _auroc_bootstrap(
-    score_sets: Sequence[np.ndarray],
-    labels: np.ndarray,
-    patient_ids: np.ndarray | None,
-    n_bootstrap: int,
-    seed: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """AUROC per score set and class: point (R, K) and bootstrap replicates (B, R, K), NaN where undefined.
-
-    All score sets share the same resamples, so differences and ratios between them are paired.
-    A replicate weights each image by how often its patient was drawn, so per class and score set the
-    weighted positives/negatives per distinct score are counts (b, P) @ M (P, G), with M a sparse
-    patient x score-rank matrix: replicates are computed in blocks, never image by image.
-    """
-    n, k = labels.shape
-    codes, n_units = cluster_codes(patient_ids, n)
-    counts = np.stack(list(bootstrap_counts(n_units, n_bootstrap, seed))) if n_bootstrap else np.zeros((0, n_units))
-    reps = np.full((n_bootstrap, len(score_sets), k), math.nan)
-    point = np.full((len(score_sets), k), math.nan)
-    for c in range(k):
-        valid = ~np.isnan(labels[:, c])
-        y = labels[valid, c].astype(np.float64)
-        for r, scores in enumerate(score_sets):
-            uniq, inv = np.unique(scores[valid, c], return_inverse=True)
-            point[r, c] = grouped_auc(inv, len(uniq), y, 1 - y)
-            if not n_bootstrap or math.isnan(point[r, c]):
-                continue
-            m_pos, m_neg = (
-                coo_matrix((w, (codes[valid], inv)), shape=(n_units, len(uniq))).tocsc() for w in (y, 1 - y)
-            )
-            block = max(1, 2**21 // len(uniq))  # replicates per block: a few (block, G) float64 arrays
-            for b0 in range(0, n_bootstrap, block):
-                cb = counts[b0 : b0 + block]
-                pos, neg = (np.asarray((m.T @ cb.T).T) for m in (m_pos, m_neg))
-                reps[b0 : b0 + block, r, c] = auc_from_group_weights(pos, neg)
-    return point, reps
-
-
-def _summarize(
-    point: np.ndarray, reps: np.ndarray, classes: list[str], stats: list[dict[str, Any]], level: float
-) -> dict[str, Any]:
-    """Per-class and mean AUROC for one setting. point (R, K) over seeds; reps (B, R, K)."""
-    evaluable = [c for c in range(len(classes)) if stats[c]["reason"] is None]
-    rep_mean = reps.mean(axis=1)  # seed-averaged AUROC per replicate (B, K)
-    table: dict[str, Any] = {}
-    for c, name in enumerate(classes):
-        entry: dict[str, Any] = {"auroc": float(point[:, c].mean())}  # NaN when not evaluable
-        if len(point) > 1:
-            entry["std"] = float(point[:, c].std(ddof=1))
-            entry["per_seed"] = [float(v) for v in point[:, c]]
-        entry["ci_low"], entry["ci_high"] = percentile_ci(rep_mean[:, c], level)
-        entry["n_bootstrap_valid"] = int(np.isfinite(rep_mean[:, c]).sum())
-        entry.update(stats[c])
-        table[name] = entry
-    seed_means = point[:, evaluable].mean(axis=1) if evaluable else np.full(len(point), math.nan)
-    out: dict[str, Any] = {
-        "classes": table,
-        "mean_auroc": float(seed_means.mean()),
-        "mean_over": [classes[c] for c in evaluable],
-    }
-    if len(point) > 1:
-        out["mean_auroc_std"] = float(seed_means.std(ddof=1))
-        out["mean_auroc_per_seed"] = [float(v) for v in seed_means]
-    mean_reps = rep_mean[:, evaluable].mean(axis=1) if evaluable else np.full(len(reps), math.nan)
-    out["mean_ci_low"], out["mean_ci_high"] = percentile_ci(mean_reps, level)
-    out["mean_n_bootstrap_valid"] = int(np.isfinite(mean_reps).sum())
-    return out
 
 
 def per_class_auroc(
@@ -495,28 +83,17 @@ def per_class_auroc(
     else:
         scores = np.asarray(model_or_scores, dtype=np.float64)
         scores = scores[:, None] if scores.ndim == 1 else scores
-    labels = _check_labels(labels, len(scores), "test")
+    labels = check_labels(labels, len(scores), "test")
     if scores.shape != labels.shape:
         raise DataError(f"scores have shape {scores.shape} but labels {labels.shape}")
     ids = check_patient_ids(patient_ids, len(labels), "test")
     names = [str(c) for c in classes] if classes is not None else [f"class_{c}" for c in range(labels.shape[1])]
     if len(names) != labels.shape[1]:
         raise DataError(f"{len(names)} class names for {labels.shape[1]} label columns")
-    point, reps = _auroc_bootstrap([scores], labels, ids, n_bootstrap, seed)
-    out = _summarize(point, reps, names, _label_stats(labels, names), ci_level)
-    out.update(_resampling(ids, labels, n_bootstrap, ci_level))
+    point, reps = auroc_bootstrap([scores], labels, ids, n_bootstrap, seed)
+    out = summarize(point, reps, names, label_stats(labels, names), ci_level)
+    out.update(resampling(ids, labels, n_bootstrap, ci_level))
     return out
-
-
-def _resampling(ids: np.ndarray | None, labels: np.ndarray, n_bootstrap: int, level: float) -> dict[str, Any]:
-    return {
-        "n_images": len(labels),
-        "n_patients": None if ids is None else len(np.unique(ids)),
-        "resample_unit": "image" if ids is None else "patient",
-        "n_bootstrap": n_bootstrap,
-        "ci_level": level,
-        "ci_method": "percentile bootstrap",
-    }
 
 
 def _sparse_bootstrap_notes(trtr: Mapping[str, Any], classes: list[str], n_bootstrap: int, unit: str) -> list[str]:
@@ -533,99 +110,6 @@ def _sparse_bootstrap_notes(trtr: Mapping[str, Any], classes: list[str], n_boots
                 "understate the uncertainty; read them with care"
             )
     return notes
-
-
-def mean_auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Mean AUROC over classes with both label values (no bootstrap): the early-stopping criterion."""
-    values = [
-        weighted_auroc(scores[m, c], labels[m, c]) for c in range(labels.shape[1]) for m in [~np.isnan(labels[:, c])]
-    ]
-    values = [v for v in values if not math.isnan(v)]
-    return float(np.mean(values)) if values else math.nan
-
-
-# ----------------------------------------------------------------------------------------- training
-
-
-def train_classifier(
-    train_images: Any,
-    train_labels: np.ndarray,
-    val_images: Any,
-    val_labels: np.ndarray,
-    cfg: ClassifierConfig | Mapping[str, Any] | None = None,
-) -> tuple[Classifier, dict[str, Any]]:
-    """Train with masked BCE + Adam; early stopping on mean val AUROC; returns the BEST epoch's model.
-
-    Batches are read from the (possibly memory-mapped) arrays one at a time, so memory stays bounded.
-    """
-    cfg = coerce_config(ClassifierConfig, cfg)
-    train = LabeledImages(train_images, train_labels, name="train")
-    val = LabeledImages(val_images, val_labels, name="val")
-    k = train.labels.shape[1]
-    if val.labels.shape[1] != k or val.images.shape[1:] != train.images.shape[1:]:
-        raise DataError(
-            f"train and val differ: images {train.images.shape[1:]} vs {val.images.shape[1:]}, "
-            f"{k} vs {val.labels.shape[1]} classes"
-        )
-    if math.isnan(mean_auroc(np.zeros(val.labels.shape), val.labels)):
-        raise DataError(
-            "validation split has no class with both positive and negative labels: "
-            "early stopping on AUROC is impossible"
-        )
-    seed_everything(cfg.seed)
-    device = torch.device(cfg.device)
-    channels, size = train.images.shape[1], train.images.shape[2]
-    model = build_classifier(cfg.model, channels, k, size).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    rng = np.random.default_rng(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    history: list[dict[str, Any]] = []
-    best_auc, best_epoch, best_state, waited = -math.inf, 0, None, 0
-    n_steps = math.ceil(len(train) / cfg.batch_size)
-    with progress_bar(cfg.progress) as bar:
-        task = bar.add_task(f"{cfg.model} seed {cfg.seed}", total=cfg.epochs * n_steps) if bar else None
-        for epoch in range(1, cfg.epochs + 1):
-            model.train()
-            total, count = 0.0, 0
-            for idx in batches(len(train), cfg.batch_size, rng.permutation(len(train))):
-                if bar:
-                    bar.advance(task)
-                if len(idx) < 2:  # batch norm cannot train on one image
-                    continue
-                x = as_unit_tensor(train.images[idx])
-                x = (light_augment(x, gen) if cfg.augment else x).to(device)
-                loss, n_labels = masked_bce(model(x), torch.from_numpy(train.labels[idx]).to(device))
-                if n_labels == 0:
-                    continue
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total, count = total + loss.item() * n_labels, count + n_labels
-            val_auc = mean_auroc(predict_logits(model, val.images, cfg.eval_batch_size), val.labels)
-            history.append({"epoch": epoch, "train_loss": total / max(count, 1), "val_mean_auroc": val_auc})
-            if val_auc > best_auc:
-                best_auc, best_epoch, waited = val_auc, epoch, 0
-                best_state = copy.deepcopy({k_: v.detach().cpu() for k_, v in model.state_dict().items()})
-            else:
-                waited += 1
-                if waited >= cfg.patience:
-                    break
-    assert best_state is not None
-    model.load_state_dict(best_state)
-    model.eval()
-    info = {
-        "epochs": history,
-        "best_epoch": best_epoch,
-        "best_val_mean_auroc": best_auc,
-        "stopped_early": len(history) < cfg.epochs,
-        "n_train_images": len(train),
-        "n_val_images": len(val),
-        "config": asdict(cfg),
-    }
-    return model, info
-
-
-# --------------------------------------------------------------------------------------- the report
 
 
 def _check_sets(sets: dict[str, LabeledImages], min_pos: int) -> list[str]:
@@ -655,7 +139,7 @@ def _check_sets(sets: dict[str, LabeledImages], min_pos: int) -> list[str]:
                     )
     few = [
         f"{name} ({s['n_pos']} pos / {s['n_neg']} neg)"
-        for name, s in zip(classes, _label_stats(sets["real_test"].labels, classes), strict=True)
+        for name, s in zip(classes, label_stats(sets["real_test"].labels, classes), strict=True)
         if min(s["n_pos"], s["n_neg"]) < min_pos
     ]
     if few:
@@ -740,12 +224,12 @@ def run_utility(
             scores.append(predict_logits(model, test.images, cfg.classifier.eval_batch_size))
             models[setting].append(model)
             infos[setting].append(info)
-    point, reps = _auroc_bootstrap(scores, test.labels, test.patient_ids, cfg.n_bootstrap, cfg.bootstrap_seed)
+    point, reps = auroc_bootstrap(scores, test.labels, test.patient_ids, cfg.n_bootstrap, cfg.bootstrap_seed)
     n_seeds = len(cfg.seeds)
     point = point.reshape(len(SETTINGS), n_seeds, -1)
     reps = reps.reshape(len(reps), len(SETTINGS), n_seeds, -1)
-    stats = _label_stats(test.labels, classes)
-    results = {s: _summarize(point[i], reps[:, i], classes, stats, cfg.ci_level) for i, s in enumerate(SETTINGS)}
+    stats = label_stats(test.labels, classes)
+    results = {s: summarize(point[i], reps[:, i], classes, stats, cfg.ci_level) for i, s in enumerate(SETTINGS)}
     for s in SETTINGS:
         results[s]["training"] = [
             {k: info[k] for k in ("best_epoch", "best_val_mean_auroc", "stopped_early")} for info in infos[s]
@@ -768,7 +252,7 @@ def run_utility(
     out["uncertainty_policy"] = cfg.uncertainty_policy or "not stated"
     out["model_selection"] = "early stopping on mean AUROC of the real validation split"
     out["classifier"] = asdict(cfg.classifier)
-    out.update(_resampling(test.patient_ids, test.labels, cfg.n_bootstrap, cfg.ci_level))
+    out.update(resampling(test.patient_ids, test.labels, cfg.n_bootstrap, cfg.ci_level))
     out["notes"] = _sparse_bootstrap_notes(results["trtr"], classes, cfg.n_bootstrap, out["resample_unit"])
     return UtilityRun(
         report=out,

@@ -13,12 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from medsyn.evaluate.fidelity import HistogramDivergence
+from medsyn.evaluate.diversity import DiversityResult
+from medsyn.evaluate.intensity import HistogramDivergence
 from medsyn.evaluate.privacy import DCRResult, MIAResult
 from medsyn.evaluate.utility import SETTINGS, UtilityRun
 from medsyn.report import figures
-
-NO_FINDING_GROUP = "no finding"
 
 
 @dataclass
@@ -28,6 +27,9 @@ class ReportAssets:
     groups: list[tuple[str, np.ndarray | None, np.ndarray]] = field(default_factory=list)
     closest: list[tuple[np.ndarray, np.ndarray | None, float]] = field(default_factory=list)
     closest_threshold: float = float("nan")
+    # the closest synthetic-synthetic pairs (near-duplicates show a collapsed generator)
+    synthetic_pairs: list[tuple[np.ndarray, np.ndarray, float]] = field(default_factory=list)
+    synthetic_pairs_threshold: float = float("nan")
     distances: dict[str, tuple[np.ndarray, np.ndarray, float, float]] = field(default_factory=dict)
     mia: dict[str, tuple[np.ndarray, np.ndarray, float]] = field(default_factory=dict)
     intensity: tuple[np.ndarray, np.ndarray] | None = None
@@ -55,7 +57,10 @@ class ReportAssets:
         per_group: int = 6,
         seed: int = 0,
         utility: UtilityRun | None = None,
+        negative: str = "No Finding",
+        diversity: DiversityResult | None = None,
     ) -> ReportAssets:
+        """`negative`: the name of the group without a positive label (the synthetic set's negative class)."""
         rng = np.random.default_rng(seed)
 
         def pick(images: Any, mask: np.ndarray) -> np.ndarray:
@@ -64,7 +69,7 @@ class ReportAssets:
             return np.asarray(images[rows]) if len(rows) else np.zeros((0, *syn_images.shape[1:]), np.uint8)
 
         groups = []
-        names = [*classes, NO_FINDING_GROUP]
+        names = [*classes, negative]
         for j, name in enumerate(names):
             real_mask = (train_labels == 0).all(1) if j == len(classes) else train_labels[:, j] == 1
             syn_mask = (syn_labels == 0).all(1) if j == len(classes) else syn_labels[:, j] == 1
@@ -81,6 +86,10 @@ class ReportAssets:
                 for c in pixel.closest
             ]  # fmt: skip
             assets.closest_threshold = pixel.threshold_p1
+        if diversity is not None:
+            assets.synthetic_pairs = [(np.asarray(syn_images[p["a"]]), np.asarray(syn_images[p["b"]]), p["distance"])
+                                      for p in diversity.closest_pairs]  # fmt: skip
+            assets.synthetic_pairs_threshold = diversity.threshold
         for key, res in dcrs.items():
             title = f"{key} space ({res.space})"
             assets.distances[title] = (res.synthetic_distances, res.holdout_distances, res.threshold_p1, res.threshold_p5)
@@ -104,6 +113,8 @@ class ReportAssets:
         return {
             "samples": figures.sample_grid(self.groups, self.per_group),
             "closest": figures.closest_pairs(self.closest, self.closest_threshold),
+            "synthetic_pairs": figures.closest_pairs(self.synthetic_pairs, self.synthetic_pairs_threshold,
+                                                     lower="nearest synthetic"),
             "distances": figures.distance_histograms(self.distances),
             "mia_roc": figures.roc_curves(self.mia),
             "reid": figures.reid_scores(self.reid_scores, self.reid_thresholds),

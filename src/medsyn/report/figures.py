@@ -96,8 +96,11 @@ def sample_grid(groups: Sequence[tuple[str, np.ndarray | None, np.ndarray]], per
     return encode(fig)
 
 
-def closest_pairs(pairs: Sequence[tuple[np.ndarray, np.ndarray | None, float]], threshold: float) -> str | None:
-    """Synthetic images (upper row) above their nearest real training image (lower row), nearest first."""
+def closest_pairs(
+    pairs: Sequence[tuple[np.ndarray, np.ndarray | None, float]], threshold: float, lower: str = "nearest real"
+) -> str | None:
+    """Synthetic images (upper row) above their nearest image (lower row: real training image, or another
+    synthetic image for the diversity check), nearest first; distances below `threshold` in colour."""
     if not pairs:
         return None
     per_row = min(len(pairs), 8)
@@ -114,7 +117,7 @@ def closest_pairs(pairs: Sequence[tuple[np.ndarray, np.ndarray | None, float]], 
         ax.text((c + 0.5) * (s + 2), tops[r] - 1, f"d={dist:.3g}", ha="center", va="bottom", fontsize=7,
                 color=SYNTH if dist < threshold else "black")  # fmt: skip
     ax.set_yticks([t + s / 2 for t in tops])
-    ax.set_yticklabels(["synthetic", "nearest real"] * (len(cells) // 2), fontsize=8)
+    ax.set_yticklabels(["synthetic", lower] * (len(cells) // 2), fontsize=8)
     ax.tick_params(length=0)
     return encode(fig)
 

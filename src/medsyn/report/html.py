@@ -7,7 +7,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from medsyn.report.verdicts import REID_FPR, THRESHOLDS
+from medsyn.evaluate.verdicts import REID_FPR, THRESHOLDS
 
 LEVEL_TEXT = {"pass": "PASS", "warn": "WARN", "fail": "FAIL", "n/a": "NOT ASSESSED"}
 
@@ -112,12 +112,32 @@ def _header(m: Mapping[str, Any]) -> str:
         for k, q in (("useful", "Useful?"), ("realistic", "Realistic?"), ("private", "Private?"))
     )
     mode = "quick (small classifier, few epochs: a screening result)" if m["settings"]["quick"] else "full"
+    warning = m.get("fidelity", {}).get("warning")
     return (
         "<h1>Synthetic data evaluation</h1>"
         f"<p class=sub>{_num(syn['images'])} synthetic images from <code>{_e(syn['location'])}</code> against "
         f"{_e(real['dataset'])} (<code>{_e(real['spec'])}</code>) at {real['size']} px · mode: {mode} · "
-        f"medsyn {_e(m['medsyn_version'])}</p><div class=cards>{cards}</div>"
+        f"medsyn {_e(m['medsyn_version'])}</p><p class=sub>Generator training: {training_text(syn.get('training'))}</p>"
+        + (f'<div class="verdict fail"><b>Warning</b> — {_e(warning)}</div>' if warning else "")
+        + f"<div class=cards>{cards}</div>"
     )
+
+
+def training_text(progress: Mapping[str, Any] | None) -> str:
+    """The generator's training progress from the synthetic manifest ("unknown" for sets that lack it)."""
+    if not progress:
+        return "unknown (the synthetic set does not record how long its generator trained)"
+    steps, planned = progress.get("steps"), progress.get("steps_planned")
+    text = f"{_num(steps)} of {_num(planned)} steps" if planned else f"{_num(steps)} steps"
+    text += f", {_num(progress.get('images_seen'))} images seen"
+    if progress.get("train_seconds") is not None:
+        text += f", {progress['train_seconds']:.0f} s"
+    reason = progress.get("stop_reason")
+    if reason == "time-limit":
+        text += " — stopped by the time limit before the planned steps"
+    elif reason:
+        text += f" ({_e(reason)})"
+    return text
 
 
 def _data(m: Mapping[str, Any], real_images: bool) -> str:
@@ -207,15 +227,36 @@ def _utility(m: Mapping[str, Any], fig: str | None, roc: str | None) -> str:
     return out + _notes(u.get("notes", []))
 
 
+def _diversity(m: Mapping[str, Any], figs: Mapping[str, str | None]) -> str:
+    d = m.get("diversity") or {}
+    out = "<h3>Diversity of the synthetic set</h3>"
+    if "skipped" in d or not d:
+        return out + f"<p>Not assessed: {_e(d.get('skipped', 'not run'))}</p>"
+    out += _badge(d["verdict"]["level"]) + f" {_e(d['verdict']['reason'])}"
+    out += _table(["", "synthetic", "real training"], [
+        ["images compared", _num(d["n"]), _num(d["n"])],
+        ["distinct modes (closer than the real 5th-percentile nearest-other distance)",
+         _num(d["synthetic_modes"]), _num(d["real_modes"])],
+        ["median distance to the nearest other image", _sig(d["synthetic_median_nn"]), _sig(d["real_median_nn"])],
+    ], (1, 2))  # fmt: skip
+    return out + _img(figs.get("synthetic_pairs"), "closest synthetic pairs",
+                      f"The closest pairs of synthetic images ({_e(d['space'])}); red distances are below the "
+                      "real images' 5th-percentile nearest-other distance. Identical-looking pairs mean repeats.")
+
+
 def _fidelity(m: Mapping[str, Any], figs: Mapping[str, str | None]) -> str:
     f = m["fidelity"]
     out = "<h2>Realistic? — fidelity</h2>" + _verdict_box(m["verdicts"]["realistic"], "Realistic?")
+    out += _diversity(m, figs)
     if "fid" not in f:
         return out
     fid, kid, prdc, inten = f["fid"], f["kid"], f["prdc"], f["intensity"]
     base = fid.get("baseline") or {}
-    out += (f"<p>Features: <b>{_e(fid['backbone'])}</b> — {_e(fid['implementation'])}. Reference: "
-            f"{_e(f['reference'])}. FID and KID are comparable only with the same backbone and N.</p>")  # fmt: skip
+    out += (f"<h3>Distribution in feature space</h3><p>Features: <b>{_e(fid['backbone'])}</b> — "
+            f"{_e(fid['implementation'])}. Reference: {_e(f['reference'])}. FID and KID are comparable only with "
+            "the same backbone and N.</p>")  # fmt: skip
+    if f.get("not_assessable"):
+        out += f'<div class="verdict na"><b>Not assessable</b> — {_e(f["not_assessable"])}</div>'
     rows = [
         ["FID (all images)", _sig(fid["fid"]), f"N real {_num(fid['n_real'])}, N synthetic {_num(fid['n_synthetic'])}, D {fid['dim']}"],
         ["FID synthetic vs real, same N", f"{_sig(base.get('synthetic_vs_real'))} ± {_sig(base.get('synthetic_vs_real_std'), 2)}",
@@ -246,7 +287,10 @@ def _privacy(m: Mapping[str, Any], figs: Mapping[str, str | None], real_images: 
     p = m["privacy"]
     out = "<h2>Private? — memorisation, membership and re-identification</h2>"
     out += _verdict_box(m["verdicts"]["private"], "Private?")
-    out += _table(["check", "verdict", "reason"], ([_e(c["check"]), _badge(c["level"]), _e(c["reason"])] for c in p["checks"]))
+    out += _notes([p["filter"]] if p.get("filter") else [])
+    out += _table(["check", "verdict", "reason"], ([_e(c["check"]), _badge(c["level"]) + (
+        "" if c.get("decides", True) else " <span class=muted>(filtered: does not decide)</span>"), _e(c["reason"])]
+        for c in p["checks"]))  # fmt: skip
     out += ("<h3>Distance to the closest training image (DCR)</h3><p>For every synthetic image, the distance to its "
             "nearest real training image, compared with the same distance for held-out real images of patients the "
             "generator never saw. Without copying, about 1% of synthetic images fall below the held-out 1st "
@@ -314,14 +358,17 @@ def _frac(entry: Mapping[str, Any]) -> str:
 
 
 def _methods(m: Mapping[str, Any]) -> str:
-    out = "<h2>How the verdicts are decided</h2>"
+    out = ("<h2>How the verdicts are decided</h2><p class=muted>Every rule below is in one module, "
+           "<code>medsyn.evaluate.verdicts</code> (src/medsyn/evaluate/verdicts.py; docs/ARCHITECTURE.md explains "
+           "the terms).</p>")  # fmt: skip
     for question, lines in THRESHOLDS.items():
         out += f"<h3>{_e(question)}</h3><ul>" + "".join(f"<li>{_e(line)}</li>" for line in lines) + "</ul>"
     timings = m.get("timings") or {}
     if timings:
         out += "<h3>Run time by stage</h3>" + _table(
-            ["stage", "wall seconds", "CPU seconds (all threads)"],
-            ([_e(k), f"{v['wall_s']:.1f}", f"{v['cpu_s']:.1f}"] for k, v in timings.items()), (1, 2))
+            ["stage", "wall seconds", "CPU seconds (all threads)", "peak memory MB (process)"],
+            ([_e(k), f"{v['wall_s']:.1f}", f"{v['cpu_s']:.1f}", _num(v.get("peak_rss_mb"), 0)]
+             for k, v in timings.items()), (1, 2, 3))  # fmt: skip
     return out
 
 

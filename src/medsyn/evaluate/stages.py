@@ -1,0 +1,267 @@
+"""The evaluation's stages, each a function from typed inputs to a typed outcome (see `pipeline.evaluate`).
+
+    utility -> features -> fidelity, diversity -> privacy (DCR, membership inference, re-identification)
+
+A stage whose data cannot support it (too few test positives, no patient with two images, ...) raises
+`DataError` inside; the stage records it as skipped with that reason and the verdict says "not assessed".
+Configuration errors (`ConfigError`, `CheckpointError`) are not caught: they stop the run with one line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.lib.format import open_memmap
+
+from medsyn.errors import DataError
+from medsyn.evaluate.backbone import TRTR_ORIGIN, RealClassifier, domain_classifier
+from medsyn.evaluate.data import LabeledImages
+from medsyn.evaluate.diversity import DiversityResult, self_diversity
+from medsyn.evaluate.features import FeatureExtractor, PixelFeatures
+from medsyn.evaluate.fidelity import compute_fid, compute_kid, compute_prdc, per_class_fid
+from medsyn.evaluate.intensity import HistogramDivergence, histogram_divergence
+from medsyn.evaluate.privacy import DCRResult, MIAResult, distance_to_closest_record, membership_inference
+from medsyn.evaluate.privacy.linkage import match_synthetic
+from medsyn.evaluate.privacy.reid import ReidModel, train_reid
+from medsyn.evaluate.privacy.verification import verification_auroc
+from medsyn.evaluate.real import RealData, Split
+from medsyn.evaluate.settings import EvalSettings
+from medsyn.evaluate.synthetic import SyntheticSet
+from medsyn.evaluate.utility import UtilityRun, run_utility
+from medsyn.evaluate.verdicts import NO_RESEMBLANCE, backbone_problem
+
+Stage = Callable[[str], AbstractContextManager[None]]
+"""Times one named step: `with stage("fidelity: FID"): ...`."""
+
+SETS = ("train", "held", "syn")
+
+
+def skipped(exc: DataError) -> dict[str, Any]:
+    return {"skipped": str(exc)}
+
+
+# ----------------------------------------------------------------------------------------------- utility
+
+
+@dataclass
+class UtilityOutcome:
+    section: dict[str, Any]  # metrics.json "utility"
+    run: UtilityRun | None  # the trained models and their test scores (None when skipped)
+
+
+def utility_stage(real: RealData, syn: SyntheticSet, s: EvalSettings) -> UtilityOutcome:
+    """TRTR / TSTR / augmentation on the classes the test split can score (others noted, not fatal)."""
+    cfg, classes = s.utility, real.classes
+    test = real.splits["test"].labels
+    keep = [j for j in range(len(classes))
+            if min(int((test[:, j] == 1).sum()), int((test[:, j] == 0).sum())) >= cfg.min_test_positives]  # fmt: skip
+    if not keep:
+        return UtilityOutcome({"skipped": f"no class has {cfg.min_test_positives} positive and negative test images; "
+                                          "utility needs a larger test split"}, None)  # fmt: skip
+    names = [classes[j] for j in keep]
+    sub = {k: Split(sp.images, sp.labels[:, keep], sp.patient_ids) for k, sp in real.splits.items()}
+    try:
+        run = run_utility(
+            sub["train"].labeled(names, "real_train"), sub["val"].labeled(names, "real_val"),
+            sub["test"].labeled(names, "real_test"),
+            LabeledImages(syn.images, syn.labels[:, keep], None, names, name="synthetic"), cfg,
+        )  # fmt: skip
+    except DataError as exc:
+        return UtilityOutcome(skipped(exc), None)
+    dropped = [c for c in classes if c not in names]
+    if dropped:
+        run.report["notes"] = [
+            f"not scored (fewer than {cfg.min_test_positives} positive or negative test images): {', '.join(dropped)}",
+            *run.report["notes"],
+        ]
+    return UtilityOutcome(run.report, run)
+
+
+# ---------------------------------------------------------------------------------------------- features
+
+
+@dataclass
+class Features:
+    """Features of the real training, held-out and synthetic images in the backbone's space and in pixels."""
+
+    space: FeatureExtractor | None  # None: no backbone (then `learned` is empty)
+    backbone: dict[str, Any]  # metrics.json "fidelity.backbone"
+    learned: dict[str, np.ndarray]  # SETS -> (N, D) float32
+    pixel_space: PixelFeatures
+    pixel: dict[str, np.ndarray]
+    classifier: RealClassifier | None  # the real-trained classifier behind `space`, kept in OUT/models
+
+
+def _extract(space: FeatureExtractor, images: dict[str, Any], scratch: Path | None) -> dict[str, np.ndarray]:
+    """float32 features per set, in a memory-mapped file under `scratch` when given (112k x 4096 pixel
+    features are 1.8 GB): the float32 networks' output loses nothing by being stored as float32."""
+    out = {}
+    for key, imgs in images.items():
+        shape = (len(imgs), space.dim)
+        dest = (np.empty(shape, np.float32) if scratch is None else
+                open_memmap(scratch / f"features-{space.name}-{key}.npy", mode="w+", dtype=np.float32, shape=shape))  # fmt: skip
+        out[key] = space(imgs, out=dest)
+    return out
+
+
+def features_stage(
+    real: RealData, syn: SyntheticSet, s: EvalSettings, external: FeatureExtractor | None, run: UtilityRun | None,
+    stage: Stage, scratch: Path | None = None,
+) -> Features:  # fmt: skip
+    """The backbone (external weights, else the first-seed TRTR classifier, else one trained with its recipe)."""
+    train, val = real.splits["train"], real.splits["val"]
+    images = {"train": train.images, "held": real.held.images, "syn": syn.images}
+    space: FeatureExtractor | None = external
+    backbone: dict[str, Any] = {"trained_on": "external weights (not this data)"}
+    clf = None if run is None else RealClassifier(run.models["trtr"][0], run.training["trtr"][0], run.classes,
+                                                 TRTR_ORIGIN)  # fmt: skip
+    if space is None and clf is None:
+        with stage("features: domain classifier on real train (TRTR recipe; utility was skipped)"):
+            try:
+                cfg = replace(s.utility.classifier, seed=s.utility.seeds[0])
+                clf = domain_classifier(train.labeled(real.classes, "real_train"),
+                                        val.labeled(real.classes, "real_val"), cfg)  # fmt: skip
+            except DataError as exc:
+                backbone = skipped(exc)
+    if space is None and clf is not None:
+        space = clf.features()
+        backbone = {"trained_on": "real training split", "training": clf.describe()}
+    learned: dict[str, np.ndarray] = {}
+    if space is not None:
+        backbone.update(name=space.name, implementation=space.implementation, dim=space.dim)
+        with stage(f"features: {space.name}"):
+            learned = _extract(space, images, scratch)
+    pixel = PixelFeatures(min(s.pixel_size, real.ds.size), real.ds.channels, device=s.device)
+    with stage(f"features: {pixel.name}"):
+        pix = _extract(pixel, images, scratch)
+    return Features(space, backbone, learned, pixel, pix, clf)
+
+
+# ----------------------------------------------------------------------------------- fidelity, diversity
+
+
+@dataclass
+class FidelityOutcome:
+    section: dict[str, Any]  # metrics.json "fidelity"
+    histogram: HistogramDivergence | None = None
+
+
+def fidelity_stage(
+    real: RealData, syn: SyntheticSet, f: Features, s: EvalSettings, stage: Stage, utility: dict[str, Any]
+) -> FidelityOutcome:
+    """FID / KID / PRDC / per-class FID against held-out real images (the real-trained classifier has seen
+    `train`, so its features of `train` are biased; an external backbone compares against `train`), and
+    intensity divergences against training pixels."""
+    if f.space is None:
+        return FidelityOutcome({"skipped": f"no feature backbone: {f.backbone['skipped']}", "backbone": f.backbone})
+    external = f.backbone.get("trained_on") != "real training split"
+    ref, ref_split, ref_name = ((f.learned["train"], real.splits["train"], "real training split") if external else
+                                (f.learned["held"], real.held, "held-out real images (val + test patients)"))  # fmt: skip
+    syn_f, progress = f.learned["syn"], s.utility.classifier.progress
+    out: dict[str, Any] = {"backbone": f.backbone, "reference": ref_name}
+    try:
+        with stage("fidelity: FID"):
+            out["fid"] = compute_fid(ref, syn_f, f.space, real_groups=ref_split.patient_ids, seed=s.seed).to_dict()
+        with stage("fidelity: KID"):
+            out["kid"] = compute_kid(ref, syn_f, f.space, n_subsets=s.kid_subsets, subset_size=s.kid_subset_size,
+                                     seed=s.seed, device=s.device).to_dict()  # fmt: skip
+        with stage("fidelity: PRDC"):
+            out["prdc"] = compute_prdc(ref, syn_f, f.space, k=s.prdc_k, device=s.device, progress=progress).to_dict()
+        with stage("fidelity: per-class FID"):
+            per_class = per_class_fid(ref, ref_split.labels, syn_f, syn.labels, f.space, syn.classes,
+                                      real_groups=ref_split.patient_ids, seed=s.seed)  # fmt: skip
+            out["per_class_fid"] = [c.to_dict() for c in per_class]
+        with stage("fidelity: intensity histograms"):
+            hist = histogram_divergence(real.splits["train"].images, syn.images)
+    except DataError as exc:
+        return FidelityOutcome({"backbone": f.backbone, **skipped(exc)})
+    out["intensity"] = {**hist.to_dict(), "reference": "real training split (pixels)"}
+    problem = backbone_problem(f.backbone, utility, min(len(ref), len(syn_f)))
+    if problem:
+        out["not_assessable"] = problem
+    if out["prdc"]["precision"] == 0 and out["prdc"]["coverage"] == 0:
+        out["warning"] = NO_RESEMBLANCE
+    return FidelityOutcome(out, hist)
+
+
+def diversity_stage(f: Features, s: EvalSettings, stage: Stage) -> tuple[dict[str, Any], DiversityResult | None]:
+    """Synthetic self-diversity against real training images at the same N, in pixel space (backbone-free)."""
+    with stage(f"diversity ({f.pixel_space.name})"):
+        try:
+            res = self_diversity(f.pixel["syn"], f.pixel["train"], f.pixel_space, seed=s.seed)
+        except DataError as exc:
+            return skipped(exc), None
+    return res.to_dict(), res
+
+
+# ------------------------------------------------------------------------------------------------ privacy
+
+
+@dataclass
+class PrivacyOutcome:
+    section: dict[str, Any]  # metrics.json "privacy" (without the verdicts, added by the pipeline)
+    dcrs: dict[str, DCRResult] = field(default_factory=dict)  # per space key ("pixel", "feature")
+    mias: dict[str, MIAResult] = field(default_factory=dict)
+    reid_scores: np.ndarray | None = None  # each synthetic image's best re-identification score
+    reid_model: ReidModel | None = None
+
+
+def privacy_stage(real: RealData, syn: SyntheticSet, f: Features, s: EvalSettings, stage: Stage) -> PrivacyOutcome:
+    """DCR per feature space, membership inference (pixel space, and an external feature space; not in the
+    trained classifier's, whose own training images are closer together whatever the generator did), and
+    the re-identification attack; members are the training images the generator saw (`RealData.members`)."""
+    seen = real.member_info.seen
+    spaces = [("pixel", f.pixel, f.pixel_space)] + ([("feature", f.learned, f.space)] if f.space is not None else [])
+    if seen is not None:
+        spaces = [(key, {**feats, "train": np.asarray(feats["train"])[seen]}, sp) for key, feats, sp in spaces]
+    external = f.backbone.get("trained_on") != "real training split"
+    out = PrivacyOutcome({"dcr": {}, "membership_inference": {}})
+    progress, members = s.utility.classifier.progress, real.members
+    for key, feats, sp in spaces:
+        with stage(f"privacy: DCR ({sp.name})"):
+            try:
+                out.dcrs[key] = distance_to_closest_record(
+                    feats["syn"], feats["train"], feats["held"], sp, n_closest=s.n_closest, device=s.device,
+                    progress=progress, train_patient_ids=members.patient_ids,
+                )  # fmt: skip
+                out.section["dcr"][key] = out.dcrs[key].to_dict()
+            except DataError as exc:
+                out.section["dcr"][key] = skipped(exc)
+        if key != "pixel" and not external:
+            out.section["membership_inference"][key] = {"not_applicable": True, "skipped": (
+                "not run in the feature space of a classifier trained on the member images: its own training "
+                "images are closer together whatever the generator did, which would fake leakage")}  # fmt: skip
+            continue
+        with stage(f"privacy: membership inference ({sp.name})"):
+            try:
+                out.mias[key] = membership_inference(
+                    feats["syn"], feats["train"], feats["held"], sp, member_ids=members.patient_ids,
+                    non_member_ids=real.held.patient_ids, n_bootstrap=max(1, s.utility.n_bootstrap), seed=s.seed,
+                    device=s.device, progress=progress,
+                )  # fmt: skip
+                out.section["membership_inference"][key] = out.mias[key].to_dict()
+            except DataError as exc:
+                out.section["membership_inference"][key] = skipped(exc)
+    with stage("privacy: re-identification (siamese)"):
+        try:
+            out.section["reidentification"], out.reid_scores, out.reid_model = _reid(real, syn, s)
+        except DataError as exc:
+            out.section["reidentification"] = skipped(exc)
+    return out
+
+
+def _reid(real: RealData, syn: SyntheticSet, s: EvalSettings) -> tuple[dict[str, Any], np.ndarray, ReidModel]:
+    train, val, test = real.members, real.splits["val"], real.splits["test"]
+    model = train_reid(train.images, train.patient_ids, s.reid, val_images=val.images, val_patient_ids=val.patient_ids)
+    ver = verification_auroc(model, test.images, test.patient_ids, n_bootstrap=s.utility.n_bootstrap, seed=s.seed)
+    match = match_synthetic(model, syn.images, train.images, train.patient_ids, ver, heldout_images=test.images)
+    scores = match.pop("best_score")
+    for key in ("best_patient", "best_train_index", "matched"):
+        match.pop(key)
+    history = {k: v for k, v in model.history.items() if k != "config"}
+    return {"training": history, "verification": ver, "matching": match}, scores, model
