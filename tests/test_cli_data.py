@@ -52,6 +52,24 @@ def test_corrupt_image_fatal_then_skipped(tmp_path):
     assert json.loads((out / "meta.json").read_text())["skipped"]["count"] == 1
 
 
+def test_inspect_decodes_every_image_and_finds_a_truncated_png(tmp_path):
+    for cls in ("a", "b"):
+        for i in range(3):
+            write_png(tmp_path / "f" / cls / f"{i}.png", size=(64, 64), seed=i)
+    bad = tmp_path / "f" / "b" / "2.png"
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])  # the header still reads; the pixels do not
+    proc = run_cli("data", "inspect", f"folder:{tmp_path / 'f'}")
+    assert proc.returncode == 0, proc.stderr
+    assert "no problems found" not in proc.stdout
+    assert "all 6 images decoded" in proc.stdout and "64x64 (5)" in proc.stdout
+    problems = proc.stdout.split("problems:")[1]
+    assert "1 of 6 images cannot be decoded" in problems and "2.png" in problems, proc.stdout
+    assert run_cli("data", "prepare", f"folder:{tmp_path / 'f'}", "--out", str(tmp_path / "c")).returncode == 2
+    sampled = run_cli("data", "inspect", f"folder:{tmp_path / 'f'}", "--sample", "2", "--json")
+    report = json.loads(sampled.stdout)
+    assert report["images_checked"] == 2 and report["images"] == 6
+
+
 @needs_data("nih-cxr14-sample")
 def test_inspect_and_prepare_nih_sample(tmp_path):
     spec = f"nih:{SHARED_DATA / 'nih-cxr14-sample'}"
@@ -59,7 +77,7 @@ def test_inspect_and_prepare_nih_sample(tmp_path):
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["images"] == 703 and report["patients"] == 192
-    assert report["image_sizes"] == {"64x64": 703}
+    assert report["image_sizes"] == {"64x64": 703} and report["images_checked"] == 703
     proc = run_cli("data", "prepare", spec, "--size", "32", "--out", str(tmp_path / "c"), "--quiet")
     assert proc.returncode == 0, proc.stderr
     assert "703 images at 32px" in proc.stdout

@@ -60,9 +60,17 @@ def register(app: typer.Typer) -> None:
         val: float = typer.Option(0.1, help="Validation fraction."),
         test: float = typer.Option(0.2, help="Test fraction."),
         as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
+        sample: int = typer.Option(
+            0, "--sample", help="Decode only this many randomly chosen images (0 = every image, as prepare does)."
+        ),
+        workers: int = typer.Option(-1, help="Decoding processes (-1 = automatic, 0 = none)."),
+        quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     ) -> None:
-        """Images and patients per class and split, image sizes and problems found."""
-        report = inspect_dataset(spec, val=val, test=test, seed=seed)
+        """Images and patients per class and split, image sizes and problems found (every image is decoded)."""
+        report = inspect_dataset(
+            spec, val=val, test=test, seed=seed, sample=sample or None,
+            workers=None if workers < 0 else workers, quiet=quiet or as_json,
+        )  # fmt: skip
         if as_json:
             print(json.dumps(report, indent=2, default=str))
             return
@@ -81,7 +89,14 @@ def register(app: typer.Typer) -> None:
         for split, part in report["splits"].items():
             console.print(f"{split}: {part['images']} images, {part['patients']} patients")
         sizes = ", ".join(f"{k} ({v})" for k, v in report["image_sizes"].items())
-        console.print(f"image sizes ({report['headers_read']} headers read): {sizes or 'n/a'}")
+        checked, distinct = report["images_checked"], report["distinct_images"]
+        how = (
+            f"all {checked} images decoded" if checked == distinct
+            else f"only a random sample of {checked} of {distinct} images decoded; without --sample all are"
+        )  # fmt: skip
+        if report["images_unreadable"]:
+            how += f", {report['images_unreadable']} unreadable"
+        console.print(f"image sizes ({how}): {sizes or 'n/a'}")
         if report["problems"]:
             console.print("[yellow]problems:")
             for p in report["problems"]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from medsyn import __version__
 from medsyn.data.adapters import open_dataset
 from medsyn.data.base import Source
 from medsyn.data.images import FITS, fit_square
+from medsyn.data.parallel import default_workers, map_images, worker_source
 from medsyn.data.spec import DatasetSpec, parse_spec
 from medsyn.data.splits import assign_splits, cap_per_class, check_no_leak, select_classes
 from medsyn.errors import ConfigError, DataError
@@ -70,22 +70,13 @@ def _plan(settings: PrepareSettings) -> tuple[Source, pd.DataFrame, list[str]]:
     return src, table, classes
 
 
-_WORKER_SOURCE: Source | None = None
-
-
-def _init_worker(src: Source) -> None:
-    global _WORKER_SOURCE
-    _WORKER_SOURCE = src
-    torch.set_num_threads(1)
-
-
 def _decode(args: tuple[int, int, str]) -> tuple[np.ndarray | None, np.ndarray | None, str]:
     """Decode, resize and quantise one image (and mask); returns an error line instead of raising."""
     i, size, fit = args
-    assert _WORKER_SOURCE is not None
+    src = worker_source()
     try:
-        img = fit_square(_WORKER_SOURCE.read_image(i), size, fit)
-        mask = _WORKER_SOURCE.read_mask(i)
+        img = fit_square(src.read_image(i), size, fit)
+        mask = src.read_mask(i)
     except DataError as exc:
         return None, None, str(exc)
     img_u8 = np.round(img * 255.0).astype(np.uint8)
@@ -167,7 +158,7 @@ def prepare(
     n, c = len(table), src.channels
     has_masks = bool((table["mask"] != "").any())
     if workers is None:
-        workers = 0 if n < 512 else min(8, os.cpu_count() or 1)
+        workers = default_workers(n)
     skipped: list[dict[str, str]] = []
     with atomic_dir(out) as tmp:
         images = open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, c, size, size))
@@ -179,7 +170,7 @@ def prepare(
         jobs = ((int(r), size, fit) for r in src_rows)
         keep = np.ones(n, bool)
         with progress_bar(f"prepare {parsed.kind} {size}px", total=n, quiet=quiet) as advance:
-            for pos, (img, mask, err) in enumerate(_run_decode(src, jobs, workers)):
+            for pos, (img, mask, err) in enumerate(map_images(src, _decode, jobs, workers)):
                 if err:
                     if not skip_bad:
                         raise DataError(f"{err} (pass --skip-bad to skip and count corrupt images)")
@@ -240,15 +231,6 @@ def _source_rows(src: Source, table: pd.DataFrame) -> np.ndarray:
     position = pd.Series(np.arange(len(src.table)), index=src.table["source"].to_numpy())
     position = position[~position.index.duplicated()]
     return position.loc[table["source"].to_numpy()].to_numpy()
-
-
-def _run_decode(src: Source, jobs: Any, workers: int) -> Any:
-    if workers <= 0:
-        _init_worker(src)
-        yield from map(_decode, jobs)
-        return
-    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(src,)) as pool:
-        yield from pool.map(_decode, jobs, chunksize=64)
 
 
 def _compact(tmp: Path, images: np.memmap, masks: np.memmap | None, keep: np.ndarray) -> tuple[Any, Any]:

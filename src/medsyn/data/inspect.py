@@ -3,37 +3,64 @@
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
 
 from medsyn.data.adapters import open_dataset
+from medsyn.data.base import Source
+from medsyn.data.parallel import default_workers, map_images, worker_source
 from medsyn.data.spec import DatasetSpec
 from medsyn.data.splits import assign_splits
+from medsyn.errors import DataError
+from medsyn.progress import progress_bar
 
 
-def _header_size(path: str) -> tuple[int, int] | str:
-    """(width, height) from the file header only, or an error string."""
-    p = Path(path)
+def _decoded_size(i: int) -> tuple[int, int] | str:
+    """(width, height) of image `i` after the full decode `prepare` does, or its error line: a header can
+    read fine while the pixels are truncated."""
     try:
-        if p.suffix.lower() in (".dcm", ".dicom"):
-            import pydicom
+        image = worker_source().read_image(i)
+    except DataError as exc:
+        return str(exc)
+    return int(image.shape[2]), int(image.shape[1])
 
-            ds = pydicom.dcmread(p, stop_before_pixels=True)
-            return int(ds.Columns), int(ds.Rows)
-        with Image.open(p) as img:
-            return img.size
-    except (OSError, UnidentifiedImageError, ValueError, AttributeError, EOFError) as exc:
-        return f"{p}: unreadable header ({exc})"
+
+def check_images(
+    src: Source, sample: int | None = None, seed: int = 0, workers: int | None = None, quiet: bool = False
+) -> tuple[Counter[tuple[int, int]], int, list[str]]:
+    """Decode every distinct image of `src` (or a seeded random `sample` of them): sizes, number checked and
+    the error line of each image that cannot be decoded."""
+    rows = np.flatnonzero(~src.table["source"].duplicated().to_numpy())
+    if sample is not None and sample < len(rows):
+        rows = np.sort(np.random.default_rng(seed).choice(rows, sample, replace=False))
+    sizes: Counter[tuple[int, int]] = Counter()
+    errors: list[str] = []
+    workers = default_workers(len(rows)) if workers is None else workers
+    with progress_bar("inspect: decode images", total=len(rows), quiet=quiet) as advance:
+        for result in map_images(src, _decoded_size, (int(r) for r in rows), workers):
+            if isinstance(result, str):
+                errors.append(result)
+            else:
+                sizes[result] += 1
+            advance(1)
+    return sizes, len(rows), errors
 
 
 def inspect_dataset(
-    spec: str | DatasetSpec, val: float = 0.1, test: float = 0.2, seed: int = 0, max_headers: int = 2000
+    spec: str | DatasetSpec,
+    val: float = 0.1,
+    test: float = 0.2,
+    seed: int = 0,
+    sample: int | None = None,
+    workers: int | None = None,
+    quiet: bool = True,
 ) -> dict[str, Any]:
-    """Counts per class and split, patients, image sizes (from up to `max_headers` file headers), problems."""
+    """Counts per class and split, patients, problems, and image sizes from decoding every image (as
+    `prepare` will) or, with `sample`, a random sample of that many."""
+    if sample is not None and sample < 1:
+        raise DataError(f"--sample must be a positive number of images, got {sample}")
     src = open_dataset(spec)
     table = src.table.copy()
     table["split"] = assign_splits(table, src.classes, val, test, seed)
@@ -64,17 +91,12 @@ def inspect_dataset(
             f"{int(table['source'].duplicated().sum())} image files listed more than once "
             f"(patients linked, kept on one side of every split): {', '.join(sorted(set(linked))[:5])}"
         )
-    sizes: Counter[tuple[int, int]] = Counter()
-    files = table["source"].to_numpy()
-    if Path(str(files[0])).is_file():
-        rng = np.random.default_rng(seed)
-        pick = files if len(files) <= max_headers else rng.choice(files, max_headers, replace=False)
-        for f in pick:
-            result = _header_size(str(f))
-            if isinstance(result, str):
-                problems.append(result)
-            else:
-                sizes[result] += 1
+    sizes, checked, errors = check_images(src, sample, seed, workers, quiet)
+    if errors:
+        problems.append(
+            f"{len(errors)} of {checked} images cannot be decoded (prepare stops at the first; "
+            f"--skip-bad skips them): {'; '.join(errors[:5])}"
+        )
     left_out = {
         "rows_todo_left_out": "not yet labelled ('todo')",
         "rows_filtered_by_view": "other view than requested",
@@ -96,7 +118,9 @@ def inspect_dataset(
         "no_finding": no_finding,
         "splits": per_split,
         "image_sizes": {f"{w}x{h}": n for (w, h), n in sizes.most_common(10)},
-        "headers_read": int(sum(sizes.values())),
+        "distinct_images": int(table["source"].nunique()),
+        "images_checked": checked,
+        "images_unreadable": len(errors),
         "info": src.info,
         "problems": problems,
     }
