@@ -1,0 +1,107 @@
+"""Saliency agreement (Grad-CAM of a real-trained vs a synthetic-trained classifier) on tiny models whose
+evidence region is known by construction: a model that can only see the left half of an image against one
+that can only see the right half must disagree; a model against its own copy must agree fully."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from medsyn.errors import DataError
+from medsyn.evaluate.saliency import (
+    NO_POSITIVE,
+    explained_class,
+    gradcam_maps,
+    saliency_agreement,
+    save_grid,
+    spearman,
+    top_iou,
+)
+from medsyn.models.classifiers import build_classifier
+
+SIZE = 16
+
+
+class HalfView(nn.Module):
+    """Sees only one half of the image: x * mask -> 1x1 conv -> ReLU -> global pool -> linear (2 classes)."""
+
+    def __init__(self, side: str) -> None:
+        super().__init__()
+        mask = torch.zeros(1, 1, SIZE, SIZE)
+        mask[..., : SIZE // 2] = 1 if side == "left" else 0
+        mask[..., SIZE // 2 :] = 1 if side == "right" else 0
+        self.register_buffer("mask", mask)
+        self.conv = nn.Conv2d(1, 4, 1)
+        self.relu = nn.ReLU(inplace=True)
+        self.head = nn.Linear(4, 2)
+        with torch.no_grad():
+            self.conv.weight.fill_(1.0)
+            self.conv.bias.zero_()
+            self.head.weight.copy_(torch.tensor([[1.0] * 4, [-1.0] * 4]))
+            self.head.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.relu(self.conv(x * self.mask)).mean((2, 3)))
+
+
+def _images(n: int = 12) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(20, 255, (n, 1, SIZE, SIZE), dtype=np.uint8)
+
+
+def _labels(n: int = 12) -> np.ndarray:
+    labels = np.zeros((n, 2), dtype=np.float32)
+    labels[: n // 2, 0] = 1  # half "A", half with no positive label
+    return labels
+
+
+def test_models_that_look_at_different_halves_disagree_and_a_copy_agrees():
+    images, labels = _images(), _labels()
+    left, right = HalfView("left"), HalfView("right")
+    same = saliency_agreement(left, HalfView("left"), images, labels, ["A", "B"])
+    assert np.allclose(same.spearman, 1.0) and np.allclose(same.iou, 1.0)
+    other = saliency_agreement(left, right, images, labels, ["A", "B"], top_fraction=0.25)
+    assert np.all(other.iou == 0.0) and np.all(other.spearman < 0)
+    assert other.real_maps[:, :, SIZE // 2 :].max() == 0 and other.synthetic_maps[:, :, : SIZE // 2].max() == 0
+    summary = other.summary()
+    assert summary["images"] == 12 and summary["undefined"] == 0
+    assert set(summary["per_group"]) == {"A", NO_POSITIVE} and summary["per_group"]["A"]["n"] == 6
+    assert summary["overall"]["iou_mean"] == 0.0 and summary["iou_chance"] == pytest.approx(0.25 / 1.75)
+
+
+def test_gradcam_on_medsyn_classifiers_leaves_the_models_unchanged(tmp_path):
+    torch.manual_seed(0)
+    real = build_classifier("smallcnn", 1, 2, SIZE)
+    synth = build_classifier("smallcnn", 1, 2, SIZE)
+    images = _images()
+    x = torch.from_numpy(images).float() / 255
+    before = real.eval()(x).detach().clone()
+    result = saliency_agreement(real, synth, images, _labels(), ["A", "B"])
+    assert result.real_maps.shape == (12, SIZE, SIZE) and 0 <= result.real_maps.min() <= result.real_maps.max() <= 1
+    assert torch.equal(real(x), before) and not real._forward_hooks
+    assert all(m.inplace for m in real.modules() if isinstance(m, nn.ReLU))
+    assert np.isfinite(result.spearman).sum() + result.summary()["undefined"] == 12
+    path = save_grid(result, images, tmp_path / "grid.png", n=4)
+    assert Image.open(path).size[1] > Image.open(path).size[0]  # 4 rows of 3 panels
+
+
+def test_agreement_measures_and_explained_class():
+    a = np.arange(16, dtype=float).reshape(4, 4)
+    assert spearman(a, a) == 1.0 and spearman(a, -a) == -1.0 and math.isnan(spearman(a, np.zeros((4, 4))))
+    assert top_iou(a, a, 0.25) == 1.0 and top_iou(a, -a, 0.25) == 0.0
+    assert top_iou(a, a.T, 0.25) == pytest.approx(1 / 7)  # top 4: rows 3 vs columns 3 share one pixel
+    labels = np.array([[0, 1, 1], [0, 0, 0], [np.nan, 0, 1]], dtype=np.float32)
+    logits = np.array([[0, 0, 9], [0, 5, 1], [9, 0, 0]], dtype=float)
+    assert explained_class(labels, logits).tolist() == [1, 1, 2]
+
+
+def test_bad_inputs_are_clear_errors():
+    with pytest.raises(DataError, match="labels must be"):
+        saliency_agreement(HalfView("left"), HalfView("left"), _images(), np.zeros((3, 2)), ["A", "B"])
+    with pytest.raises(DataError, match="uint8 or float"):
+        gradcam_maps(HalfView("left"), _images().astype(np.int32), np.zeros(12, dtype=int))
