@@ -32,7 +32,7 @@ def _worker(rank: int, port: int, cfg: TrainConfig, out: Path, dump: Path) -> No
 
     def fit_and_dump(self: Trainer, *args: object, **kw: object) -> None:
         fit(self, *args, **kw)
-        state = {f"{name}.{k}": v for name, m in (("G", self.G), ("D", self.D), ("G_ema", self.G_ema))
+        state = {f"{name}.{k}": v for name, m in (("G", self.G), ("D", self.objective.D), ("G_ema", self.G_ema))
                  for k, v in m.state_dict().items()}  # fmt: skip
         torch.save({"weights": state, "rows": self.rows.tolist()}, dump / f"rank{rank}.pt")
 

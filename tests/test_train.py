@@ -16,10 +16,12 @@ from medsyn import __version__
 from medsyn.cli.train import register
 from medsyn.data.cache import prepare
 from medsyn.errors import CheckpointError, ConfigError, MedsynError
+from medsyn.models.diffusion import DiffusionGenerator
 from medsyn.train import TrainConfig, Trainer, losses, train
 from medsyn.train.checkpoint import load_checkpoint
 
 LOSS_COLUMNS_SKIP = {"img_per_s"}  # wall-clock rate: the only column that may differ between runs
+DDPM_TINY = {"mult": [1, 2], "attention": [False, True], "res_blocks": 1, "ddim_steps": 2}
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +43,7 @@ def loss_rows(run: Path, sub: str = ".") -> list[dict[str, str]]:
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
     ck = torch.load(path, map_location="cpu", weights_only=True)
-    return {f"{part}.{k}": v for part in ("G", "D", "G_ema") for k, v in ck[part].items()}
+    return {f"{part}.{k}": v for part in ("G", "D", "G_ema") if part in ck for k, v in ck[part].items()}
 
 
 def test_config_yaml_roundtrip_and_validation(tmp_path: Path, cache: Path) -> None:
@@ -84,7 +86,8 @@ def test_run_folder_contents(tmp_path: Path, cache: Path) -> None:
 
 
 @pytest.mark.parametrize("model,extra", [("acgan", {"augment": "diffaugment"}),
-                                         ("stylegan2", {"augment": "ada", "r1_every": 2})])  # fmt: skip
+                                         ("stylegan2", {"augment": "ada", "r1_every": 2}),
+                                         ("ddpm", {"model_extra": DDPM_TINY})])  # fmt: skip
 def test_resume_after_kill_is_exact(tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch, model: str,
                                     extra: dict) -> None:  # fmt: skip
     """6 steps in one go == killed during step 6 (checkpoint at 4, rows logged to 5) + --resume."""
@@ -133,7 +136,7 @@ def test_time_limit_stops_with_a_checkpoint_and_counts_resumed_time(
         clock["t"] += 1.0
         return real_step(self, *a)
 
-    monkeypatch.setattr("medsyn.train.trainer.time.perf_counter", lambda: clock["t"])
+    monkeypatch.setattr("medsyn.train.loop.time.perf_counter", lambda: clock["t"])
     monkeypatch.setattr(Trainer, "train_step", one_second_step)
     cfg = tiny(cache, steps=100, log_every=2, ckpt_every=50)
     run = train(cfg, tmp_path / "run", quiet=True, time_limit_s=3.5)
@@ -225,6 +228,29 @@ def test_divergence_rolls_back_then_gives_up(tmp_path: Path, cache: Path, monkey
     with pytest.raises(MedsynError, match="diverged") as err:
         train(tiny(cache, steps=4, max_rollbacks=2), tmp_path / "bad", quiet=True)
     assert "\n" not in str(err.value)
+
+
+def test_diffusion_divergence_rolls_back_and_gan_options_are_refused(
+    tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The ddpm step runs under the same guard: a NaN loss at step 3 rolls back to the step-2 checkpoint."""
+    real_loss = DiffusionGenerator.loss
+    calls = {"n": 0}
+
+    def nan_once_at_step_3(self: DiffusionGenerator, x0: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        calls["n"] += 1
+        out = real_loss(self, x0, y)
+        return out * float("nan") if calls["n"] == 3 else out
+
+    monkeypatch.setattr(DiffusionGenerator, "loss", nan_once_at_step_3)
+    run = train(tiny(cache, model="ddpm", model_extra=DDPM_TINY), tmp_path / "run", quiet=True)
+    assert "rolled back to step 2" in capsys.readouterr().err
+    assert [r["loss"] != "nan" for r in loss_rows(run)] == [True] * 4
+    ck = load_checkpoint(run / "checkpoints/last.pt")
+    assert ck["opt"]["param_groups"][0]["lr"] == pytest.approx(1e-4) and "D" not in ck  # halved; no critic
+    for gan_only in ({"loss": "hinge"}, {"lr_d": 1e-3}, {"augment": "ada"}):
+        with pytest.raises(ConfigError, match="only apply to GANs"):
+            train(tiny(cache, model="ddpm", **gan_only), tmp_path / "no")
 
 
 def test_dcgan_trains_one_generator_per_class(tmp_path: Path, cache: Path) -> None:

@@ -47,7 +47,7 @@ def one_second_steps(monkeypatch: pytest.MonkeyPatch) -> None:
         clock["t"] += 1.0
         return real_step(self, *a)
 
-    monkeypatch.setattr("medsyn.train.trainer.time.perf_counter", lambda: clock["t"])
+    monkeypatch.setattr("medsyn.train.loop.time.perf_counter", lambda: clock["t"])
     monkeypatch.setattr(Trainer, "train_step", step)
 
 

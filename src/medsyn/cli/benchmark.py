@@ -1,4 +1,4 @@
-"""`medsyn benchmark`: the classes / samples sweeps, a thin wrapper over `medsyn.benchmark.run_sweep`."""
+"""`medsyn benchmark`: the classes / samples sweeps (`run_sweep`) and the model comparison (`run_compare`)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 
 from medsyn.benchmark import SweepConfig, run_sweep
+from medsyn.benchmark.compare import CompareConfig, run_compare
 from medsyn.cli.options import parse_duration
 from medsyn.errors import ConfigError
 from medsyn.evaluate.pipeline import EvalSettings, resolve_device
@@ -33,7 +34,12 @@ def register(app: typer.Typer) -> None:
     @app.command("benchmark")
     def benchmark_cmd(
         data: str = typer.Option(..., "--data", help="Dataset spec or prepared cache folder."),
-        sweep: str = typer.Option(..., "--sweep", help="classes | samples."),
+        sweep: str = typer.Option(None, "--sweep", help="classes | samples."),
+        compare: str = typer.Option(
+            None, "--compare", help="Comma-separated models (e.g. cgan,ddpm) trained with the same --budget each."
+        ),
+        ddim_steps: int = typer.Option(None, "--ddim-steps", help="--compare: DDIM steps of diffusion models."),
+        guidance: float = typer.Option(None, "--guidance", help="--compare: guidance scale of diffusion models."),
         out: Path = typer.Option(..., "--out", "-o", help="Sweep folder (rerun the same command to resume)."),
         points: str = typer.Option(
             None, help="Comma-separated points: numbers of classes, or training images per class."
@@ -41,7 +47,9 @@ def register(app: typer.Typer) -> None:
         classes: str = typer.Option(None, help="Comma-separated classes to use (and their order for 'classes')."),
         size: int = typer.Option(32, help="Image size in px."),
         model: str = typer.Option("cgan", help="dcgan | cgan | acgan | stylegan2."),
-        augment: str = typer.Option("none", help="none | diffaugment | ada: discriminator augmentation (small points)."),
+        augment: str = typer.Option(
+            "none", help="none | diffaugment | ada: discriminator augmentation (small points)."
+        ),
         steps: int = typer.Option(3000, help="Generator training steps per point."),
         budget: str = typer.Option(None, help="Generator training time per point, e.g. 300, 5m, 1.5h."),
         width: int = typer.Option(32, help="Generator width."),
@@ -52,8 +60,23 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", help="auto | cpu | cuda."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
     ) -> None:
-        """Train a generator per point, TRTR vs TSTR on the same real test patients -> CSV, PNG, report."""
+        """Sweeps: a generator per point, TRTR vs TSTR on the same real test patients -> CSV, PNG, report.
+        --compare: each model trained for --budget on the same split, generated and evaluated -> one table."""
+        if (sweep is None) == (compare is None):
+            raise ConfigError("give either --sweep classes|samples or --compare MODEL,MODEL")
         dev = resolve_device(device)
+        if compare is not None:
+            if budget is None:
+                raise ConfigError("--compare needs --budget: the training wall time every model gets, e.g. 10m")
+            ccfg = CompareConfig(
+                data=data, models=[m.strip() for m in compare.split(",") if m.strip()],
+                budget_s=parse_duration(budget, "--budget"), size=size, width=width, batch=batch, seed=seed,
+                device=dev, ddim_steps=ddim_steps, guidance=guidance, quick=not full,
+            )  # fmt: skip
+            run_compare(ccfg, out, quiet=quiet)
+            console.print((out / "compare.md").read_text())
+            console.print(f"results: {out / 'results.json'}  table: {out / 'compare.md'}")
+            return
         utility = EvalSettings.make(not full, seed, dev, not quiet).utility
         cfg = SweepConfig(
             data=data, sweep=sweep, points=_ints(points, "--points"),

@@ -43,7 +43,7 @@ def register(app: typer.Typer) -> None:
             help="Dataset spec (nih:/data/cxr14, medmnist:f.npz, phantom?n=2000) or a prepared cache folder.",
         ),
         out: Path = typer.Option(..., "--out", "-o", help="Run folder (checkpoints, samples, losses)."),
-        model: str = typer.Option(None, help="dcgan | cgan | acgan | stylegan2 (default cgan)."),
+        model: str = typer.Option(None, help="dcgan | cgan | acgan | stylegan2 | ddpm (default cgan)."),
         size: int = typer.Option(None, help="Image size in px (default 64)."),
         steps: int = typer.Option(None, help="Generator steps (per class for dcgan; default 10000)."),
         batch: int = typer.Option(None, help="Images per step and process (default 64)."),
@@ -109,6 +109,12 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", help="auto | cpu | cuda."),
         precision: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+        ddim_steps: int = typer.Option(
+            None, "--ddim-steps", help="Diffusion models: DDIM sampling steps (default: the model's, 20)."
+        ),
+        guidance: float = typer.Option(
+            None, "--guidance", help="Diffusion models: classifier-free guidance scale (default 2; 1 = none)."
+        ),
         privacy_filter: bool = typer.Option(
             False, "--privacy-filter", help="Re-draw candidates too close to a training image (pixels, re-id)."
         ),
@@ -134,7 +140,8 @@ def register(app: typer.Typer) -> None:
             )
         filt = PrivacyFilter(**options) if privacy_filter else None
         folder = generate(run, n, out, per_class=per_class, balance=balance, seed=seed, batch=batch,
-                          device=device, precision=precision, quiet=quiet, privacy_filter=filt)  # fmt: skip
+                          device=device, precision=precision, quiet=quiet, privacy_filter=filt,
+                          ddim_steps=ddim_steps, guidance=guidance)  # fmt: skip
         if filt is not None:
             console.print(summary_line(json.loads((folder / "manifest.json").read_text())["privacy_filter"]))
         console.print(f"synthetic set: {folder}")

@@ -29,6 +29,7 @@ from medsyn.generate.privacy_filter import PrivacyFilter, as_filter, calibrate
 from medsyn.io import atomic_dir, write_json_atomic
 from medsyn.models import GANConfig, Generator, load_generator, save_generator
 from medsyn.models.checkpoint import WEIGHTS_NAME
+from medsyn.models.diffusion import DiffusionGenerator
 from medsyn.models.registry import build_generator
 from medsyn.progress import progress_bar
 from medsyn.train.checkpoint import checkpoint_file, load_checkpoint
@@ -152,12 +153,16 @@ def generate(
     precision: str = "auto",
     quiet: bool = False,
     privacy_filter: PrivacyFilter | bool | None = None,
+    ddim_steps: int | None = None,
+    guidance: float | None = None,
 ) -> Path:
     """Write a synthetic set to `out`: `n` images with the training label distribution, or `per_class`
     images per label group, or (`balance`) each group topped up to the largest group's training count.
 
     `privacy_filter` (True: default settings) re-draws candidates too close to a training image; off by
-    default, and then the output is exactly what it was before the filter existed."""
+    default, and then the output is exactly what it was before the filter existed. `ddim_steps` and
+    `guidance` (diffusion models only; None: the model's defaults) set the DDIM step count and the
+    classifier-free guidance scale; the manifest records them under 'sampling'."""
     if batch < 1:
         raise ConfigError(f"batch must be positive, got {batch}")
     filt = as_filter(privacy_filter)
@@ -180,8 +185,10 @@ def generate(
         title = "generate" if screen is None else "generate (privacy filter)"
         with progress_bar(title, total=len(plan), quiet=quiet) as advance:
             pending: list[Future[None]] = []  # PNG encoding of one batch overlaps drawing the next
+            sampling: dict[str, Any] = {}
             for gi, file in enumerate(files):
                 G = file.load().to(dev)
+                sampling = _sampling(G, ddim_steps, guidance)
                 for chunk in _batches(plan, gi, batch):
                     parts = (seed, gi, int(chunk[0]))
                     images = _draw(G, plan, chunk, derive_seed(*parts), dev, amp)
@@ -210,9 +217,19 @@ def generate(
             "layout": layout.kind,
             "labels_file": layout.labels_file,
             "training": training_progress(meta, files),
+            **({"sampling": sampling} if sampling else {}),
             **extra,
         })  # fmt: skip
     return out
+
+
+def _sampling(G: Generator, ddim_steps: int | None, guidance: float | None) -> dict[str, Any]:
+    """Apply the diffusion sampling options to G; {} for a GAN (which has none: asking for them is an error)."""
+    if isinstance(G, DiffusionGenerator):
+        return G.sampling(ddim_steps, guidance)
+    if ddim_steps is not None or guidance is not None:
+        raise ConfigError(f"--ddim-steps and --guidance apply to diffusion models; this is a {G.cfg.name} generator")
+    return {}
 
 
 @torch.no_grad()

@@ -171,6 +171,11 @@ class TrainConfig:
             raise ConfigError(f"workers must be >= 0, got {self.workers}")
         if self.max_rollbacks < 0:
             raise ConfigError(f"max_rollbacks must be >= 0, got {self.max_rollbacks}")
+        if info.family != "gan":
+            gan_only = {"loss": self.loss, "lr_d": self.lr_d, "r1_gamma": self.r1_gamma}
+            given = [k for k, v in gan_only.items() if v is not None] + ["augment"] * (self.augment != "none")
+            if given:
+                raise ConfigError(f"{self.model} is a {info.family} model: {', '.join(given)} only apply to GANs")
         if self.classes is not None and not self.classes:
             raise ConfigError("classes: give at least one class name, or leave it out for all classes")
 

@@ -16,7 +16,9 @@ from typing import Any
 
 import torch
 
-from medsyn.models import GANConfig, build_gan
+from medsyn.models import MODELS, GANConfig, build_gan
+from medsyn.models.diffusion import DiffusionGenerator
+from medsyn.models.registry import build_generator
 
 PROBE_BATCH = 8  # enough to separate the two (they differ by 2x or more where it matters), cheap at any size
 PROBE_REPEATS = 3
@@ -24,15 +26,21 @@ BF16_MARGIN = 1.25  # bf16 costs precision, so it must be clearly faster, which 
 CLEAR_GAP = 3.0  # a round in which one side is this much slower than the other decides at once
 
 
-def _pass(G: torch.nn.Module, D: torch.nn.Module, z: torch.Tensor, y: torch.Tensor | None, bf16: bool) -> float:
-    """CPU seconds for one generator forward + discriminator forward + backward through both (process CPU
-    time, not wall time, so that other jobs on a shared machine do not decide the comparison)."""
+def _pass(nets: tuple[torch.nn.Module, ...], y: torch.Tensor | None, n: int, bf16: bool) -> float:
+    """CPU seconds for one training-like pass (process CPU time, not wall time, so that other jobs on a shared
+    machine do not decide the comparison): a GAN's generator forward + discriminator forward + backward
+    through both, or a diffusion model's denoising loss + backward."""
     fmt = torch.channels_last if bf16 else torch.contiguous_format
+    G = nets[0]
     start = time.process_time()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        x = G(z, y).contiguous(memory_format=fmt)
-        logits = D(x, y)[0]
-    logits.float().mean().backward()
+        if isinstance(G, DiffusionGenerator):
+            x0 = torch.zeros(n, G.cfg.channels, G.cfg.size, G.cfg.size).contiguous(memory_format=fmt)
+            out = G.loss(x0, y)
+        else:
+            x = G(torch.randn(n, G.z_dim), y).contiguous(memory_format=fmt)
+            out = nets[1](x, y)[0]
+    out.float().mean().backward()
     return time.process_time() - start
 
 
@@ -57,14 +65,13 @@ def _probe(model: GANConfig, n: int) -> dict[str, Any]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         nets = {
-            "fp32": build_gan(model),
-            "bf16": tuple(m.to(memory_format=torch.channels_last) for m in build_gan(model)),
+            "fp32": _build(model),
+            "bf16": tuple(m.to(memory_format=torch.channels_last) for m in _build(model)),
         }
-        z = torch.randn(n, model.z_dim)
         y = torch.randint(0, 2, (n, model.num_classes)).float() if model.num_classes else None
         times: dict[str, list[float]] = {"fp32": [], "bf16": []}
         for i in range(PROBE_REPEATS + 1):  # round 0 warms up oneDNN's kernel caches and is not counted
-            last = {name: _pass(G, D, z, y, bf16=name == "bf16") for name, (G, D) in nets.items()}
+            last = {name: _pass(pair, y, n, bf16=name == "bf16") for name, pair in nets.items()}
             if i == 0:
                 continue
             for name, t in last.items():
@@ -78,3 +85,8 @@ def _probe(model: GANConfig, n: int) -> dict[str, Any]:
         "bf16_s": round(seconds["bf16"], 5),
         "batch": n,
     }
+
+
+def _build(model: GANConfig) -> tuple[torch.nn.Module, ...]:
+    """The networks a training step runs: (G, D) for a GAN, (denoiser,) for a diffusion model."""
+    return build_gan(model) if MODELS[model.name].family == "gan" else (build_generator(model),)

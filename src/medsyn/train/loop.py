@@ -1,0 +1,321 @@
+"""The training loop every model family shares: one `Trainer` per generator.
+
+What a step does is the model family's `Objective` (train/gan.py: discriminator + generator updates;
+train/diffusion.py: one denoising update). Everything around it is here and identical for both: the EMA of
+the generator, exact resume, the divergence guard, time limits, loss logs, sample grids and checkpoints.
+
+Exact resume: every source of randomness is either restored from the checkpoint (python/numpy/torch/CUDA
+RNG states of every rank, optimiser and scaler state, EMA, the objective's own state, loss accumulators)
+or a pure function of the step (the data order), so on CPU a resumed run repeats an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medsyn.data.cache import to_signed
+from medsyn.errors import CheckpointError, MedsynError
+from medsyn.models import MODELS, GANConfig
+from medsyn.seed import seed_everything
+from medsyn.train.checkpoint import (
+    checkpoint_file,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    stamp,
+)
+from medsyn.train.config import TrainConfig
+from medsyn.train.data import Group, TrainData, make_loader
+from medsyn.train.diffusion import DiffusionObjective
+from medsyn.train.distributed import DistInfo, all_reduce_sum, broadcast_module, gather_objects
+from medsyn.train.gan import GANObjective
+from medsyn.train.logs import LossLog, notice, save_grid, step_progress
+from medsyn.train.objective import Objective
+from medsyn.train.progress import progress
+from medsyn.train.runtime import Runtime, derive_seed
+
+SAMPLE_COLUMNS = 8
+MAX_SAMPLE_ROWS = 20
+OBJECTIVES: dict[str, type[GANObjective] | type[DiffusionObjective]] = {
+    "gan": GANObjective,
+    "diffusion": DiffusionObjective,
+}
+
+
+class Trainer:
+    """Trains one generator (GAN or diffusion) on the rows of one label group (or all rows)."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        data: TrainData,
+        groups: list[Group],
+        index: int,
+        out: Path,
+        rt: Runtime,
+        info: DistInfo,
+    ) -> None:
+        """`groups`: the groups this generator draws (all of them when conditional); `index` seeds it."""
+        self.cfg, self.rt, self.info, self.out, self.index, self.groups = cfg, rt, info, out, index, groups
+        self.conditional = MODELS[cfg.model].conditional
+        self.rows = data.rows if self.conditional else data.group_rows(groups[0])
+        self.data = data
+        k = len(data.classes) if self.conditional else 0
+        self.gan_cfg = GANConfig(cfg.model, cfg.size, data.cache.channels, k, cfg.z_dim, cfg.width, cfg.model_extra)
+        seed_everything(derive_seed(cfg.seed, index))  # identical initial weights on every rank
+        family = OBJECTIVES[MODELS[cfg.model].family]
+        self.objective: Objective = family(cfg, self.gan_cfg, rt, info)
+        self.G = self.objective.G
+        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        broadcast_module(self.G_ema, info)
+        self.keys = self.objective.keys
+        self._present: dict[tuple[bool, ...], torch.Tensor] = {}
+        self.acc = torch.zeros(2, len(self.keys), device=rt.device)  # per-key sum and count since last log row
+        self.log = LossLog(out / "losses.csv", [*self.keys, "img_per_s", *self.objective.columns])
+        self.ckpt_dir = out / "checkpoints"
+        self.step = 0
+        self.images_seen = 0
+        self.train_seconds = 0.0  # wall time spent in fit() over all sessions, for time-limited runs
+        self.failures = 0
+        self.sample_z = torch.randn(SAMPLE_COLUMNS, self.G.z_dim, generator=torch.Generator().manual_seed(cfg.seed))
+        seed_everything(derive_seed(cfg.seed, index, info.rank))  # each rank draws its own z / noise / augmentation
+
+    # ------------------------------------------------------------------ one step
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """EMA of G; the decay ramps up as (1+t)/(10+t) so early samples do not show the initial weights."""
+        decay = min(self.cfg.ema_decay, (1 + self.step) / (10 + self.step))
+        torch._foreach_lerp_(list(self.G_ema.parameters()), list(self.G.parameters()), 1.0 - decay)
+        for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers(), strict=True):
+            b_ema.copy_(b)
+
+    def train_step(self, real_u8: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The objective's update on one batch, then the EMA; returns the detached loss terms."""
+        dev = self.rt.device
+        real = to_signed(real_u8.to(dev, non_blocking=True)).contiguous(memory_format=self.rt.memory_format)
+        y = labels.to(dev, non_blocking=True) if self.conditional else None
+        terms = self.objective.train_step(real, y, self.step)
+        self._update_ema()
+        return terms
+
+    def _accumulate(self, terms: dict[str, torch.Tensor]) -> None:
+        """Add this step's terms to the log sums on the device (no host sync; read at log steps only)."""
+        present = tuple(k in terms for k in self.keys)
+        if present not in self._present:  # at most two patterns (R1 step or not), kept on the device
+            self._present[present] = torch.tensor(present, dtype=self.acc.dtype, device=self.acc.device)
+        zero = self.acc.new_zeros(())
+        self.acc[0] += torch.stack([terms.get(k, zero) for k in self.keys])
+        self.acc[1] += self._present[present]
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """The whole training state (collective under DDP: gathers every rank's RNG state)."""
+        return stamp(
+            {
+                "config": self.cfg.to_dict(),
+                "model": self.gan_cfg.to_dict(),
+                "group": self.groups[0].name if not self.conditional else None,
+                "step": self.step,
+                "images_seen": self.images_seen,
+                "train_seconds": self.train_seconds,
+                "G": self.G.state_dict(),
+                "G_ema": self.G_ema.state_dict(),
+                **self.objective.state_dict(),
+                "acc": self.acc.cpu(),
+                "rng": gather_objects(rng_state(self.rt.device), self.info),
+                "world": self.info.world,
+                "sampler_position": self.step * self.cfg.batch,  # images this rank has drawn
+                "runtime": self.rt.to_dict(),
+            }
+        )
+
+    def load_state(self, ck: dict[str, Any]) -> None:
+        try:
+            self.G.load_state_dict(ck["G"])
+            self.G_ema.load_state_dict(ck["G_ema"])
+            self.objective.load_state_dict(ck)
+            self.acc.copy_(ck["acc"])
+            self.step, self.images_seen = int(ck["step"]), int(ck["images_seen"])
+            self.train_seconds = float(ck.get("train_seconds", 0.0))  # absent in checkpoints before 0.2
+            rngs = ck["rng"]
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            why = " ".join(str(exc).split())[:200]
+            raise CheckpointError(f"{self.ckpt_dir}: checkpoint does not match this run ({why})") from None
+        for opt in self.objective.optimizers():
+            _match_param_layout(opt)
+        if ck["world"] == self.info.world:
+            set_rng_state(rngs[self.info.rank], self.rt.device)
+        else:
+            if self.info.main:
+                notice(
+                    f"resuming a {ck['world']}-process run with {self.info.world} processes: it continues, "
+                    "but not bit-identically to an uninterrupted run"
+                )
+            seed_everything(derive_seed(self.cfg.seed, self.index, self.info.rank, self.step))
+
+    def _write_checkpoint(self) -> None:
+        state = self.state_dict()
+        error: CheckpointError | None = None
+        if self.info.main:
+            try:
+                save_checkpoint(state, self.ckpt_dir)
+                self.log.plot(self.out / "losses.png")
+            except CheckpointError as exc:
+                error = exc
+        failed = all_reduce_sum(torch.tensor([float(error is not None)], device=self.rt.device), self.info)
+        if failed.item():  # every rank stops, not only the one that could not write
+            raise error or CheckpointError("rank 0 could not write the checkpoint; see its error message")
+
+    def _rollback(self, bad: dict[str, float]) -> None:
+        """Divergence guard: back to the last good checkpoint with lower learning rates and fresh noise."""
+        bad_step = self.step
+        self.failures += 1
+        what = ", ".join(f"{k}={v:g}" for k, v in bad.items() if not np.isfinite(v)) or "non-finite loss"
+        if self.failures > self.cfg.max_rollbacks:
+            raise MedsynError(
+                f"training diverged: {what} at step {bad_step}, {self.failures} times in a row despite "
+                "rolling back to the last checkpoint and halving the learning rates; try --precision fp32, "
+                "lower learning rates, or (GANs) another --loss"
+            )
+        path = checkpoint_file(self.ckpt_dir)
+        self.load_state(load_checkpoint(path))
+        for opt in self.objective.optimizers():
+            for group in opt.param_groups:
+                group["lr"] *= 0.5**self.failures
+        seed_everything(derive_seed(self.cfg.seed, self.index, self.info.rank, self.step, self.failures))
+        if self.info.main:
+            self.log.truncate(self.step)
+            notice(
+                f"[yellow]{self.out.name}: {what} at step {bad_step}; rolled back to step {self.step} "
+                f"({path.name}), "
+                f"learning rates x{0.5**self.failures:g}, RNG reseeded "
+                f"(attempt {self.failures}/{self.cfg.max_rollbacks})[/]"
+            )
+
+    # ------------------------------------------------------------------ samples
+    @torch.no_grad()
+    def sample(self) -> torch.Tensor:
+        """Sample grid images from the EMA generator with the run's fixed z (touches no training RNG)."""
+        dev = self.rt.device
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            torch.manual_seed(self.cfg.seed)
+            if self.conditional:
+                groups = self.groups[:MAX_SAMPLE_ROWS]
+                z = self.sample_z.repeat(len(groups), 1)
+                y = torch.tensor([g.label for g in groups for _ in range(SAMPLE_COLUMNS)], dtype=torch.float32)
+                y = y.to(dev)
+            else:
+                z = torch.cat([self.sample_z, torch.randn(SAMPLE_COLUMNS, self.G.z_dim)])
+                y = None
+            with self.rt.autocast():
+                return self.G_ema(z.to(dev), y).float()
+
+    def _save_samples(self) -> None:
+        names = [g.name for g in self.groups[:MAX_SAMPLE_ROWS]] if self.conditional else [self.groups[0].name] * 2
+        save_grid(self.sample(), names, self.out / "samples" / f"step-{self.step:07d}.png")
+
+    # ------------------------------------------------------------------ the loop
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        loader = make_loader(
+            self.data,
+            self.rows,
+            self.cfg.batch,
+            self.info,
+            derive_seed(self.cfg.seed, self.index),
+            self.step * self.cfg.batch,
+            self.rt.workers,
+            self.rt.device.type == "cuda",
+        )
+        return iter(loader)
+
+    def _out_of_time(self, limit: float | None, since: float, base: float) -> bool:
+        """Whether the training time (all sessions) has reached `limit`; rank 0's clock decides for all
+        ranks, so they stop at the same step."""
+        if limit is None:
+            return False
+        self.train_seconds = base + time.perf_counter() - since
+        flag = torch.tensor([float(self.info.main and self.train_seconds >= limit)], device=self.rt.device)
+        return bool(all_reduce_sum(flag, self.info).item() > 0)
+
+    def fit(
+        self, resume: dict[str, Any] | None, show_progress: bool, label: str, time_limit_s: float | None = None
+    ) -> dict[str, Any]:
+        """Train to `cfg.steps` (or until `time_limit_s` of training time, counted over resumed sessions
+        too), from scratch or from the checkpoint `resume`; returns `progress(...)` of where it stopped."""
+        cfg, info = self.cfg, self.info
+        per_step = cfg.batch * info.world
+        if resume is not None:
+            self.load_state(resume)
+        since, base = time.perf_counter(), self.train_seconds
+        if info.main:
+            self.log.truncate(self.step)
+        if resume is None:
+            self._write_checkpoint()  # step 0: the divergence guard always has a state to return to
+        batches = self._batches()
+        with step_progress(label, cfg.steps, self.step, show_progress) as bar:
+            mark_step, mark_time = self.step, time.perf_counter()
+            while self.step < cfg.steps:
+                real, labels = next(batches)
+                terms = self.train_step(real, labels)
+                self.step += 1
+                self.images_seen += per_step
+                self._accumulate(terms)
+                out_of_time = self.step % cfg.log_every == 0 and self._out_of_time(time_limit_s, since, base)
+                last = self.step == cfg.steps or out_of_time
+                due_log = last or self.step % cfg.log_every == 0
+                due_ckpt = last or self.step % cfg.ckpt_every == 0
+                due_sample = last or self.step % cfg.sample_every == 0
+                if not (due_log or due_ckpt or due_sample):
+                    continue
+                totals = all_reduce_sum(self.acc, info)
+                means = (totals[0] / totals[1].clamp(min=1)).tolist()
+                values = {
+                    k: (m if n > 0 else float("nan"))
+                    for k, m, n in zip(self.keys, means, totals[1].tolist(), strict=True)
+                }
+                if not torch.isfinite(totals[0]).all():
+                    self._rollback(values)
+                    batches = self._batches()
+                    bar.update(self.step)
+                    mark_step, mark_time = self.step, time.perf_counter()
+                    continue
+                if due_log:
+                    rate = (self.step - mark_step) * per_step / max(time.perf_counter() - mark_time, 1e-9)
+                    values.update(img_per_s=rate, **self.objective.log_values())
+                    if info.main:
+                        self.log.append(self.step, self.images_seen, values)
+                    self.acc.zero_()
+                    shown = "  ".join(f"{k} {v:.3f}" for k, v in values.items() if k in self.keys and np.isfinite(v))
+                    bar.update(self.step, f"{shown}  {rate:.0f} img/s")
+                if due_sample and info.main:
+                    self._save_samples()
+                if due_ckpt:
+                    self.train_seconds = base + time.perf_counter() - since
+                    self._write_checkpoint()
+                    self.failures = 0
+                bar.update(self.step)
+                mark_step, mark_time = self.step, time.perf_counter()
+                if out_of_time:
+                    break
+        return progress(self.state_dict_summary(), cfg.steps, time_limit_s)
+
+    def state_dict_summary(self) -> dict[str, Any]:
+        """The counters of `state_dict` that say how far training got (cheap: no weights, no collectives)."""
+        return {"step": self.step, "images_seen": self.images_seen, "train_seconds": self.train_seconds}
+
+
+def _match_param_layout(opt: torch.optim.Optimizer) -> None:
+    """Give loaded optimiser state the memory format of its parameter (checkpoints store it contiguous)."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            for key, value in opt.state.get(p, {}).items():
+                if isinstance(value, torch.Tensor) and value.shape == p.shape and value.stride() != p.stride():
+                    opt.state[p][key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
