@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import re
+import warnings
 
 import numpy as np
 import prdc
@@ -147,6 +148,17 @@ def test_fid_baseline_by_patient_fallback_is_recorded() -> None:
     assert res.baseline is None and any(n.startswith("baseline skipped: at most") for n in res.notes)
     with pytest.raises(DataError, match=r"FID real_groups: patient ids must have shape \(100,\)"):
         compute_fid(real, syn, SPACE, real_groups=one_big[:99])
+
+
+def test_fid_records_scipy_ill_conditioning_instead_of_warning() -> None:
+    rng = np.random.default_rng(0)
+    r, s = rng.normal(size=(50, 8)), rng.normal(size=(50, 8))
+    r[:, 0] = s[:, 0] = 0.0  # a constant feature: the covariance product is singular
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a LinAlgWarning reaching the caller would fail here
+        res = compute_fid(r, s, SPACE)
+    assert res.ill_conditioned and any("ill-conditioned" in n for n in res.notes) and np.isfinite(res.fid)
+    assert not compute_fid(rng.normal(size=(50, 8)), rng.normal(size=(50, 8)), SPACE).ill_conditioned
 
 
 def test_fid_errors_name_the_problem() -> None:

@@ -59,14 +59,15 @@ def _save(folder: Path, paths: list[str], images: np.ndarray) -> None:
         Image.fromarray(img[0]).save(folder / rel)
 
 
-def write_generated(folder: Path, images: np.ndarray, labels: np.ndarray, train_config: dict) -> Path:
-    """A set laid out as `medsyn generate` writes it for an NIH-format run (labels file + manifest)."""
+def write_generated(folder: Path, images: np.ndarray, labels: np.ndarray, train_config: dict, **extra) -> Path:
+    """A set laid out as `medsyn generate` writes it for an NIH-format run (labels file + manifest); `extra`
+    manifest entries (training progress, privacy filter, negative class)."""
     layout = Layout.for_source("nih", PHANTOM_CLASSES, {})
     paths = layout.image_paths(labels)
     _save(folder, paths, images)
     layout.write_labels(folder, folder.name, paths, labels.astype(np.uint8))
     manifest = {"format": "medsyn-synthetic", "layout": layout.kind, "labels_file": layout.labels_file,
-                "images": len(images), "model": "copies (test)", "seed": 0, "train_config": train_config}  # fmt: skip
+                "images": len(images), "model": "copies (test)", "seed": 0, "train_config": train_config, **extra}  # fmt: skip
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return folder
 
@@ -104,6 +105,57 @@ def independent(real, tmp_path_factory) -> tuple[dict, str, Path]:
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     return json.loads((out / "metrics.json").read_text()), result.output, out
+
+
+@pytest.fixture(scope="module")
+def collapsed(real, tmp_path_factory) -> dict:
+    """Two unseen phantom images repeated 120 times each, from a generator whose privacy filter screened pixel
+    distances and that stopped at its time limit: the set the verdicts must not pass."""
+    batch = render_phantom(2, SIZE, seed=5, start=200_000)
+    images = np.round(batch.images * 255).astype(np.uint8)[np.arange(240) % 2]
+    labels = batch.labels.astype(np.float32)[np.arange(240) % 2]
+    screen = {"pixel": {"threshold": 0.5, "percentile": 1.0}, "reid": None, "rejected": 0, "candidates": 240}
+    folder = write_generated(
+        tmp_path_factory.mktemp("syn") / "collapsed", images, labels,
+        {"data": str(real.path), "size": SIZE, "split_seed": 0, "classes": None}, privacy_filter=screen,
+        training={"steps": 30, "steps_planned": 3000, "images_seen": 960, "train_seconds": 12.0,
+                  "stop_reason": "time-limit"},
+    )  # fmt: skip
+    out = tmp_path_factory.mktemp("eval") / "collapsed"
+    return evaluate(real.path, folder, out, quick=True, device="cpu", settings=TINY, quiet=True)
+
+
+def test_a_collapsed_filtered_set_fails_realistic_and_the_filter_does_not_decide(collapsed):
+    div = collapsed["diversity"]
+    assert div["synthetic_modes"] == 2 and div["verdict"]["level"] == "fail"
+    assert collapsed["verdicts"]["realistic"]["level"] == "fail" and "collapsed" in collapsed["verdicts"]["realistic"]["reason"]
+    assert collapsed["verdicts"]["useful"]["level"] != "pass"
+    checks = {c["check"]: c for c in collapsed["privacy"]["checks"]}
+    pixel = [c for name, c in checks.items() if "pixels" in name]
+    assert pixel and all(not c["decides"] and "filtered, not independent evidence" in c["reason"] for c in pixel)
+    assert checks["dcr (smallcnn-real-train-32px)"]["decides"]
+    assert "not deciding (filtered)" in collapsed["verdicts"]["private"]["reason"]
+    training = collapsed["data"]["synthetic"]["training"]
+    assert training["steps"] == 30 and training["stop_reason"] == "time-limit"
+    page = Path(collapsed["report"]).read_text()
+    assert "30 of 3,000 steps, 960 images seen" in page and 'alt="closest synthetic pairs"' in page
+
+
+def test_a_configuration_error_inside_a_stage_stops_the_run(real, tmp_path):
+    imgs = render_phantom(30, SIZE, seed=1, start=300_000)
+    syn = (np.round(imgs.images * 255).astype(np.uint8), imgs.labels, PHANTOM_CLASSES)
+    with pytest.raises(ConfigError, match="no-such-net") as info:  # was recorded as a skipped utility stage
+        evaluate(real.path, syn, tmp_path / "out", quick=True, quiet=True, settings={"classifier": {"model": "no-such-net"}})
+    assert "\n" not in str(info.value)
+
+
+def test_align_labels_recognises_the_manifests_negative_class():
+    labels = np.array([[1, 0], [0, 1], [0, 1]], np.float32)
+    out, notes = align_labels(["Nodule", "normal"], labels, ["Nodule"], False, negative="normal")
+    np.testing.assert_array_equal(out, [[1], [0], [0]])
+    assert notes == []
+    with pytest.raises(DataError, match="normal"):  # under the default name, 'normal' is an unknown class
+        align_labels(["Nodule", "normal"], labels, ["Nodule"], False)
 
 
 def _levels(metrics: dict) -> dict[str, str]:

@@ -11,10 +11,22 @@ import pytest
 from medsyn.evaluate.features import FeatureSpace
 from medsyn.evaluate.privacy import distance_to_closest_record
 from medsyn.evaluate.utility import UtilityRun
-from medsyn.evaluate.verdicts import THRESHOLDS, Verdict, overall, realistic_verdict, reid_verdict, useful_verdict
+from medsyn.evaluate.verdicts import (
+    NO_RESEMBLANCE,
+    THRESHOLDS,
+    Verdict,
+    backbone_problem,
+    filtered,
+    overall,
+    realistic_overall,
+    realistic_verdict,
+    reid_verdict,
+    useful_verdict,
+)
 from medsyn.io import to_jsonable
 from medsyn.report import ReportAssets, write_report
 from medsyn.report import figures as F
+from medsyn.report.html import training_text
 
 
 def _utility(trtr: float, tstr: float, trtr_low: float = 0.7) -> dict:
@@ -72,6 +84,62 @@ def test_overall_takes_the_worst_and_caps_unassessed_at_warn():
     assert all(THRESHOLDS[q] for q in ("Useful?", "Realistic?", "Private?"))
 
 
+def test_useful_is_capped_at_warn_for_a_collapsed_set():
+    collapsed = Verdict("diversity (pixels64)", "fail", "2 distinct modes among 140 synthetic images")
+    v = useful_verdict(_utility(0.8, 0.78), collapsed)
+    assert v.level == "warn" and "collapsed" in v.reason
+    assert useful_verdict(_utility(0.8, 0.58), collapsed).level == "fail"  # a cap, not a lift
+
+
+def _fidelity(precision: float = 0.7, coverage: float = 0.9, **extra) -> dict:
+    fid = {"fid": 3.0, "baseline": {"n": 100, "real_vs_real": 2.0, "synthetic_vs_real": 3.0}}
+    return {"backbone": {"name": "net"}, "fid": fid, "prdc": {"precision": precision, "recall": 0.5,
+            "coverage": coverage, "k": 5}, **extra}  # fmt: skip
+
+
+def test_an_uninformative_backbone_makes_realistic_not_assessable():
+    trained = {"trained_on": "real training split", "dim": 128, "training": {"best_val_mean_auroc": 0.9}}
+    near_chance = backbone_problem(trained, _utility(0.57, 0.55, trtr_low=0.45), n=500)
+    assert "0.570" in near_chance and "--features" in near_chance
+    few = backbone_problem(trained, _utility(0.9, 0.85), n=86)
+    assert "N = 86" in few and "D = 128" in few
+    assert backbone_problem(trained, _utility(0.9, 0.85), n=500) is None
+    assert backbone_problem({"trained_on": "external weights (not this data)", "dim": 1024}, {}, n=5000) is None
+    assert "validation split" in backbone_problem(
+        {**trained, "training": {"best_val_mean_auroc": 0.55}}, {"skipped": "no test positives"}, n=500)
+    v = realistic_verdict(_fidelity(not_assessable=few))
+    assert v.level == "n/a" and v.reason.startswith("not assessable: only N = 86") and "measured: FID" in v.reason
+    fine = Verdict("diversity (pixels64)", "pass", "varied")
+    assert realistic_overall(v, fine).level == "n/a"  # not PASS on the strength of diversity alone
+    collapsed = Verdict("diversity (pixels64)", "fail", "2 modes")
+    assert realistic_overall(v, collapsed).level == "fail"
+    assert realistic_overall(realistic_verdict(_fidelity()), fine).level == "pass"
+
+
+def test_no_resemblance_is_said_plainly():
+    v = realistic_verdict(_fidelity(precision=0.0, coverage=0.0))
+    assert v.level == "fail" and NO_RESEMBLANCE in v.reason
+
+
+def test_filtered_checks_are_shown_but_an_independent_space_decides():
+    screen = {"pixel": {"threshold": 1.0, "percentile": 1.0}, "reid": None}
+    pixel = filtered(Verdict("dcr (pixels64)", "pass", "ok"), screen, pixel=True, reid=False)
+    reid = filtered(Verdict("re-identification", "pass", "ok"), screen, pixel=False, reid=True)
+    assert not pixel.decides and "filtered, not independent evidence" in pixel.reason and reid.decides
+    feature = Verdict("dcr (smallcnn)", "warn", "more than expected")
+    v = overall("Private?", [pixel, feature, reid])
+    assert v.level == "warn" and "dcr (smallcnn)" in v.reason and "not deciding (filtered): dcr (pixels64)" in v.reason
+    only = overall("Private?", [pixel])
+    assert only.level == "warn" and "none is independent evidence" in only.reason
+    assert filtered(feature, None, pixel=True, reid=False) is feature
+
+
+def test_training_progress_text():
+    assert training_text(None).startswith("unknown")
+    cut = {"steps": 30, "steps_planned": 3000, "images_seen": 1920, "train_seconds": 150.0, "stop_reason": "time-limit"}
+    assert training_text(cut) == "30 of 3,000 steps, 1,920 images seen, 150 s — stopped by the time limit before the planned steps"
+
+
 # --------------------------------------------------------------------------------------------- the page
 
 
@@ -88,10 +156,11 @@ def _metrics(dcr: dict) -> dict:
                           "channels": 1, "label_policy": "ignore", "split_seed": 0,
                           "splits": {"train": split, "val": split, "test": split}},
                  "synthetic": {"location": "/syn", "kind": "csv", "images": 40, "positives": {"A": 9},
-                               "generator": None, "notes": []},
+                               "generator": None, "notes": [],
+                               "training": {"steps": 30, "steps_planned": 3000, "images_seen": 1920}},
                  "classes": ["A"], "notes": ["a <b>bold</b> note"]},
         "utility": {"skipped": "too few test positives"},
-        "fidelity": {"skipped": "no backbone", "backbone": {"skipped": "no backbone"}},
+        "fidelity": {"skipped": "no backbone", "backbone": {"skipped": "no backbone"}, "warning": NO_RESEMBLANCE},
         "privacy": {"dcr": {"pixel": dcr}, "membership_inference": {"pixel": {"skipped": "too few"}},
                     "reidentification": {"skipped": "no patient has two images"},
                     "checks": [{"check": "dcr (pixels)", "level": "pass", "reason": "ok"}]},
@@ -119,6 +188,7 @@ def test_report_renders_skipped_sections_self_contained(tmp_path):
     pngs = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
     assert len(pngs) >= 2 and all(base64.b64decode(p)[:4] == b"\x89PNG" for p in pngs)
     assert "This report shows real training images" not in page
+    assert "Generator training: 30 of 3,000 steps, 1,920 images seen" in page and NO_RESEMBLANCE in page
 
 
 def test_figures_draw_from_plain_arrays():

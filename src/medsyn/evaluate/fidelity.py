@@ -223,7 +223,7 @@ def compute_fid(
     if warned:
         notes.append(
             f"scipy warned that a covariance product is ill-conditioned ({warned[0]}): the matrix square root, and so "
-            "the FID, is inaccurate; more images per side than feature dimensions help"
+            "the FID, is inaccurate: the features are degenerate (e.g. constant) or too few for their dimension"
         )
     return FIDResult(value, meta.name, meta.implementation, len(r), len(s), r.shape[1], base, notes, bool(warned))
 
