@@ -223,3 +223,30 @@ def test_recorded_runs_a_command_once_and_again_after_a_failure(mbm, tmp_path):
     failing = [sys.executable, "-c", "raise SystemExit(3)"]
     assert mbm.recorded("t", failing, record, log)[0]["exit_code"] == 3
     assert mbm.recorded("t", failing, record, log)[1]  # a failed step is run again
+
+
+def test_compare_section_tabulates_every_side_and_says_what_was_not_measured(mbm):
+    model = {"model": "ddpm", "key": {"config": {"widths": {"ddpm": 16}}},
+             "summary": {"ratio": [0.97, 0.95, 0.99], "trtr": [0.95, 0.93, 0.97], "tstr": [0.92, 0.9, 0.94],
+                         "recall": 0.61, "coverage": 0.72, "fid": 12.5, "fid_real_vs_real": 3.25,
+                         "privacy_checks": [{"check": "DCR (pixels)", "level": "pass"},
+                                            {"check": "membership inference", "level": "fail"}]},
+             "progress": {"train_seconds": 300.4, "steps": 812}, "generate": {"wall_s": 240.0, "img_per_s": 19.6},
+             "train": {"load_before": 5.5, "load_after": 6.25}}  # fmt: skip
+    textbook = {"command": "python textbook_ddpm_tstr.py", "exit_code": 0, "wall_s": 900.0,
+                "load_1min": {"before": 5.0, "after": 6.0, "max": 7.5},
+                "summary": {"tstr_over_trtr": 0.924, "trtr_auroc": [0.948, 0.002], "tstr_auroc": [0.875, 0.004],
+                            "train_seconds": 300.0, "train_steps": 400, "sample_seconds": 358.0, "n_synthetic": 4708,
+                            "params_m": 1.48, "memorisation_l2_01": {"frac_syn_below_test_p5": 0.01}}}  # fmt: skip
+    text = mbm.compare_section({"budget_min": 5.0, "threads": "1", "medsyn": {"models": [model]},
+                                "steps": {"medsyn": {"command": "medsyn benchmark --compare ddpm", "exit_code": 0},
+                                          "textbook-ddpm": textbook,
+                                          "textbook-cgan": {"command": "python textbook_cgan_tstr.py",
+                                                            "exit_code": 1}}})  # fmt: skip
+    ddpm_row = next(line for line in text.splitlines() if line.startswith("| medsyn ddpm (width 16)"))
+    assert "0.970 [0.950, 0.990]" in ddpm_row and "0.610" in ddpm_row and "12.50 (3.25)" in ddpm_row
+    assert "membership inference" in ddpm_row and "812 steps" in ddpm_row and "19.6 img/s" in ddpm_row
+    tb_row = next(line for line in text.splitlines() if line.startswith("| textbook ddpm (1.48M params)"))
+    assert "0.924" in tb_row and "0.948 ± 0.002" in tb_row and "13.2 img/s" in tb_row and "max 7.50" in tb_row
+    assert "| textbook-cgan | not measured (exit 1) |" in text
+    assert "5.0 min each" in text and "not the 10 min" in text

@@ -42,6 +42,7 @@ class CompareConfig:
     batch: int = 64
     seed: int = 0
     device: str = "cpu"
+    widths: dict[str, int] = field(default_factory=dict)  # per model name; others get `width`
     model_extra: dict[str, dict[str, Any]] = field(default_factory=dict)  # per model name
     ddim_steps: int | None = None  # diffusion sampling (None: the model's default)
     guidance: float | None = None
@@ -58,6 +59,22 @@ class CompareConfig:
             raise ConfigError(f"the training budget must be positive, got {self.budget_s}")
 
 
+def parse_models(text: str) -> tuple[list[str], dict[str, int]]:
+    """'cgan,ddpm:16' -> (['cgan', 'ddpm'], {'ddpm': 16}): a model may carry its own width."""
+    models, widths = [], {}
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        name, _, width = item.partition(":")
+        models.append(name.strip())
+        if width:
+            try:
+                widths[name.strip()] = int(width)
+            except ValueError:
+                raise ConfigError(f"--compare: width of {name} must be an integer, got {width!r}") from None
+    return models, widths
+
+
 def _cache(cfg: CompareConfig, out: Path, quiet: bool) -> Path:
     """The prepared real data every model trains on and is judged against (one split for all)."""
     if (Path(cfg.data) / "meta.json").is_file():
@@ -71,7 +88,7 @@ def _cache(cfg: CompareConfig, out: Path, quiet: bool) -> Path:
 def _train_config(cfg: CompareConfig, cache: Path, model: str) -> TrainConfig:
     return TrainConfig(
         data=str(cache), model=model, size=cfg.size, steps=UNBOUNDED_STEPS, time_limit_s=cfg.budget_s,
-        batch=cfg.batch, width=cfg.width, model_extra=dict(cfg.model_extra.get(model, {})), seed=cfg.seed,
+        batch=cfg.batch, width=cfg.widths.get(model, cfg.width), model_extra=dict(cfg.model_extra.get(model, {})), seed=cfg.seed,
         device=cfg.device, sample_every=1000, ckpt_every=500, log_every=25,
     )  # fmt: skip
 

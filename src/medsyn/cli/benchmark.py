@@ -8,7 +8,8 @@ import typer
 from rich.console import Console
 
 from medsyn.benchmark import SweepConfig, run_sweep
-from medsyn.benchmark.compare import CompareConfig, run_compare
+from medsyn.benchmark.compare import CompareConfig, parse_models, run_compare
+from medsyn.cli.evaluate import _read_settings
 from medsyn.cli.options import parse_duration
 from medsyn.errors import ConfigError
 from medsyn.evaluate.pipeline import EvalSettings, resolve_device
@@ -36,8 +37,11 @@ def register(app: typer.Typer) -> None:
         data: str = typer.Option(..., "--data", help="Dataset spec or prepared cache folder."),
         sweep: str = typer.Option(None, "--sweep", help="classes | samples."),
         compare: str = typer.Option(
-            None, "--compare", help="Comma-separated models (e.g. cgan,ddpm) trained with the same --budget each."
+            None,
+            "--compare",
+            help="Models trained with the same --budget each, e.g. cgan,ddpm or cgan:32,ddpm:16 (width).",
         ),
+        settings: Path = typer.Option(None, "--settings", help="--compare: YAML overrides of the evaluation settings."),
         ddim_steps: int = typer.Option(None, "--ddim-steps", help="--compare: DDIM steps of diffusion models."),
         guidance: float = typer.Option(None, "--guidance", help="--compare: guidance scale of diffusion models."),
         out: Path = typer.Option(..., "--out", "-o", help="Sweep folder (rerun the same command to resume)."),
@@ -68,10 +72,11 @@ def register(app: typer.Typer) -> None:
         if compare is not None:
             if budget is None:
                 raise ConfigError("--compare needs --budget: the training wall time every model gets, e.g. 10m")
+            models, widths = parse_models(compare)
             ccfg = CompareConfig(
-                data=data, models=[m.strip() for m in compare.split(",") if m.strip()],
-                budget_s=parse_duration(budget, "--budget"), size=size, width=width, batch=batch, seed=seed,
-                device=dev, ddim_steps=ddim_steps, guidance=guidance, quick=not full,
+                data=data, models=models, widths=widths, budget_s=parse_duration(budget, "--budget"), size=size,
+                width=width, batch=batch, seed=seed, device=dev, ddim_steps=ddim_steps, guidance=guidance,
+                quick=not full, settings=_read_settings(settings),
             )  # fmt: skip
             run_compare(ccfg, out, quiet=quiet)
             console.print((out / "compare.md").read_text())
