@@ -165,3 +165,34 @@ def test_missing_folder_and_unknown_option(tmp_path):
         open_dataset(f"nih:{tmp_path / 'nope'}")
     with pytest.raises(SpecError, match="unknown option"):
         open_dataset(f"nih:{tmp_path}?colour=1")
+
+
+def _bookkeeping_csv(tmp_path):
+    for i in range(4):
+        write_png(tmp_path / "img" / f"{i}.png", seed=i)
+    pd.DataFrame(
+        {
+            "image": [f"img/{i}.png" for i in range(4)],
+            "labeled": ["1", "1", "1", "0"],  # whether the row has labels at all
+            "Effusion": ["1", "0", "0", "0"],
+            "Nodule": ["0", "1", "0", "0"],
+            "isTrain": ["1", "1", "0", "0"],
+            "age": ["50", "60", "70", "80"],
+        }
+    ).to_csv(tmp_path / "labels.csv", index=False)
+    return tmp_path / "labels.csv"
+
+
+def test_csv_auto_detection_leaves_out_bookkeeping_columns_and_says_why(tmp_path):
+    src = open_dataset(f"csv:{_bookkeeping_csv(tmp_path)}")
+    assert src.classes == ["Effusion", "Nodule"]
+    labels = src.info["labels"]
+    assert labels["how"] == "auto-detected" and labels["columns"] == ["Effusion", "Nodule"]
+    assert "bookkeeping" in labels["left_out"]["labeled"] and "bookkeeping" in labels["left_out"]["isTrain"]
+    assert "not 0/1" in labels["left_out"]["age"]
+    assert "rule" in labels and labels["unlabelled_rows"] == 1
+    # the row with labeled=0 has unknown labels (masked), not 'no finding'; the row with labeled=1 is negative
+    assert np.isnan(src.table.loc[3, ["Effusion", "Nodule"]].to_numpy(float)).all()
+    assert (src.table.loc[2, ["Effusion", "Nodule"]] == 0).all()
+    named = open_dataset(f"csv:{tmp_path / 'labels.csv'}?labels=Effusion")
+    assert named.info["labels"]["how"] == "labels= option" and np.isnan(named.table.loc[3, "Effusion"])

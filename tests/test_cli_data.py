@@ -7,6 +7,7 @@ import json
 import pandas as pd
 
 from conftest import SHARED_DATA, needs_data, run_cli, write_png
+from medsyn.data.inspect import inspect_dataset
 
 
 def assert_one_line_error(proc, *fragments):
@@ -81,3 +82,28 @@ def test_inspect_and_prepare_nih_sample(tmp_path):
     proc = run_cli("data", "prepare", spec, "--size", "32", "--out", str(tmp_path / "c"), "--quiet")
     assert proc.returncode == 0, proc.stderr
     assert "703 images at 32px" in proc.stdout
+
+
+def test_inspect_names_the_csv_label_columns_and_warns_on_one_sided_classes(tmp_path):
+    for i in range(4):
+        write_png(tmp_path / "img" / f"{i}.png", seed=i)
+    pd.DataFrame(
+        {
+            "image": [f"img/{i}.png" for i in range(4)],
+            "labeled": ["1", "1", "1", "0"],
+            "Effusion": ["1", "0", "0", "0"],
+            "Nodule": ["0", "0", "0", "0"],
+            "scanned": ["1", "1", "1", "1"],
+        }
+    ).to_csv(tmp_path / "labels.csv", index=False)
+    report = inspect_dataset(f"csv:{tmp_path / 'labels.csv'}", val=0, test=0)
+    assert report["classes"] == ["Effusion", "Nodule", "scanned"]
+    assert report["no_finding"] == 0 and report["unlabelled"] == 1
+    problems = " | ".join(report["problems"])
+    assert "class 'scanned' has no negative images" in problems
+    assert "class 'Nodule' has no positive images" in problems
+    assert "1 images have no known label" in problems
+    proc = run_cli("data", "inspect", f"csv:{tmp_path / 'labels.csv'}", "--val", "0", "--test", "0", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "labels auto-detected: Effusion, Nodule, scanned" in proc.stdout
+    assert "left out: labeled (bookkeeping" in proc.stdout

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from medsyn.data.cache import prepare
-from medsyn.data.inspect import inspect_dataset, inspect_table
+from medsyn.data.inspect import inspect_dataset, inspect_table, label_columns_line
 
 console = Console(soft_wrap=True)
 
@@ -50,6 +50,8 @@ def register(app: typer.Typer) -> None:
             f"{s} {counts[s]['images']} images / {counts[s]['patients']} patients" for s in ("train", "val", "test")
         )
         console.print(f"{ds.path}: {len(ds)} images at {ds.size}px, {len(ds.classes)} classes ({parts})")
+        if line := label_columns_line(ds.meta["source_info"]):
+            console.print(line, highlight=False)
         if ds.meta["skipped"]["count"]:
             console.print(f"[yellow]skipped {ds.meta['skipped']['count']} unreadable images (listed in meta.json)")
 
@@ -79,6 +81,8 @@ def register(app: typer.Typer) -> None:
             f"({report['images_per_patient']['mean']:.1f} images per patient, max {report['images_per_patient']['max']}), "
             f"{report['no_finding']} with no finding"
         )
+        if line := label_columns_line(report["info"]):
+            console.print(line, highlight=False)
         table = Table(title="positives per class and split (images / patients)")
         frame = inspect_table(report)
         for col in frame.columns:

@@ -77,13 +77,23 @@ def inspect_dataset(
             },
         }
     labels = table[src.classes].to_numpy(np.float32)
+    known = ~np.isnan(labels)
     positives = np.nan_to_num(labels) > 0
-    for c, n in zip(src.classes, positives.sum(axis=0), strict=True):
+    negatives = (known & ~positives).sum(axis=0)
+    for c, n, neg in zip(src.classes, positives.sum(axis=0), negatives, strict=True):
         if n == 0:
             problems.append(f"class {c!r} has no positive images (empty class)")
+        elif neg == 0:
+            problems.append(
+                f"class {c!r} has no negative images (1 wherever it is known): no classifier can learn it; "
+                "if it is not a finding, leave it out (csv: ?labels=A,B; prepare --classes)"
+            )
         elif n < 10:
             problems.append(f"class {c!r} has only {n} positive images: too few for a per-class metric")
-    no_finding = int((~positives.any(axis=1)).sum())
+    unlabelled = int((~known.any(axis=1)).sum())
+    if unlabelled:
+        problems.append(f"{unlabelled} images have no known label (all masked): neither positive nor negative")
+    no_finding = int((~positives.any(axis=1) & known.any(axis=1)).sum())
     dup = table["source"].duplicated(keep=False)
     if dup.any():
         linked = table.loc[dup].groupby("source")["patient_id"].apply(lambda s: "/".join(sorted(set(s))))
@@ -116,6 +126,7 @@ def inspect_dataset(
         "patients": int(table["patient_id"].nunique()),
         "images_per_patient": {"mean": float(per_patient.mean()), "max": int(per_patient.max())},
         "no_finding": no_finding,
+        "unlabelled": unlabelled,
         "splits": per_split,
         "image_sizes": {f"{w}x{h}": n for (w, h), n in sizes.most_common(10)},
         "distinct_images": int(table["source"].nunique()),
@@ -136,3 +147,18 @@ def inspect_table(report: dict[str, Any]) -> pd.DataFrame:
             row[f"{split} pat"] = part["per_class"][c]["patients"]
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def label_columns_line(info: dict[str, Any]) -> str | None:
+    """One line on which columns a `csv:` source took as labels and which it left out, and why."""
+    labels = info.get("labels")
+    if not labels:
+        return None
+    line = f"labels {labels['how']}: {', '.join(labels['columns'])}"
+    if labels["how"] == "auto-detected":
+        line += f" ({labels['rule']})"
+    left_out = list(labels["left_out"].items())
+    if left_out:
+        line += "; left out: " + ", ".join(f"{c} ({why})" for c, why in left_out[:8])
+        line += f" and {len(left_out) - 8} more" if len(left_out) > 8 else ""
+    return line
