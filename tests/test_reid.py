@@ -134,3 +134,14 @@ def test_load_reid_bad_files_are_one_line_checkpoint_errors(trained, tmp_path):
         assert "\n" not in str(info.value)
     with pytest.raises(ConfigError, match="ReidModel"):
         save_reid(model.encoder, tmp_path / "x")
+
+
+def test_cosine_gallery_scored_as_one_matrix_product_equals_pairwise_scoring(trained):
+    model, train_x, _ = trained
+    query, gallery = model.embed(patients(5, 3, seed=4)[0]), model.embed(train_x)
+    best, arg = model.best_match(query, gallery)
+    with torch.no_grad():
+        pairwise = model.head(query[:, None, :].expand(-1, len(gallery), -1),
+                              gallery[None, :, :].expand(len(query), -1, -1)).double()  # fmt: skip
+    np.testing.assert_allclose(best, pairwise.max(dim=1).values.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(arg, pairwise.argmax(dim=1).numpy())
