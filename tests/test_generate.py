@@ -67,7 +67,7 @@ def test_per_class_and_balance_counts(tmp_path: Path, runs: dict[str, Path]) -> 
         (generate(runs["cgan"], None, tmp_path / "bal", balance=True, quiet=True) / "manifest.json").read_text()
     )
     largest = max(g["count"] for g in groups)
-    assert bal["images"] == sum(largest - g["count"] for g in groups)
+    assert bal["images"] == sum(largest - g["count"] for g in groups if g["count"])
     with pytest.raises(ConfigError, match="exactly one"):
         generate(runs["cgan"], 5, tmp_path / "x", per_class=2)
 
@@ -145,6 +145,31 @@ def test_distribution_plan_has_the_exact_training_composition() -> None:
         3,
     ]  # 2.45/0.7/0.35/3.5 -> 2/1/0/4
     assert not np.array_equal(plan.labels, make_plan(meta, 20, None, False, seed=4).labels)  # seeded order
+
+
+def _groups_meta(counts: dict[str, int]) -> dict:
+    """run.json of a conditional run whose label groups had these training counts (the last: all-zero label)."""
+    k = len(counts) - 1
+    groups = [{"name": name, "label": [float(j == i) for j in range(k)], "count": c, "dir": "."}
+              for i, (name, c) in enumerate(counts.items())]  # fmt: skip
+    return {"conditional": True, "groups": groups, "labels": {"combos": []}}
+
+
+def test_balance_and_per_class_never_draw_a_group_without_training_images() -> None:
+    meta = _groups_meta({"Effusion": 40, "Hernia": 0, "Nodule": 25, "normal": 60})
+    plan = make_plan(meta, None, None, True, seed=0)
+    assert plan.counts(["Effusion", "Hernia", "Nodule"], "normal") == {
+        "Effusion": 20, "Hernia": 0, "Nodule": 35, "normal": 0}  # fmt: skip
+    assert plan.notes == ["not generating Hernia: the generator saw no training images of it"]
+    per = make_plan(meta, None, 5, False, seed=0)
+    assert per.counts(["Effusion", "Hernia", "Nodule"], "normal")["Hernia"] == 0 and len(per) == 15
+    assert per.notes == plan.notes
+
+
+def test_balance_on_an_already_balanced_set_writes_a_balanced_set() -> None:
+    plan = make_plan(_groups_meta({"a": 30, "b": 30, "none": 30}), None, None, True, seed=0)
+    assert plan.counts(["a", "b"], "none") == {"a": 30, "b": 30, "none": 30} and plan.mode == "balance"
+    assert "already balanced" in plan.notes[0] and "30 per group" in plan.notes[0]
 
 
 def test_is_current_until_the_run_trains_further(tmp_path: Path) -> None:

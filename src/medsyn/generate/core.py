@@ -34,6 +34,7 @@ from medsyn.models.registry import build_generator
 from medsyn.progress import progress_bar
 from medsyn.train.checkpoint import checkpoint_file, load_checkpoint
 from medsyn.train.data import NO_FINDING
+from medsyn.train.logs import notice
 from medsyn.train.run import read_run_meta, write_run_meta
 from medsyn.train.trainer import derive_seed, progress, run_progress, wants_cuda
 
@@ -170,6 +171,8 @@ def generate(
         filt.validate()
     meta, files = generator_files(run_dir)
     plan = make_plan(meta, n, per_class, balance, seed)
+    for note in plan.notes:
+        notice(note)
     stats = meta["labels"]
     classes = list(stats["classes"])
     no_finding = NO_FINDING if any(g["name"] == NO_FINDING for g in meta["groups"]) else None
@@ -216,6 +219,7 @@ def generate(
             "counts": plan.counts(classes, no_finding),
             "layout": layout.kind,
             "labels_file": layout.labels_file,
+            **({"notes": plan.notes} if plan.notes else {}),
             "training": training_progress(meta, files),
             **({"sampling": sampling} if sampling else {}),
             **extra,

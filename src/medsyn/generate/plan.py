@@ -3,13 +3,15 @@
 Three recipes: the training label distribution (multi-hot combinations in their exact training
 proportions, the default),
 K images per label group (`per_class`), or topping every group up to the largest group's count
-(`balance`, the class-balancing augmentation recipe). Groups are the classes plus 'No Finding' where
-the data has images without any positive label.
+(`balance`, the class-balancing augmentation recipe; on groups that are already balanced, nothing needs
+topping up, so it writes the largest count per group: a balanced set the size of the training set).
+Groups are the classes plus the negative group (e.g. 'No Finding', 'normal') where the data has images
+without any positive label. A group without training images is never drawn: its generator never saw one.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -19,11 +21,13 @@ from medsyn.errors import ConfigError
 
 @dataclass
 class Plan:
-    """labels: (n, K) uint8 label vectors; generator: (n,) which generator draws each image."""
+    """labels: (n, K) uint8 label vectors; generator: (n,) which generator draws each image; notes: what the
+    user should know about the plan (groups left out, a balanced set redrawn), one line each."""
 
     labels: np.ndarray
     generator: np.ndarray
     mode: str
+    notes: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -48,15 +52,28 @@ def make_plan(meta: dict[str, Any], n: int | None, per_class: int | None, balanc
     groups = meta["groups"]
     conditional = bool(meta["conditional"])
     labels = np.array([g["label"] for g in groups], dtype=np.uint8).reshape(len(groups), -1)
+    counts = np.array([g["count"] for g in groups])
+    seen = np.flatnonzero(counts > 0)
+    notes = []
+    if per_class is not None or balance:
+        unseen = [g["name"] for g in groups if g["count"] == 0]
+        if unseen:
+            it = "it" if len(unseen) == 1 else "them"
+            notes.append(f"not generating {', '.join(unseen)}: the generator saw no training images of {it}")
     if per_class is not None:
-        pick = np.repeat(np.arange(len(groups)), per_class)
+        pick = np.repeat(seen, per_class)
         mode = "per_class"
     elif balance:
-        counts = np.array([g["count"] for g in groups])
-        pick = np.repeat(np.arange(len(groups)), counts.max() - counts)
+        largest = int(counts.max())
+        top_up = largest - counts[seen]
+        if not top_up.any():
+            notes.append(
+                f"--balance: the label groups are already balanced ({largest} training images each); writing "
+                f"{largest} per group, a balanced set the size of the training set"
+            )
+            top_up = np.full(len(seen), largest)
+        pick = np.repeat(seen, top_up)
         mode = "balance"
-        if len(pick) == 0:
-            raise ConfigError("--balance: the label groups are already balanced; nothing to generate")
     else:
         assert n is not None
         mode = "distribution"
@@ -68,7 +85,7 @@ def make_plan(meta: dict[str, Any], n: int | None, per_class: int | None, balanc
             return Plan(vectors[drawn], np.zeros(n, dtype=np.int64), mode)
         pick = np.repeat(np.arange(len(groups)), _apportion([g["count"] for g in groups], n))
     generator = np.zeros(len(pick), dtype=np.int64) if conditional else pick
-    return Plan(labels[pick], generator, mode)
+    return Plan(labels[pick], generator, mode, notes)
 
 
 def _apportion(counts: list[int], n: int) -> np.ndarray:
