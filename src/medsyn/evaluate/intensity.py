@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.spatial.distance import jensenshannon
+from scipy.stats import entropy
 
 from medsyn.errors import ConfigError
 from medsyn.evaluate.data import as_unit_tensor, batches, check_images
@@ -48,10 +50,6 @@ def intensity_histogram(images: Any, bins: int = 256, alpha: float = 1.0, batch_
     return p.numpy()
 
 
-def _kl(p: np.ndarray, q: np.ndarray) -> float:
-    return float(np.sum(p * np.log(p / q)))
-
-
 def histogram_divergence(
     real_images: Any, synthetic_images: Any, *, bins: int = 256, alpha: float = 1.0
 ) -> HistogramDivergence:
@@ -60,13 +58,12 @@ def histogram_divergence(
         raise ConfigError(f"histogram divergence needs bins >= 2 and alpha > 0, got {bins}, {alpha}")
     p = intensity_histogram(real_images, bins, alpha)
     q = intensity_histogram(synthetic_images, bins, alpha)
-    m = (p + q) / 2
-    kl_pq, kl_qp = _kl(p, q), _kl(q, p)
+    kl_pq, kl_qp = float(entropy(p, q)), float(entropy(q, p))
     return HistogramDivergence(
         kl_pq,
         kl_qp,
         (kl_pq + kl_qp) / 2,
-        (_kl(p, m) + _kl(q, m)) / 2,
+        float(jensenshannon(p, q) ** 2),  # scipy gives the JS distance, the square root of the divergence
         bins,
         alpha,
         len(real_images),

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 from scipy.sparse import coo_matrix
-from scipy.stats import norm
+from scipy.stats import binomtest
 
 
 def auc_from_group_weights(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
@@ -183,8 +183,5 @@ def wilson_ci(k: int, n: int, level: float) -> tuple[float, float]:
     """Wilson score interval of a binomial proportion (sound near 0, where linkage fractions live)."""
     if n == 0:
         return math.nan, math.nan
-    z = float(norm.ppf(0.5 + level / 2))
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (0.0 if k == 0 else centre - half), (1.0 if k == n else centre + half)
+    ci = binomtest(k, n).proportion_ci(confidence_level=level, method="wilson")
+    return float(ci.low), float(ci.high)
