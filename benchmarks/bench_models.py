@@ -80,7 +80,7 @@ def main() -> None:
     ap.add_argument("--gen-batch", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--min-time", type=float, default=1.0)
-    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--models", default=",".join(n for n, m in MODELS.items() if m.family == "gan"))  # ddpm: bench_sampling.py
     ap.add_argument("--quick", action="store_true", help="32 px, batch 16, generation batch 64")
     args = ap.parse_args()
     if args.quick:

@@ -4,7 +4,7 @@ wall budget, each generated and evaluated the same way, in one table ("GAN or di
 Each model gets OUT/<model>/{run,synthetic,evaluation} and is finished once OUT/<model>/result.json exists
 for the same settings; a killed comparison is run again with the same command and continues (a half-trained
 model resumes, its budget counting the time already spent). The synthetic set has the size and label
-distribution of the real training set, so TSTR compares like with like. OUT/results.json holds every
+distribution of the real training set (or `n` images with that distribution), so TSTR compares like with like. OUT/results.json holds every
 model's figures; OUT/compare.md the table.
 """
 
@@ -44,6 +44,7 @@ class CompareConfig:
     device: str = "cpu"
     widths: dict[str, int] = field(default_factory=dict)  # per model name; others get `width`
     model_extra: dict[str, dict[str, Any]] = field(default_factory=dict)  # per model name
+    n: int | None = None  # synthetic images per model (None: as many as real training images)
     ddim_steps: int | None = None  # diffusion sampling (None: the model's default)
     guidance: float | None = None
     quick: bool = True  # evaluation: the small CNN (False: DenseNet121)
@@ -55,6 +56,8 @@ class CompareConfig:
             raise ConfigError(f"--compare needs model names from {', '.join(MODELS)}; got {','.join(self.models)}")
         if len(set(self.models)) != len(self.models):
             raise ConfigError(f"--compare lists a model twice: {','.join(self.models)}")
+        if self.n is not None and self.n < 1:
+            raise ConfigError(f"--n must be positive, got {self.n}")
         if not self.budget_s > 0:
             raise ConfigError(f"the training budget must be positive, got {self.budget_s}")
 
@@ -114,7 +117,7 @@ def run_model(cfg: CompareConfig, cache: Path, model: str, folder: Path, quiet: 
     tcfg = _train_config(cfg, cache, model)
     _, train_t = _timed(train, tcfg, run, resume=(run / RUN_FILE).is_file(), quiet=quiet)
     meta = read_run_meta(run)
-    n = int(meta["labels"]["train_images"])
+    n = cfg.n or int(meta["labels"]["train_images"])
     shutil.rmtree(folder / "synthetic", ignore_errors=True)  # a set drawn before a kill: draw it again, timed
     _, gen_t = _timed(generate, run, n, folder / "synthetic", seed=cfg.seed, device=cfg.device, quiet=quiet,
                       ddim_steps=cfg.ddim_steps if MODELS[model].family == "diffusion" else None,

@@ -41,6 +41,7 @@ def register(app: typer.Typer) -> None:
             "--compare",
             help="Models trained with the same --budget each, e.g. cgan,ddpm or cgan:32,ddpm:16 (width).",
         ),
+        n: int = typer.Option(None, "--n", help="--compare: synthetic images per model (default: real training size)."),
         settings: Path = typer.Option(None, "--settings", help="--compare: YAML overrides of the evaluation settings."),
         ddim_steps: int = typer.Option(None, "--ddim-steps", help="--compare: DDIM steps of diffusion models."),
         guidance: float = typer.Option(None, "--guidance", help="--compare: guidance scale of diffusion models."),
@@ -76,7 +77,7 @@ def register(app: typer.Typer) -> None:
             ccfg = CompareConfig(
                 data=data, models=models, widths=widths, budget_s=parse_duration(budget, "--budget"), size=size,
                 width=width, batch=batch, seed=seed, device=dev, ddim_steps=ddim_steps, guidance=guidance,
-                quick=not full, settings=_read_settings(settings),
+                quick=not full, settings=_read_settings(settings), n=n,
             )  # fmt: skip
             run_compare(ccfg, out, quiet=quiet)
             console.print((out / "compare.md").read_text())
