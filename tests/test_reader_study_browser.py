@@ -85,14 +85,19 @@ async def answer(page: Page, count: int, keyboard: bool) -> None:
             assert int(await page.get_attribute("#progress", "value") or 0) == progress + 1
 
 
-async def start(browser: Browser, base: str, name: str) -> Page:
+async def from_home(browser: Browser, base: str, field: str, value: str, button: str) -> Page:
+    """A fresh browser context on the home page: fill `field` with `value`, press `button`, reach an image."""
     page = await (await browser.new_context()).new_page()
     page.set_default_timeout(STEP_MS)
     await page.goto(base + "/")
-    await page.fill("input[name=name]", name)
-    await page.click("#start-button")
+    await page.fill(f"input[name={field}]", value)
+    await page.click(button)
     await page.wait_for_selector("#image")
     return page
+
+
+async def start(browser: Browser, base: str, name: str) -> Page:
+    return await from_home(browser, base, "name", name, "#start-button")
 
 
 async def steady(browser: Browser, base: str) -> None:
@@ -109,12 +114,7 @@ async def resumer(browser: Browser, base: str) -> None:
     token = (await page.get_attribute("#resume", "href")).rsplit("/", 1)[1]
     assert "5 of 12 answers are saved" in await page.content()
     await page.context.close()  # the browser is gone; a new one resumes
-    page = await (await browser.new_context()).new_page()
-    page.set_default_timeout(STEP_MS)
-    await page.goto(base + "/")
-    await page.fill("input[name=token]", token)
-    await page.click("#resume-button")
-    await page.wait_for_selector("#image")
+    page = await from_home(browser, base, "token", token, "#resume-button")
     assert await page.get_attribute("#progress", "value") == "5"
     await answer(page, 7, keyboard=True)
     assert "All done" in await page.content()
