@@ -181,7 +181,8 @@ def fidelity_stage(
     except DataError as exc:
         return FidelityOutcome({"backbone": f.backbone, **skipped(exc)})
     out["intensity"] = {**hist.to_dict(), "reference": "real training split (pixels)"}
-    problem = backbone_problem(f.backbone, utility, min(len(ref), len(syn_f)))
+    base = out["fid"].get("baseline") or {}
+    problem = backbone_problem(f.backbone, utility, base.get("n") or min(len(ref), len(syn_f)))  # the compared N
     if problem:
         out["not_assessable"] = problem
     if out["prdc"]["precision"] == 0 and out["prdc"]["coverage"] == 0:

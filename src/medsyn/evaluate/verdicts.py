@@ -56,7 +56,8 @@ THRESHOLDS: dict[str, list[str]] = {
         "the synthetic images do not resemble the real ones at all",
         "not assessable (n/a) when the feature backbone is uninformative: a classifier trained here on the real "
         f"images whose held-out mean AUROC is below {BACKBONE_MIN_AUROC} or whose CI reaches 0.5, or fewer images "
-        "than feature dimensions (N <= D); then train longer / on more data, or pass --features with local weights",
+        "than feature dimensions (N <= D, N the images per side of the same-N FID comparison); then train longer / "
+        "on more data, or pass --features with local weights",
         "the fidelity check is the worst of FID and PRDC; FID values are comparable only at the same backbone and N",
     ],
     "Private?": [
