@@ -363,3 +363,11 @@ def test_settings_of_the_wrong_type_are_one_line_errors(settings, message):
     with pytest.raises(ConfigError, match=message):
         EvalSettings.make(True, 0, "cpu", False, settings)
     assert EvalSettings.make(True, 0, "cpu", False, {"classifier": {"epochs": 3.0}}).utility.classifier.epochs == 3
+
+
+def test_the_public_entry_point_is_importable_from_the_package():
+    import medsyn.evaluate
+
+    assert medsyn.evaluate.evaluate is evaluate and "evaluate" in medsyn.evaluate.__all__
+    with pytest.raises(AttributeError):
+        medsyn.evaluate.no_such_name  # noqa: B018
