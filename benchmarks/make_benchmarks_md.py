@@ -11,6 +11,8 @@ rerun skips the finished ones (a killed step is started again from scratch, so i
     .venv/bin/python benchmarks/make_benchmarks_md.py                 # run, then write BENCHMARKS.md
     .venv/bin/python benchmarks/make_benchmarks_md.py --smoke         # tiny settings, ~3 min, out/benchmarks-smoke/
     .venv/bin/python benchmarks/make_benchmarks_md.py write           # re-render from the stored results
+    .venv/bin/python benchmarks/make_benchmarks_md.py run --datasets compare   # only GAN vs diffusion (~1 h)
+    .venv/bin/python benchmarks/make_benchmarks_md.py section         # splice only that section into BENCHMARKS.md
 """
 
 from __future__ import annotations
@@ -924,9 +926,38 @@ def render(results: Sequence[Mapping[str, Any]], machine: Mapping[str, Any], flo
     if sweep is not None:
         parts += ["## Sweep: samples per class (PneumoniaMNIST)", sweep_section(sweep, out_md)]
     if compare is not None:
-        parts += ["## GAN or diffusion: PneumoniaMNIST side by side", compare_section(compare)]
-    parts += ["## Full-size runs on GPUs: recipe and estimated cost", gpu_section(flops)]
+        parts += [COMPARE_TITLE, compare_section(compare)]
+    parts += [GPU_TITLE, gpu_section(flops)]
     return "\n\n".join(parts).rstrip() + "\n"
+
+
+COMPARE_TITLE = "## GAN or diffusion: PneumoniaMNIST side by side"
+GPU_TITLE = "## Full-size runs on GPUs: recipe and estimated cost"
+
+
+def splice_section(text: str, title: str, body: str, before: str) -> str:
+    """`text` with the section `title` replaced by `body` (or inserted before the section `before`, else at the
+    end): how one newly measured section joins a BENCHMARKS.md whose other results were measured elsewhere."""
+    lines = text.rstrip("\n").split("\n")
+    new = [title, "", *body.rstrip("\n").split("\n"), ""]
+    if title in lines:
+        start = lines.index(title)
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        lines[start:end] = new
+    else:
+        at = lines.index(before) if before in lines else len(lines)
+        lines[at:at] = [""] * (at == len(lines) and lines[-1] != "") + new
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def section_phase(work: Path, out: Path) -> None:
+    """Re-render only the compare section into the existing `out`, leaving every other section as it is."""
+    result = _read_json(work / "compare" / "result.json")
+    if result is None:
+        raise SystemExit(f"no compare results in {_display(work / 'compare')}; run the compare step first")
+    old = out.read_text() if out.is_file() else ""
+    write_text_atomic(out, splice_section(old, COMPARE_TITLE, compare_section(result), GPU_TITLE))
+    print(f"wrote the compare section of {out}")
 
 
 def write_phase(args: argparse.Namespace, work: Path, out: Path) -> None:
@@ -941,7 +972,8 @@ def write_phase(args: argparse.Namespace, work: Path, out: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("phase", nargs="?", choices=("all", "run", "write"), default="all")
+    p.add_argument("phase", nargs="?", choices=("all", "run", "write", "section"), default="all",
+                   help="section: re-render only the compare section into the existing markdown file")
     p.add_argument("--work", type=Path, help="Results folder (default out/benchmarks, or out/benchmarks-smoke).")
     p.add_argument(
         "--out", type=Path, help="Markdown file (default BENCHMARKS.md, or WORK/BENCHMARKS.md with --smoke)."
@@ -961,6 +993,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         run_phase(args, work)
     if args.phase in ("all", "write"):
         write_phase(args, work, out)
+    if args.phase == "section":
+        section_phase(work, out)
 
 
 if __name__ == "__main__":

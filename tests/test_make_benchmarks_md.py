@@ -250,3 +250,14 @@ def test_compare_section_tabulates_every_side_and_says_what_was_not_measured(mbm
     assert "0.924" in tb_row and "0.948 ± 0.002" in tb_row and "13.2 img/s" in tb_row and "max 7.50" in tb_row
     assert "| textbook-cgan | not measured (exit 1; n/a s) |" in text
     assert "5.0 min each" in text and "not the 10 min" in text
+
+
+def test_splice_section_replaces_or_inserts_one_section_and_keeps_the_rest(mbm):
+    text = "# Benchmarks\n\n## A\n\nold a\n\n## Full-size runs on GPUs: recipe and estimated cost\n\ngpu\n"
+    gpu = mbm.GPU_TITLE
+    once = mbm.splice_section(text, "## New", "new body", gpu)
+    assert once == "# Benchmarks\n\n## A\n\nold a\n\n## New\n\nnew body\n\n" + gpu + "\n\ngpu\n"
+    again = mbm.splice_section(once, "## New", "newer\n\n| t |", gpu)
+    assert again.count("## New") == 1 and "newer\n\n| t |" in again and "new body" not in again
+    assert again.startswith("# Benchmarks\n\n## A\n\nold a\n") and again.endswith(gpu + "\n\ngpu\n")
+    assert mbm.splice_section("# B\n", "## X", "x", gpu) == "# B\n\n## X\n\nx\n"
