@@ -51,7 +51,7 @@ def register(app: typer.Typer) -> None:
         ),
         classes: str = typer.Option(None, help="Comma-separated classes to use (and their order for 'classes')."),
         size: int = typer.Option(32, help="Image size in px."),
-        model: str = typer.Option("cgan", help="dcgan | cgan | acgan | stylegan2."),
+        model: str = typer.Option("cgan", help="Sweeps: dcgan | cgan | acgan | stylegan2 | ddpm."),
         augment: str = typer.Option(
             "none", help="none | diffaugment | ada: discriminator augmentation (small points)."
         ),
