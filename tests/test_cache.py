@@ -132,3 +132,28 @@ def test_atomic_files_get_normal_permissions(tmp_path):
         os.umask(old)
     for name, mode in (("report.html", 0o644), ("w.safetensors", 0o644), ("models", 0o755)):
         assert (tmp_path / name).stat().st_mode & 0o777 == mode, name
+
+
+def test_negative_class_is_named_by_the_dataset_or_the_spec(tmp_path):
+    from medsyn.train.data import TrainData
+
+    spec = make_csv_dataset(tmp_path)
+    assert prepare(spec, 16, tmp_path / "a", quiet=True, workers=0).meta["negative_class"] == "normal"
+    ds = prepare(f"{spec}?negative=no%20hemorrhage", 16, tmp_path / "b", quiet=True, workers=0)
+    assert ds.meta["negative_class"] == "no hemorrhage" and ds.classes == ["Effusion", "Nodule"]
+    assert open_dataset("phantom?n=4").info["negative_class"] == "No Finding"  # chest X-ray findings
+    data = TrainData(ds, ds.classes, ds.rows("train"), ds.labels)
+    assert [g.name for g in data.groups(per_class=False)] == ["Effusion", "Nodule", "no hemorrhage"]
+    assert data.label_stats()["negative_class"] == "no hemorrhage"
+
+
+def test_prepare_a_tiny_set_whose_strata_are_all_smaller_than_the_folds(tmp_path):
+    """4 single-image patients: stratified 5-fold splitting is impossible (sklearn raises); a seeded
+    unstratified pick of patient groups takes over instead of a traceback."""
+    for i in range(4):
+        write_png(tmp_path / "img" / f"{i}.png", seed=i)
+    pd.DataFrame({"path": [f"img/{i}.png" for i in range(4)], "A": ["1", "0", "0", "1"], "B": ["0", "1", "0", "0"]}
+                 ).to_csv(tmp_path / "labels.csv", index=False)  # fmt: skip
+    ds = prepare(f"csv:{tmp_path / 'labels.csv'}", 16, tmp_path / "c", quiet=True, workers=0)
+    counts = {s: len(ds.rows(s)) for s in ("train", "val", "test")}
+    assert counts == {"train": 2, "val": 1, "test": 1}  # as k-fold would: test 1 of k=4 folds, val 1 of k=3

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pandas as pd
 
@@ -107,3 +110,25 @@ def test_inspect_names_the_csv_label_columns_and_warns_on_one_sided_classes(tmp_
     assert proc.returncode == 0, proc.stderr
     assert "labels auto-detected: Effusion, Nodule, scanned" in proc.stdout
     assert "left out: labeled (bookkeeping" in proc.stdout
+
+
+def test_inspect_table_shows_whole_class_names_on_a_narrow_terminal(tmp_path):
+    long_names = ["Enlarged Cardiomediastinum", "Pleural_Thickening"]
+    for i in range(4):
+        write_png(tmp_path / "img" / f"{i}.png", seed=i)
+    pd.DataFrame(
+        {
+            "path": [f"img/{i}.png" for i in range(4)],
+            long_names[0]: ["1", "0", "0", "1"],
+            long_names[1]: ["0", "1", "0", "0"],
+        }
+    ).to_csv(tmp_path / "labels.csv", index=False)
+    env = {**os.environ, "COLUMNS": "60"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "medsyn", "data", "inspect", f"csv:{tmp_path / 'labels.csv'}", "--quiet"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    table = proc.stdout.split("positives per class")[1].split("train:")[0]
+    assert all(name in table for name in long_names), table
+    assert "1 normal (no positive label)" in proc.stdout

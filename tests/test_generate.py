@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import typer
 from PIL import Image
@@ -115,6 +116,25 @@ def test_nih_chexpert_and_folder_layouts_read_back(tmp_path: Path) -> None:
     _write_set(Layout.for_source("folder", classes, {}), tmp_path / "folder", labels)
     src = open_dataset(f"folder:{tmp_path / 'folder'}")
     assert src.classes == classes and src.table[classes].sum().tolist() == [1, 2]
+
+    ct = Layout.for_source("folder", ["bleed"], {}, negative_class="no bleed")
+    assert ct.image_paths(np.array([[0], [1]], dtype=np.uint8))[0].startswith("no bleed/")
+
+
+def test_csv_source_set_keeps_the_source_columns_and_names_the_negative_class(tmp_path: Path) -> None:
+    for i in range(16):
+        Image.new("L", (16, 16), color=i * 10).save(tmp_path / f"{i}.png")
+    pd.DataFrame({"image": [f"{i}.png" for i in range(16)], "patientid": [f"p{i}" for i in range(16)],
+                  "bleed": [str(int(i % 3 == 0)) for i in range(16)]}).to_csv(tmp_path / "ct.csv", index=False)  # fmt: skip
+    cache = prepare(f"csv:{tmp_path / 'ct.csv'}?negative=no%20bleed", 16, tmp_path / "cache", val=0, test=0, quiet=True)
+    common = dict(data=str(cache.path), size=16, steps=1, batch=4, width=8, device="cpu", sample_every=100)
+    run = train(TrainConfig(model="cgan", **common), tmp_path / "run", quiet=True)
+    out = generate(run, None, tmp_path / "syn", per_class=2, quiet=True)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["negative_class"] == "no bleed" and manifest["counts"] == {"bleed": 2, "no bleed": 2}
+    table = pd.read_csv(out / "labels.csv")
+    assert list(table.columns) == ["image", "patientid", "bleed"]  # the source's own column names
+    assert open_dataset(f"csv:{out / 'labels.csv'}").table["bleed"].tolist() == [1.0, 1.0, 0.0, 0.0]
 
 
 def test_cli_generate_and_export(tmp_path: Path, runs: dict[str, Path]) -> None:

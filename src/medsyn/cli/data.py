@@ -79,14 +79,16 @@ def register(app: typer.Typer) -> None:
         console.print(
             f"[bold]{report['name']}[/] {report['spec']}: {report['images']} images, {report['patients']} patients "
             f"({report['images_per_patient']['mean']:.1f} images per patient, max {report['images_per_patient']['max']}), "
-            f"{report['no_finding']} with no finding"
+            f"{report['no_finding']} {report['negative_class']} (no positive label)"
         )
         if line := label_columns_line(report["info"]):
             console.print(line, highlight=False)
         table = Table(title="positives per class and split (images / patients)")
         frame = inspect_table(report)
-        for col in frame.columns:
-            table.add_column(col, justify="left" if col == "class" else "right")
+        for col in frame.columns:  # nothing is cut: a narrow terminal wraps the lines instead
+            header = col.replace(" ", "\n")  # "train\nimg": two short header lines
+            width = max(len(w) for w in [*header.split("\n"), *map(str, frame[col])])
+            table.add_column(header, justify="left" if col == "class" else "right", no_wrap=True, min_width=width)
         for row in frame.itertuples(index=False):
             table.add_row(*map(str, row))
         console.print(table)

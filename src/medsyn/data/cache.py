@@ -216,6 +216,7 @@ def prepare(
             "settings": asdict(settings),
             "settings_key": settings.key(),
             "label_policy": src.info.get("uncertainty_policy", "n/a"),
+            "negative_class": src.info["negative_class"],
             "source_info": src.info,
             "counts": _counts(table, class_names),
             "skipped": {"count": len(skipped), "files": skipped[:50]},

@@ -126,6 +126,7 @@ def inspect_dataset(
         "patients": int(table["patient_id"].nunique()),
         "images_per_patient": {"mean": float(per_patient.mean()), "max": int(per_patient.max())},
         "no_finding": no_finding,
+        "negative_class": src.info["negative_class"],
         "unlabelled": unlabelled,
         "splits": per_split,
         "image_sizes": {f"{w}x{h}": n for (w, h), n in sizes.most_common(10)},

@@ -57,7 +57,12 @@ def _carve(idx: np.ndarray, frac: float, labels: np.ndarray, groups: np.ndarray,
     splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     with warnings.catch_warnings():  # rare strata smaller than k are expected and handled fine
         warnings.simplefilter("ignore", UserWarning)
-        _, fold = next(iter(splitter.split(np.zeros(len(idx)), keys, groups[idx])))
+        try:
+            _, fold = next(iter(splitter.split(np.zeros(len(idx)), keys, groups[idx])))
+        except ValueError:  # every stratum is smaller than k (a handful of images): no stratification possible
+            unique = np.unique(groups[idx])
+            chosen = np.random.default_rng(seed).choice(unique, max(1, round(len(unique) / k)), replace=False)
+            fold = np.flatnonzero(np.isin(groups[idx], chosen))
     take[fold] = True
     return take
 

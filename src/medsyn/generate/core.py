@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from medsyn import __version__
+from medsyn.data.adapters import NO_FINDING
 from medsyn.errors import CheckpointError, ConfigError, MedsynError
 from medsyn.generate.layout import Layout
 from medsyn.generate.plan import Plan, make_plan
@@ -33,7 +34,6 @@ from medsyn.models.diffusion import DiffusionGenerator
 from medsyn.models.registry import build_generator
 from medsyn.progress import progress_bar
 from medsyn.train.checkpoint import checkpoint_file, load_checkpoint
-from medsyn.train.data import NO_FINDING
 from medsyn.train.logs import notice
 from medsyn.train.run import read_run_meta, write_run_meta
 from medsyn.train.trainer import derive_seed, progress, run_progress, wants_cuda
@@ -175,8 +175,10 @@ def generate(
         notice(note)
     stats = meta["labels"]
     classes = list(stats["classes"])
-    no_finding = NO_FINDING if any(g["name"] == NO_FINDING for g in meta["groups"]) else None
-    layout = Layout.for_source(stats["source_format"], classes, stats.get("source_options", {}))
+    no_finding = next((g["name"] for g in meta["groups"] if not any(g["label"])), None)  # the negative group
+    negative = no_finding or stats.get("negative_class") or NO_FINDING  # runs before it was recorded: NIH's name
+    layout = Layout.for_source(stats["source_format"], classes, stats.get("source_options", {}), negative,
+                               stats.get("source_columns"))  # fmt: skip
     cuda = wants_cuda(device)
     dev = torch.device("cuda") if cuda else torch.device("cpu")
     amp = _precision(precision, cuda, meta)
@@ -217,6 +219,7 @@ def generate(
             "precision": "fp32" if amp is None else str(amp).removeprefix("torch."),
             "images": len(plan),
             "counts": plan.counts(classes, no_finding),
+            "negative_class": negative,
             "layout": layout.kind,
             "labels_file": layout.labels_file,
             **({"notes": plan.notes} if plan.notes else {}),

@@ -2,8 +2,9 @@
 
     nih       Data_Entry_2017.csv (Image Index, Finding Labels, Follow-up #, Patient ID) + images/
     chexpert  train.csv (Path, Frontal/Lateral, the 14 observations) + train/patientN/study1/view1_*.png
-    folder    one sub-folder per class
-    other     labels.csv (path, patient_id, one 0/1 column per class) + images/, read by `csv:`
+    folder    one sub-folder per class (images without a positive label under the negative class's name)
+    other     labels.csv (image path, patient id, one 0/1 column per class) + images/, read by `csv:`; a `csv:`
+              source's own image and patient column names are kept
 
 Each synthetic image is its own synthetic patient. Ids start at 9,000,001, far above the real NIH
 (30,805) and CheXpert (64,540) ids, so mixing synthetic and real sets never merges two people in a
@@ -19,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from medsyn.data.adapters.chexpert import CHEXPERT_CLASSES
-from medsyn.train.data import NO_FINDING
+from medsyn.data.adapters.nih import NO_FINDING as NIH_NO_FINDING
 
 FIRST_PATIENT_ID = 9_000_001
 
@@ -32,16 +33,29 @@ class Layout:
     labels_file: str | None
     classes: list[str]
     view: str = "frontal"
+    negative_class: str = "normal"  # the folder layout's folder for images without a positive label
+    image_column: str = "path"
+    patient_column: str = "patient_id"
 
     @classmethod
-    def for_source(cls, source_format: str, classes: list[str], options: dict[str, str]) -> Layout:
+    def for_source(
+        cls,
+        source_format: str,
+        classes: list[str],
+        options: dict[str, str],
+        negative_class: str = "normal",
+        columns: dict[str, str | None] | None = None,
+    ) -> Layout:
+        """The layout of `source_format`; `columns` (image, patient) are a csv source's own column names."""
         if source_format == "nih":
             return cls("nih", "Data_Entry_2017.csv", classes)
         if source_format == "chexpert":
             return cls("chexpert", "train.csv", classes, options.get("view", "frontal"))
         if source_format == "folder":
-            return cls("folder", None, classes)
-        return cls("csv", "labels.csv", classes)
+            return cls("folder", None, classes, negative_class=negative_class)
+        own = columns if source_format == "csv" and columns else {}
+        return cls("csv", "labels.csv", classes, image_column=own.get("image") or "path",
+                   patient_column=own.get("patient") or "patient_id")  # fmt: skip
 
     def image_paths(self, labels: np.ndarray) -> list[str]:
         if self.kind == "nih":
@@ -55,13 +69,13 @@ class Layout:
 
     def _folder(self, row: np.ndarray) -> str:
         positives = [c for c, v in zip(self.classes, row, strict=True) if v]
-        return "+".join(positives) if positives else NO_FINDING
+        return "+".join(positives) if positives else self.negative_class
 
     def write_labels(self, out: Path, final_name: str, paths: list[str], labels: np.ndarray) -> None:
         """Write the label file into `out` (the folder is renamed to `final_name` when complete)."""
         ids = [str(FIRST_PATIENT_ID + i) for i in range(len(paths))]
         if self.kind == "nih":
-            findings = ["|".join(c for c, v in zip(self.classes, row, strict=True) if v) or NO_FINDING
+            findings = ["|".join(c for c, v in zip(self.classes, row, strict=True) if v) or NIH_NO_FINDING
                         for row in labels]  # fmt: skip
             table = pd.DataFrame({"Image Index": [Path(p).name for p in paths], "Finding Labels": findings,
                                   "Follow-up #": 0, "Patient ID": ids})  # fmt: skip
@@ -71,7 +85,7 @@ class Layout:
             for c in CHEXPERT_CLASSES:  # observations the model was not trained on stay blank (not mentioned)
                 table[c] = labels[:, self.classes.index(c)].astype(float) if c in self.classes else np.nan
         elif self.kind == "csv":
-            table = pd.DataFrame({"path": paths, "patient_id": ids})
+            table = pd.DataFrame({self.image_column: paths, self.patient_column: ids})
             for i, c in enumerate(self.classes):
                 table[c] = labels[:, i].astype(int)
         else:

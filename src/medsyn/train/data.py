@@ -1,7 +1,8 @@
 """Training data: the prepared cache, class selection, per-class groups and a resumable sharded sampler.
 
-Only the cache's `train` split is used. Label groups are the classes, plus "No Finding" when the data has
-images with no positive label (NIH's 'No Finding'); unconditional models train one generator per group.
+Only the cache's `train` split is used. Label groups are the classes, plus the negative group when the data
+has images with no positive label, named as the dataset names it (NIH's 'No Finding', 'normal' for most
+other sets, or the spec's `?negative=NAME`); unconditional models train one generator per group.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
+from medsyn.data.adapters import default_negative_class
 from medsyn.data.cache import CachedImages, PreparedDataset, prepare
 from medsyn.data.spec import parse_spec
 from medsyn.data.splits import select_classes
@@ -24,12 +26,10 @@ from medsyn.errors import DataError
 from medsyn.train.config import TrainConfig
 from medsyn.train.distributed import DistInfo, barrier
 
-NO_FINDING = "No Finding"
-
 
 @dataclass(frozen=True)
 class Group:
-    """One label group: a class (one-hot label) or No Finding (all-zero label)."""
+    """One label group: a class (one-hot label) or the negative group (all-zero label)."""
 
     name: str
     label: tuple[float, ...]
@@ -57,6 +57,14 @@ class TrainData:
     def source_format(self) -> str:
         return str(self.cache.meta.get("source_format", parse_spec(self.cache.spec).kind))
 
+    @property
+    def negative_class(self) -> str:
+        """Name of the group of images without a positive label ('No Finding', 'normal', ...)."""
+        meta = self.cache.meta
+        return str(
+            meta.get("negative_class") or default_negative_class(self.source_format, meta.get("source_info", {}))
+        )
+
     def positives(self) -> np.ndarray:
         """(len(rows), K) bool: NaN (masked) labels count as negative, as in conditioning."""
         return np.nan_to_num(self.labels[self.rows], nan=0.0) > 0
@@ -66,7 +74,8 @@ class TrainData:
         pos = self.positives()
         k = len(self.classes)
         groups = []
-        names = [*self.classes, NO_FINDING] if _has_no_finding(self.classes, pos) else list(self.classes)
+        negative = self.negative_class
+        names = [*self.classes, negative] if _has_negative(self.classes, pos, negative) else list(self.classes)
         for i, name in enumerate(names):
             label = tuple(float(j == i) for j in range(k))
             count = int(pos[:, i].sum()) if i < k else int((~pos.any(axis=1)).sum())
@@ -74,7 +83,7 @@ class TrainData:
         return groups
 
     def group_rows(self, group: Group) -> np.ndarray:
-        """Training rows of one group: positives of a class, or images with no positive label."""
+        """Training rows of one group: positives of a class, or (negative group) images with no positive label."""
         pos = self.positives()
         keep = pos[:, group.label.index(1.0)] if any(group.label) else ~pos.any(axis=1)
         return self.rows[keep]
@@ -83,19 +92,23 @@ class TrainData:
         """Aggregate training label distribution (multi-hot combinations and their counts), for generation."""
         combos, counts = np.unique(self.positives().astype(np.int8), axis=0, return_counts=True)
         order = np.lexsort(combos.T[::-1])
+        info = self.cache.meta.get("source_info", {})
         return {
             "classes": list(self.classes),
             "combos": [{"label": combos[i].tolist(), "count": int(counts[i])} for i in order],
             "source_format": self.source_format,
             "source_options": dict(parse_spec(self.cache.spec).options),
+            # a csv source's own column names, so that a synthetic set is written in its format
+            "source_columns": {"image": info.get("image_column"), "patient": info.get("patient_column")},
+            "negative_class": self.negative_class,
             "train_images": len(self.rows),
         }
 
 
-def _has_no_finding(classes: list[str], pos: np.ndarray) -> bool:
-    """The data has a 'no finding' notion when images without any positive label exist (and no class is
-    already called that, as in CheXpert)."""
-    return NO_FINDING.lower() not in {c.lower() for c in classes} and bool((~pos.any(axis=1)).any())
+def _has_negative(classes: list[str], pos: np.ndarray, name: str) -> bool:
+    """The data has a negative group when images without any positive label exist (and no class is already
+    called that, as CheXpert's 'No Finding' is)."""
+    return name.lower() not in {c.lower() for c in classes} and bool((~pos.any(axis=1)).any())
 
 
 def _slug(name: str, index: int) -> str:
