@@ -119,6 +119,10 @@ def test_nih_chexpert_and_folder_layouts_read_back(tmp_path: Path) -> None:
 
     ct = Layout.for_source("folder", ["bleed"], {}, negative_class="no bleed")
     assert ct.image_paths(np.array([[0], [1]], dtype=np.uint8))[0].startswith("no bleed/")
+    # a source column that `csv:` finds only with ?image=COL is not kept: the set must read back unaided
+    assert (
+        Layout.for_source("csv", ["a"], {}, columns={"image": "img_col", "patient": "PatientID"}).image_column == "path"
+    )
 
 
 def test_csv_source_set_keeps_the_source_columns_and_names_the_negative_class(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@
     chexpert  train.csv (Path, Frontal/Lateral, the 14 observations) + train/patientN/study1/view1_*.png
     folder    one sub-folder per class (images without a positive label under the negative class's name)
     other     labels.csv (image path, patient id, one 0/1 column per class) + images/, read by `csv:`; a `csv:`
-              source's own image and patient column names are kept
+              source's own image and patient column names are kept where `csv:` detects them unaided
 
 Each synthetic image is its own synthetic patient. Ids start at 9,000,001, far above the real NIH
 (30,805) and CheXpert (64,540) ids, so mixing synthetic and real sets never merges two people in a
@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from medsyn.data.adapters.chexpert import CHEXPERT_CLASSES
+from medsyn.data.adapters.csvfile import IMAGE_COLUMNS, PATIENT_COLUMNS
 from medsyn.data.adapters.nih import NO_FINDING as NIH_NO_FINDING
 
 FIRST_PATIENT_ID = 9_000_001
@@ -54,8 +55,10 @@ class Layout:
         if source_format == "folder":
             return cls("folder", None, classes, negative_class=negative_class)
         own = columns if source_format == "csv" and columns else {}
-        return cls("csv", "labels.csv", classes, image_column=own.get("image") or "path",
-                   patient_column=own.get("patient") or "patient_id")  # fmt: skip
+        # the source's names where `csv:FILE` finds them without options (evaluation reads the set that way)
+        image = own.get("image") if own.get("image") in IMAGE_COLUMNS else "path"
+        patient = own.get("patient") if own.get("patient") in PATIENT_COLUMNS else "patient_id"
+        return cls("csv", "labels.csv", classes, image_column=image, patient_column=patient)
 
     def image_paths(self, labels: np.ndarray) -> list[str]:
         if self.kind == "nih":
