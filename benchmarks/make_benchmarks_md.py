@@ -751,6 +751,11 @@ def run_compare_step(data: Path, work: Path, smoke: bool, skip: Sequence[str] = 
     return result
 
 
+def _logged_rate(sample_grid: str | None) -> float | None:
+    """Median training img/s of a medsyn run (its losses.csv, beside the samples/ folder of `sample_grid`)."""
+    return _train_stats(Path(sample_grid).parents[1])["median_img_per_s"] if sample_grid else None
+
+
 def compare_section(r: Mapping[str, Any]) -> str:
     """One table: the four sides' utility, diversity, privacy and speed, with the load each step ran under."""
     steps, med = r.get("steps") or {}, r.get("medsyn") or {}
@@ -765,7 +770,8 @@ def compare_section(r: Mapping[str, Any]) -> str:
                      fmt(s.get("recall")), fmt(s.get("coverage")),
                      f"{fmt(s.get('fid'), 2)} ({fmt(s.get('fid_real_vs_real'), 2)})",
                      ", ".join(failing) or f"none of {len(s.get('privacy_checks') or [])} fail",
-                     f"{fmt(p.get('train_seconds'), 0)} s, {fmt(p.get('steps'))} steps",
+                     f"{fmt(p.get('train_seconds'), 0)} s, {fmt(p.get('steps'))} steps, "
+                     f"{fmt(_logged_rate(m.get('samples')), 0)} img/s",
                      f"{fmt(g.get('wall_s'), 0)} s ({fmt(g.get('img_per_s'), 1)} img/s)",
                      f"{fmt(dig(m, 'train', 'load_before'), 2)} → {fmt(dig(m, 'train', 'load_after'), 2)}"])  # fmt: skip
     for name in ("textbook-ddpm", "textbook-cgan"):
@@ -785,7 +791,8 @@ def compare_section(r: Mapping[str, Any]) -> str:
                      "n/a", f"pixel NN: {fmt(mem.get('frac_syn_below_test_p5'), pct=True)} of synthetic closer than "
                             "held-out p5",
                      f"{fmt(t.get('train_seconds') or t.get('gan_seconds'), 0)} s, "
-                     f"{fmt(t.get('train_steps') or t.get('gan_steps'))} steps",
+                     f"{fmt(t.get('train_steps') or t.get('gan_steps'))} steps, "
+                     f"{fmt(t.get('train_img_per_s') or t.get('gan_img_per_s'), 0)} img/s",
                      f"{fmt(gen_s, 0)} s ({fmt(t['n_synthetic'] / gen_s, 1)} img/s)" if gen_s else "n/a",
                      f"{fmt(dig(st, 'load_1min', 'before'), 2)} → {fmt(dig(st, 'load_1min', 'after'), 2)} "
                      f"(max {fmt(dig(st, 'load_1min', 'max'), 2)})"])  # fmt: skip
@@ -799,7 +806,10 @@ def compare_section(r: Mapping[str, Any]) -> str:
         "synthetic images per model, judged by `evaluate --quick` with its defaults (small CNN, 95% CI over test "
         "images), recall/coverage at k = 5 in the real classifier's feature space, FID "
         "with its real-vs-real baseline, every privacy check. Textbook rows: their own small CNN, mean ± std over "
-        "seeds, and their pixel nearest-neighbour memorisation test (no FID/recall/coverage measured).",
+        "seeds, and their pixel nearest-neighbour memorisation test (no FID/recall/coverage measured). The load "
+        "column is the 1-minute load average around each medsyn model's last `train` session (a resumed model: "
+        "the resume) or each textbook command; the training rate (median of the logged img/s) shows what the "
+        "machine gave each side.",
         table(["side", "TSTR/TRTR", "TRTR", "TSTR", "recall", "coverage", "FID (real vs real)", "privacy",
                "training", "sampling", "load 1-min"], rows),
         "Commands (load average before → after each whole command):\n\n" + cmds,

@@ -245,7 +245,7 @@ def test_compare_section_tabulates_every_side_and_says_what_was_not_measured(mbm
                                                             "exit_code": 1}}})  # fmt: skip
     ddpm_row = next(line for line in text.splitlines() if line.startswith("| medsyn ddpm (width 16)"))
     assert "0.970 [0.950, 0.990]" in ddpm_row and "0.610" in ddpm_row and "12.50 (3.25)" in ddpm_row
-    assert "membership inference" in ddpm_row and "812 steps" in ddpm_row and "19.6 img/s" in ddpm_row
+    assert "membership inference" in ddpm_row and "812 steps, n/a img/s" in ddpm_row and "19.6 img/s" in ddpm_row
     tb_row = next(line for line in text.splitlines() if line.startswith("| textbook ddpm (1.48M params)"))
     assert "0.924" in tb_row and "0.948 ± 0.002" in tb_row and "13.2 img/s" in tb_row and "max 7.50" in tb_row
     assert "| textbook-cgan | not measured (exit 1; n/a s) |" in text
