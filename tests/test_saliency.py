@@ -71,6 +71,7 @@ def test_models_that_look_at_different_halves_disagree_and_a_copy_agrees():
     summary = other.summary()
     assert summary["images"] == 12 and summary["undefined"] == 0
     assert set(summary["per_group"]) == {"A", NO_POSITIVE} and summary["per_group"]["A"]["n"] == 6
+    assert summary["per_group"]["A"]["defined"] == 6
     assert summary["overall"]["iou_mean"] == 0.0 and summary["iou_chance"] == pytest.approx(0.25 / 1.75)
 
 

@@ -125,7 +125,7 @@ class SaliencyResult:
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready: method, top_fraction, iou_chance, images, undefined, overall and per_group
-        ({n, spearman_mean, spearman_median, iou_mean, iou_median})."""
+        ({n, defined, spearman_mean, spearman_median, iou_mean, iou_median}; statistics over the defined images)."""
         groups = np.asarray(self.groups, dtype=object)
         return {
             "method": self.method,
@@ -147,6 +147,7 @@ def _stats(rho: np.ndarray, iou: np.ndarray) -> dict[str, Any]:
 
     return {
         "n": len(rho),
+        "defined": int((~np.isnan(rho) & ~np.isnan(iou)).sum()),  # the means and medians are over these
         "spearman_mean": agg(np.mean, rho),
         "spearman_median": agg(np.median, rho),
         "iou_mean": agg(np.mean, iou),
@@ -226,7 +227,12 @@ def grid_figure(result: SaliencyResult, images: Any, n: int = 8, seed: int = 0) 
             if r == 0:
                 ax.set_title(titles[c], fontsize=9)
         axes[r, 0].set_ylabel(f"{result.groups[i]}\n({result.classes[result.targets[i]]})", fontsize=8)
-        axes[r, 2].set_xlabel(f"rho {result.spearman[i]:.2f}, IoU {result.iou[i]:.2f}", fontsize=8)
+        text = (
+            "a map is constant: undefined"
+            if np.isnan(result.iou[i])
+            else f"rho {result.spearman[i]:.2f}, IoU {result.iou[i]:.2f}"
+        )
+        axes[r, 2].set_xlabel(text, fontsize=8)
     fig.tight_layout()
     return fig
 
