@@ -34,7 +34,7 @@ class Layout:
     labels_file: str | None
     classes: list[str]
     view: str = "frontal"
-    negative_class: str = "normal"  # the folder layout's folder for images without a positive label
+    negative_class: str = NIH_NO_FINDING  # the folder layout's folder for images without a positive label
     image_column: str = "path"
     patient_column: str = "patient_id"
 
@@ -44,7 +44,7 @@ class Layout:
         source_format: str,
         classes: list[str],
         options: dict[str, str],
-        negative_class: str = "normal",
+        negative_class: str = NIH_NO_FINDING,
         columns: dict[str, str | None] | None = None,
     ) -> Layout:
         """The layout of `source_format`; `columns` (image, patient) are a csv source's own column names."""
