@@ -87,7 +87,7 @@ def test_gradcam_on_medsyn_classifiers_leaves_the_models_unchanged(tmp_path):
     assert torch.equal(real(x), before) and not real._forward_hooks
     assert all(m.inplace for m in real.modules() if isinstance(m, nn.ReLU))
     assert np.isfinite(result.spearman).sum() + result.summary()["undefined"] == 12
-    path = save_grid(result, images, tmp_path / "grid.png", n=4)
+    path = save_grid(result, images, tmp_path / "grid.png", n=4, names=("seed 0", "seed 1"))
     assert Image.open(path).size[1] > Image.open(path).size[0]  # 4 rows of 3 panels
 
 

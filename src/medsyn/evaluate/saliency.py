@@ -16,6 +16,10 @@ Agreement per image:
 A map that is constant (Grad-CAM is 0 everywhere when no positive evidence flows to the layer) ranks
 nothing: its agreement is NaN and counted as `undefined`. Low agreement together with a good TSTR AUROC
 warns that the synthetic-trained model may rely on other cues (shortcuts) than the real-trained one.
+Read it against a baseline: the agreement of two real-trained models that differ only in their seed
+(`saliency_agreement(real_seed0, real_seed1, ...)`), because Grad-CAM maps of small networks already vary
+between seeds. Grad-CAM shows positive evidence only: a class a model predicts from the ABSENCE of features
+(e.g. "normal") can give constant, undefined maps.
 """
 
 from __future__ import annotations
@@ -210,11 +214,17 @@ def pick_rows(result: SaliencyResult, n: int, seed: int = 0) -> np.ndarray:
     return np.array(picked, dtype=int)
 
 
-def grid_figure(result: SaliencyResult, images: Any, n: int = 8, seed: int = 0) -> Figure:
-    """Rows of image | real-trained model's map | synthetic-trained model's map (maps over the image)."""
+MODEL_NAMES = ("real-trained model", "synthetic-trained model")
+
+
+def grid_figure(
+    result: SaliencyResult, images: Any, n: int = 8, seed: int = 0, names: tuple[str, str] = MODEL_NAMES
+) -> Figure:
+    """Rows of image | first model's map | second model's map (maps over the image); `names` head the columns
+    (e.g. two real-trained seeds, for the baseline agreement of two models trained on the same data)."""
     rows = pick_rows(result, n, seed)
     fig, axes = plt.subplots(len(rows), 3, figsize=(6.0, 2.0 * len(rows)), squeeze=False)
-    titles = ("image", "real-trained model", "synthetic-trained model")
+    titles = ("image", *names)
     for r, i in enumerate(rows):
         img = as_unit_tensor(np.asarray(images[[i]]))[0].mean(0).numpy()
         for c, m in enumerate((None, result.real_maps[i], result.synthetic_maps[i])):
@@ -237,9 +247,16 @@ def grid_figure(result: SaliencyResult, images: Any, n: int = 8, seed: int = 0) 
     return fig
 
 
-def save_grid(result: SaliencyResult, images: Any, path: str | Path, n: int = 8, seed: int = 0) -> Path:
+def save_grid(
+    result: SaliencyResult,
+    images: Any,
+    path: str | Path,
+    n: int = 8,
+    seed: int = 0,
+    names: tuple[str, str] = MODEL_NAMES,
+) -> Path:
     """Write `grid_figure` as a PNG (atomically); returns the path."""
-    fig = grid_figure(result, images, n, seed)
+    fig = grid_figure(result, images, n, seed, names)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
