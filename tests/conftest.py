@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,9 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MEDSYN_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 torch.set_num_threads(2)
+# --precision auto keeps its CPU timing per machine; the suite (and the CLI processes it starts) keep theirs in a
+# folder of its own, so tests neither read nor write the user's ~/.cache/medsyn
+os.environ.setdefault("MEDSYN_CACHE_DIR", tempfile.mkdtemp(prefix="medsyn-test-cache-"))
 
 
 def needs_data(sub: str) -> pytest.MarkDecorator:

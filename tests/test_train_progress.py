@@ -18,6 +18,7 @@ from medsyn.data.cache import prepare
 from medsyn.generate import generate
 from medsyn.models import GANConfig
 from medsyn.train import TrainConfig, Trainer, train
+from medsyn.train import precision as precision_module
 from medsyn.train import trainer as trainer_module
 from medsyn.train.checkpoint import load_checkpoint
 from medsyn.train.precision import probe_cpu_precision
@@ -143,13 +144,50 @@ def test_auto_precision_is_measured_recorded_and_kept_on_resume(tmp_path: Path, 
     assert manifest["precision"] == "bfloat16"  # generation follows the run's measured choice
 
 
-def test_probe_times_both_precisions_without_touching_the_rng() -> None:
+def test_probe_times_both_precisions_without_touching_the_rng(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDSYN_CACHE_DIR", str(tmp_path))
     torch.manual_seed(123)
     before = torch.get_rng_state()
     threads = torch.get_num_threads()
-    result = probe_cpu_precision(GANConfig("cgan", 16, 1, 3, 16, 8), batch=64)
+    model = GANConfig("cgan", 16, 1, 3, 16, 8)
+    result = probe_cpu_precision(model, batch=64)
     assert torch.equal(torch.get_rng_state(), before) and torch.get_num_threads() == threads
     assert result["choice"] in ("fp32", "bf16") and result["batch"] == 8
     assert result["fp32_s"] > 0 and result["bf16_s"] > 0
     faster = result["bf16_s"] * 1.25 < result["fp32_s"]
     assert result["choice"] == ("bf16" if faster else "fp32")
+
+    def must_not_time(*a: object) -> dict:
+        raise AssertionError("the same model on the same machine was timed again")
+
+    monkeypatch.setattr(precision_module, "_probe", must_not_time)  # the same command twice: the same choice
+    again = probe_cpu_precision(model, batch=64)
+    assert again["choice"] == result["choice"] and again["cached"] == str(tmp_path / "precision.json")
+    other = GANConfig("cgan", 16, 1, 3, 16, 16)  # another width is another measurement
+    with pytest.raises(AssertionError, match="timed again"):
+        probe_cpu_precision(other, batch=64)
+
+
+def test_images_with_no_known_label_are_left_out_of_training(tmp_path: Path, cache: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    """Issue 16.4: a masked label is unknown, not negative: such images join no group (not the negative one)."""
+    import shutil
+
+    import pandas as pd
+
+    from medsyn.train.data import open_train_data
+    from medsyn.train.distributed import DistInfo
+
+    copy = tmp_path / "cache"
+    shutil.copytree(cache, copy)
+    index = pd.read_csv(copy / "index.csv")
+    train_rows = index.index[index["split"] == "train"][:5]
+    classes = [c for c in index.columns if c not in ("row", "source", "patient_id", "split")]
+    index.loc[train_rows, classes] = float("nan")
+    index.to_csv(copy / "index.csv", index=False)
+    before = open_train_data(tiny(cache), tmp_path / "a", DistInfo(), quiet=True)
+    capsys.readouterr()
+    after = open_train_data(tiny(copy), tmp_path / "b", DistInfo(), quiet=True)
+    assert len(after.rows) == len(before.rows) - 5
+    assert not set(index.loc[train_rows, "row"]) & set(after.rows.tolist())
+    assert "5 training images have no known label" in capsys.readouterr().err

@@ -25,6 +25,7 @@ from medsyn.data.splits import select_classes
 from medsyn.errors import DataError
 from medsyn.train.config import TrainConfig
 from medsyn.train.distributed import DistInfo, barrier
+from medsyn.train.logs import notice
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,13 @@ def open_train_data(cfg: TrainConfig, out_dir: Path, info: DistInfo, quiet: bool
     labels = np.full((len(cache), len(classes)), np.nan, dtype=np.float32)
     rows = table["row"].to_numpy(dtype=np.int64)
     labels[rows] = table[classes].to_numpy(dtype=np.float32)
+    unknown = np.isnan(labels[rows]).all(axis=1)
+    if unknown.all():
+        raise DataError(f"{cache.path}: no training image has a known label for {', '.join(classes)}")
+    if unknown.any():  # masked is not negative: such an image belongs to no label group and conditions nothing
+        if info.main:
+            notice(f"{int(unknown.sum())} training images have no known label (all masked): left out of training")
+        rows = rows[~unknown]
     return TrainData(cache, classes, rows, labels)
 
 

@@ -1,21 +1,32 @@
 """`--precision auto` on a CPU: time the run's own model in fp32 and in bf16 + channels_last, keep the faster.
 
-CPU flags do not predict it: on the project's 2-core AMD EPYC (no `avx512_bf16` flag in /proc/cpuinfo) a 64 px
-DCGAN trained 2.4x faster in bf16 + channels_last than in fp32 (benchmarks/bench_train.py prints both), while
-on CPUs where oneDNN emulates bf16 it can be several times slower, and tiny models lose to the conversion
-overhead. So the choice is a measurement: a few interleaved forward/backward passes of the generator and
-discriminator on a small batch before training starts; bf16 is taken only when it is clearly faster. It is recorded in run.json
-(`runtime.precision_probe`) and a resumed run keeps it, so one run never mixes precisions.
+CPU flags do not predict it: one 2-core AMD EPYC machine of this project trained a 64 px DCGAN 2.4x faster in
+bf16 + channels_last than in fp32 (benchmarks/bench_train.py prints both), another (no avx512 flags) 16x slower,
+where oneDNN emulates bf16; tiny models lose to the conversion overhead everywhere. So the choice is a
+measurement: a few interleaved training-like passes on a small batch before training starts; bf16 is taken only
+when it is clearly faster. It is recorded in run.json (`runtime.precision_probe`) and a resumed run keeps it, so
+one run never mixes precisions.
+
+The result is also kept per machine (CPU model, torch version, model config, probe batch) in
+`$MEDSYN_CACHE_DIR` (default `~/.cache/medsyn`) `/precision.json`, so the same command run twice on one machine
+takes the same precision and gives the same files, and does not pay for the probe again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import platform
 import statistics
 import time
+from contextlib import suppress
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from medsyn.io import write_json_atomic
 from medsyn.models import MODELS, GANConfig, build_gan
 from medsyn.models.diffusion import DiffusionGenerator
 from medsyn.models.registry import build_generator
@@ -53,12 +64,48 @@ def probe_cpu_precision(model: GANConfig, batch: int) -> dict[str, Any]:
     if not torch.backends.mkldnn.is_available():
         return {"choice": "fp32", "reason": "this torch build has no oneDNN (mkldnn), so no CPU bf16"}
     n = max(1, min(batch, PROBE_BATCH))
+    key = _machine_key(model, n)
+    known = _read_cache().get(key)
+    if isinstance(known, dict) and known.get("choice") in ("fp32", "bf16"):
+        return {**known, "cached": str(cache_file())}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one thread: the kernels' relative speed without OpenMP spin-waits, which
     try:  # inflate CPU time when other jobs share the cores
-        return _probe(model, n)
+        result = _probe(model, n)
     finally:
         torch.set_num_threads(threads)
+    with suppress(OSError):  # a read-only home: the run still has its measurement, only the next one re-measures
+        write_json_atomic(cache_file(), {**_read_cache(), key: result})
+    return result
+
+
+def cache_file() -> Path:
+    root = (
+        os.environ.get("MEDSYN_CACHE_DIR")
+        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "medsyn"
+    )
+    return Path(root) / "precision.json"
+
+
+def _read_cache() -> dict[str, Any]:
+    try:
+        data = json.loads(cache_file().read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _machine_key(model: GANConfig, n: int) -> str:
+    """What the timing depends on: this CPU, this torch, the model's configuration and the probe batch."""
+    cpu = platform.processor() or platform.machine()
+    with suppress(OSError, StopIteration):  # Linux names the CPU model; elsewhere the platform's word stands
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    what = json.dumps([cpu, torch.__version__, model.to_dict(), n], sort_keys=True)
+    return hashlib.sha256(what.encode()).hexdigest()[:16]
 
 
 def _probe(model: GANConfig, n: int) -> dict[str, Any]:
