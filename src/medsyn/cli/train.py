@@ -102,8 +102,14 @@ def register(app: typer.Typer) -> None:
         run: Path = typer.Argument(..., help="Run folder, or a folder written by 'medsyn export'."),
         out: Path = typer.Option(..., "--out", "-o", help="Folder for the synthetic set."),
         n: int = typer.Option(None, "--n", help="Images, with the training label distribution."),
-        per_class: int = typer.Option(None, "--per-class", help="Images per class (and per 'No Finding')."),
-        balance: bool = typer.Option(False, "--balance", help="Top every class up to the largest class count."),
+        per_class: int = typer.Option(
+            None, "--per-class", help="Images per class (and for the negative group, e.g. 'No Finding' or 'normal')."
+        ),
+        balance: bool = typer.Option(
+            False,
+            "--balance",
+            help="Every label group at the largest group's training count (a balanced set gets that count each).",
+        ),
         seed: int = typer.Option(0, help="Sampling seed."),
         batch: int = typer.Option(256, help="Images per generator call."),
         device: str = typer.Option("auto", help="auto | cpu | cuda."),
