@@ -151,11 +151,13 @@ def test_a_configuration_error_inside_a_stage_stops_the_run(real, tmp_path):
 
 def test_align_labels_recognises_the_manifests_negative_class():
     labels = np.array([[1, 0], [0, 1], [0, 1]], np.float32)
-    out, notes = align_labels(["Nodule", "normal"], labels, ["Nodule"], False, negative="normal")
+    out, notes = align_labels(["Nodule", "healthy"], labels, ["Nodule"], False, negative="healthy")
     np.testing.assert_array_equal(out, [[1], [0], [0]])
     assert notes == []
-    with pytest.raises(DataError, match="normal"):  # under the default name, 'normal' is an unknown class
-        align_labels(["Nodule", "normal"], labels, ["Nodule"], False)
+    with pytest.raises(DataError, match="healthy"):  # not named by a manifest: an unknown class with positives
+        align_labels(["Nodule", "healthy"], labels, ["Nodule"], False)
+    for default in ("normal", "No Finding"):  # without a manifest, both names generate uses mean "no positive"
+        assert align_labels(["Nodule", default], labels, ["Nodule"], False)[1] == []
 
 
 def _levels(metrics: dict) -> dict[str, str]:

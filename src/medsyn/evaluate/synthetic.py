@@ -44,7 +44,9 @@ from medsyn.errors import DataError, SpecError
 from medsyn.progress import progress_bar
 
 NO_FINDING = "No Finding"
-"""The negative group's name when a synthetic set's manifest does not give its `negative_class`."""
+"""The negative group's name in reports when a synthetic set's manifest does not give its `negative_class`."""
+NEGATIVE_DEFAULTS = (NO_FINDING, "normal")
+"""Names read as "no positive label" when no manifest names the negative class (`generate` uses both)."""
 MANIFEST_FORMAT = "medsyn-synthetic"
 LAYOUT_SPECS = {"nih": "nih:{dir}", "chexpert": "chexpert:{dir}?view=all", "folder": "folder:{dir}"}
 MEMMAP_BYTES = 1 << 30
@@ -215,11 +217,12 @@ def align_labels(
     exclusive: bool,
     note_ignored: bool = True,
     known: list[str] | None = None,
-    negative: str = NO_FINDING,
+    negative: str | None = None,
 ) -> tuple[np.ndarray, list[str]]:
     """Synthetic labels (N, Ks) mapped onto `classes` (N, K), and notes.
 
-    `negative`: the synthetic set's name for "no positive label" (ignored as a column unless a real class).
+    `negative`: the synthetic set's name for "no positive label" (ignored as a column unless a real class);
+    None (no manifest says): any of NEGATIVE_DEFAULTS.
 
     `known`: every class of the real set when only some (`classes`) are evaluated: a synthetic column of a
     known class that is not evaluated is left out, not refused.
@@ -230,6 +233,7 @@ def align_labels(
     every column of its format, e.g. all 14 NIH findings), so ignoring them is not worth a note.
     """
     index = {_norm(c): j for j, c in enumerate(classes)}
+    negatives = {_norm(n) for n in ([negative] if negative else NEGATIVE_DEFAULTS)}
     real = index.keys() | {_norm(c) for c in known or ()}
     out = np.full((len(syn_labels), len(classes)), 0.0 if exclusive else np.nan, dtype=np.float32)
     covered: set[int] = set()
@@ -245,7 +249,7 @@ def align_labels(
                 else:
                     out[:, j] = col
                 covered.add(j)
-        elif _norm(name) == _norm(negative) or not np.nansum(col == 1) or all(p in real for p in parts):
+        elif _norm(name) in negatives or not np.nansum(col == 1) or all(p in real for p in parts):
             ignored.append(name)
         else:
             unknown.append(f"{name} ({int(np.nansum(col == 1))} images)")
@@ -255,7 +259,7 @@ def align_labels(
             "evaluate against real data with these classes or drop those images"
         )
     notes = []
-    dropped = [c for c in ignored if _norm(c) != _norm(negative) and not all(p in real for p in _parts(c))]
+    dropped = [c for c in ignored if _norm(c) not in negatives and not all(p in real for p in _parts(c))]
     if dropped and note_ignored:
         notes.append(f"synthetic label columns not in the real set and without positives were ignored: {', '.join(dropped)}")
     missing = [classes[j] for j in range(len(classes)) if j not in covered]
@@ -360,7 +364,7 @@ def load_synthetic(
     exclusive = src.info.get("format") == "folder"
     labels, label_notes = align_labels(
         list(src.classes), src.labels(), classes, exclusive, note_ignored=opened.kind != "medsyn-generate", known=known,
-        negative=opened.negative_class,
+        negative=(opened.manifest or {}).get("negative_class"),
     )
     notes += label_notes
     native_c = _file_channels(src)
