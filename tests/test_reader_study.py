@@ -266,3 +266,24 @@ def test_cli_create_and_analyze(study, tmp_path):
     assert "10 images (5 real held-out, 5 synthetic)" in result.output
     result = CliRunner().invoke(app, ["reader-study", "analyze", str(out), "--out", str(tmp_path / "res")])
     assert result.exit_code == 0 and "no answers yet" in result.output
+
+
+def test_evaluate_folds_the_reader_study_into_its_report(study, tmp_path):
+    """`medsyn evaluate --reader-study FILE`: the analysis is a report section; a wrong file fails first."""
+    from medsyn.evaluate import evaluate
+    from medsyn.report.html import _reader_study
+
+    path = make_study(study.parent, name="folded.sqlite")
+    client = TestClient(make_app(path))
+    truth = dict(_stored(path)[["id", "truth"]].itertuples(index=False))
+    token = _start(client, "g")
+    for _ in range(6):
+        image_id = _next_id(client, token)
+        client.post(f"/r/{token}/answer", data={"image_id": image_id, "answer": truth[image_id], "confidence": "4"})
+    section = reader_study_section(path)
+    html = _reader_study({"reader_study": section})
+    assert "Reader study: can people tell?" in html and section["verdict"].split()[0] in html
+    assert "100.0%" in html and "(6 of 6," in html  # pooled accuracy with its k of n
+    assert _reader_study({}) == ""
+    with pytest.raises(DataError, match="study file not found"):  # before any data is read or model trained
+        evaluate("phantom?n=40", tmp_path / "no-synthetic", tmp_path / "eval", reader_study=tmp_path / "none.sqlite")

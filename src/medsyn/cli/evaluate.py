@@ -83,12 +83,15 @@ def register(app: typer.Typer) -> None:
             "--settings",
             help="YAML overrides of the evaluation settings, e.g. {classifier: {epochs: 10}, reid: {epochs: 5}}.",
         ),  # fmt: skip
+        reader_study: Path = typer.Option(
+            None, "--reader-study", help="A 'medsyn reader-study' file: its analysis becomes a section of the report."
+        ),
         quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
     ) -> None:
         """Is the synthetic set useful, realistic and private? Writes OUT/metrics.json and OUT/report.html."""
         metrics = evaluate(
             real, synthetic, out, quick=quick, seed=seed, device=device, feature_weights=features, size=size,
             classes=[c.strip() for c in classes.split(",") if c.strip()] if classes else None, cache=cache,
-            real_images=not no_real_images, settings=_read_settings(settings), quiet=quiet,
+            real_images=not no_real_images, settings=_read_settings(settings), quiet=quiet, reader_study=reader_study,
         )  # fmt: skip
         print_summary(metrics, out, "medsyn evaluate")

@@ -122,6 +122,7 @@ def evaluate(
     real_images: bool = True,
     settings: Mapping[str, Any] | None = None,
     quiet: bool = False,
+    reader_study: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate `synthetic` against `real` (a spec or a prepared cache); writes OUT/metrics.json and
     OUT/report.html and returns the metrics.
@@ -129,8 +130,14 @@ def evaluate(
     `size`: evaluation size (default: the cache's, else the generator's training size, else the synthetic
     images' own). `classes`: evaluate on these real classes only. `cache`: where a spec is prepared.
     `real_images=False` leaves real images out of the report (so it can be shared where the real data
-    may not). `settings`: overrides of the quick/full defaults (see `EvalSettings.make`).
+    may not). `settings`: overrides of the quick/full defaults (see `EvalSettings.make`). `reader_study`: a
+    `medsyn reader-study` file whose analysis becomes the report's reader-study section.
     """
+    readers = None
+    if reader_study is not None:  # read first: a wrong file is an error before hours of evaluation
+        from medsyn.readerstudy.analyze import reader_study_section  # the reader study reads evaluate's inputs
+
+        readers = reader_study_section(reader_study)
     out = Path(out_dir)
     stage = Stages(quiet)
     s = EvalSettings.make(quick, seed, resolve_device(device), not quiet, settings)
@@ -156,6 +163,8 @@ def evaluate(
         metrics["models"] = models.save(out / "models")
     metrics["data"]["notes"] = rd.notes + syn.notes
     metrics["settings"]["feature_weights"] = str(feature_weights) if feature_weights else None
+    if readers is not None:
+        metrics["reader_study"] = readers
     metrics["timings"] = stage.timings  # the report shows every stage but its own
     metrics["report"] = str(out / "report.html")
     with stage("report"):

@@ -357,6 +357,27 @@ def _frac(entry: Mapping[str, Any]) -> str:
             f"{_pct(entry['ci_low'])}–{_pct(entry['ci_high'])})</span>")  # fmt: skip
 
 
+def _rate(entry: Mapping[str, Any]) -> str:
+    """k of n with its exact interval, as the reader-study analysis gives it."""
+    return (f"{_pct(entry['value'])} <span class=muted>({entry['k']} of {entry['n']}, 95% CI "
+            f"{_pct(entry['ci_low'])}–{_pct(entry['ci_high'])})</span>")  # fmt: skip
+
+
+def _reader_study(m: Mapping[str, Any]) -> str:
+    """Can people tell? The pooled reader-study figures (`medsyn reader-study analyze` has the full page)."""
+    rs = m.get("reader_study")
+    if not rs:
+        return ""
+    pooled, kappa, study = rs["pooled"], rs["fleiss_kappa"], rs["study"]
+    rows = [(name, _rate(pooled[name])) for name in ("accuracy", "sensitivity", "specificity")]
+    rows += [("p-value against chance (binomial)", _sig(pooled.get("p_value_vs_chance"))),
+             ("ROC AUC from confidence", _num(pooled.get("auroc"))),
+             ("Fleiss' kappa", _num(kappa.get("value")) if kappa.get("value") is not None else _e(kappa.get("note"))),
+             ("readers (complete)", f"{study['readers']} ({study['complete_readers']})"),
+             ("images (real / synthetic)", f"{study['images']} ({study['real']} / {study['synthetic']})")]  # fmt: skip
+    return f"<h2>Reader study: can people tell?</h2><p>{_e(rs['verdict'])}</p>{_kv(rows)}"
+
+
 def _methods(m: Mapping[str, Any]) -> str:
     out = ("<h2>How the verdicts are decided</h2><p class=muted>Every rule below is in one module, "
            "<code>medsyn.evaluate.verdicts</code> (src/medsyn/evaluate/verdicts.py; docs/ARCHITECTURE.md explains "
@@ -378,7 +399,7 @@ def render(metrics: Mapping[str, Any], figs: Mapping[str, str | None], real_imag
             + "<h2>Samples</h2>" + _img(figs["samples"], "sample grid",
                                         "A few images per class (chosen at random with the evaluation seed).")
             + _utility(metrics, figs["utility"], figs["utility_roc"]) + _fidelity(metrics, figs) + _privacy(metrics, figs, real_images)
-            + _methods(metrics))  # fmt: skip
+            + _reader_study(metrics) + _methods(metrics))  # fmt: skip
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         f"<title>medsyn evaluation report</title><style>{CSS}</style></head><body>{body}"
