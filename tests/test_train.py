@@ -10,6 +10,7 @@ import pytest
 import torch
 import typer
 import yaml
+from train_helpers import kill_at_step, one_second_per_step, tiny
 from typer.testing import CliRunner
 
 from medsyn import __version__
@@ -17,7 +18,7 @@ from medsyn.cli.train import register
 from medsyn.data.cache import prepare
 from medsyn.errors import CheckpointError, ConfigError, MedsynError
 from medsyn.models.diffusion import DiffusionGenerator
-from medsyn.train import TrainConfig, Trainer, losses, train
+from medsyn.train import TrainConfig, losses, train
 from medsyn.train.checkpoint import load_checkpoint
 
 LOSS_COLUMNS_SKIP = {"img_per_s"}  # wall-clock rate: the only column that may differ between runs
@@ -29,11 +30,6 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return prepare("phantom?n=64&seed=0", 16, tmp_path_factory.mktemp("cache") / "phantom16", quiet=True).path
 
 
-def tiny(cache: Path, **kw: object) -> TrainConfig:
-    base = dict(data=str(cache), model="cgan", size=16, steps=4, batch=8, width=8, ckpt_every=2, log_every=1,
-                sample_every=100, device="cpu", precision="fp32")  # fmt: skip
-    base.update(kw)
-    return TrainConfig(**base)
 
 
 def loss_rows(run: Path, sub: str = ".") -> list[dict[str, str]]:
@@ -93,20 +89,11 @@ def test_resume_after_kill_is_exact(tmp_path: Path, cache: Path, monkeypatch: py
     """6 steps in one go == killed during step 6 (checkpoint at 4, rows logged to 5) + --resume."""
     cfg = tiny(cache, model=model, steps=6, ckpt_every=4, **extra)
     whole = train(cfg, tmp_path / "whole", quiet=True)
-    calls = {"n": 0}
-    real_step = Trainer.train_step
-
-    def killed_at_6(self: Trainer, *a: object) -> dict:
-        calls["n"] += 1
-        if calls["n"] == 6:
-            raise KeyboardInterrupt
-        return real_step(self, *a)
-
-    monkeypatch.setattr(Trainer, "train_step", killed_at_6)
+    kill_at_step(monkeypatch, 6)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path / "killed", quiet=True)
     assert len(loss_rows(tmp_path / "killed")) == 5
-    monkeypatch.setattr(Trainer, "train_step", real_step)
+    monkeypatch.undo()
     resumed = train(None, tmp_path / "killed", resume=True, quiet=True)
     assert loss_rows(resumed) == loss_rows(whole)
     a, b = weights(whole / "checkpoints/last.pt"), weights(resumed / "checkpoints/last.pt")
@@ -129,15 +116,7 @@ def test_time_limit_stops_with_a_checkpoint_and_counts_resumed_time(
 ) -> None:
     """A fake clock advancing 1 s per step: a 3.5 s limit stops at the first log step past it (step 4 with
     log_every=2), checkpointed; resuming with the same limit trains no further, a larger one continues."""
-    clock = {"t": 0.0}
-    real_step = Trainer.train_step
-
-    def one_second_step(self: Trainer, *a: object) -> dict:
-        clock["t"] += 1.0
-        return real_step(self, *a)
-
-    monkeypatch.setattr("medsyn.train.loop.time.perf_counter", lambda: clock["t"])
-    monkeypatch.setattr(Trainer, "train_step", one_second_step)
+    one_second_per_step(monkeypatch)
     cfg = tiny(cache, steps=100, log_every=2, ckpt_every=50)
     run = train(cfg, tmp_path / "run", quiet=True, time_limit_s=3.5)
     ck = load_checkpoint(run / "checkpoints" / "last.pt")

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_helpers import kill_at_step, one_second_per_step, tiny
 
 from medsyn.data.cache import prepare
 from medsyn.generate import generate
 from medsyn.models import GANConfig
-from medsyn.train import TrainConfig, Trainer, train
+from medsyn.train import Trainer, train
 from medsyn.train import precision as precision_module
 from medsyn.train import trainer as trainer_module
 from medsyn.train.checkpoint import load_checkpoint
@@ -31,25 +32,11 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return prepare("phantom?n=64&seed=0", 16, tmp_path_factory.mktemp("cache") / "phantom16", quiet=True).path
 
 
-def tiny(cache: Path, **kw: object) -> TrainConfig:
-    base = dict(data=str(cache), model="cgan", size=16, steps=4, batch=8, width=8, ckpt_every=2, log_every=1,
-                sample_every=100, device="cpu", precision="fp32")  # fmt: skip
-    base.update(kw)
-    return TrainConfig(**base)
 
 
 @pytest.fixture
 def one_second_steps(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A fake training clock that advances 1 s per step."""
-    clock = {"t": 0.0}
-    real_step = Trainer.train_step
-
-    def step(self: Trainer, *a: object) -> dict:
-        clock["t"] += 1.0
-        return real_step(self, *a)
-
-    monkeypatch.setattr("medsyn.train.loop.time.perf_counter", lambda: clock["t"])
-    monkeypatch.setattr(Trainer, "train_step", step)
+    one_second_per_step(monkeypatch)
 
 
 def test_progress_says_how_far_and_why(tmp_path: Path, cache: Path, one_second_steps: None) -> None:
@@ -76,16 +63,8 @@ def test_manifest_records_training_progress(tmp_path: Path, cache: Path, one_sec
 def test_time_limit_is_part_of_the_run_and_survives_resume(tmp_path: Path, cache: Path, one_second_steps: None,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     """Issue 16.2, in process: killed before the limit, a plain resume (no limit given) stops at the stored one."""
-    calls = {"n": 0}
-    step = Trainer.train_step
-
-    def killed_at_3(self: Trainer, *a: object) -> dict:
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return step(self, *a)
-
-    monkeypatch.setattr(Trainer, "train_step", killed_at_3)
+    step = Trainer.train_step  # the 1 s-per-step clock's step
+    kill_at_step(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         train(tiny(cache, steps=100, log_every=2, time_limit_s=5.5), tmp_path / "run", quiet=True)
     monkeypatch.setattr(Trainer, "train_step", step)
