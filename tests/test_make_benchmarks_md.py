@@ -261,3 +261,15 @@ def test_splice_section_replaces_or_inserts_one_section_and_keeps_the_rest(mbm):
     assert again.count("## New") == 1 and "newer\n\n| t |" in again and "new body" not in again
     assert again.startswith("# Benchmarks\n\n## A\n\nold a\n") and again.endswith(gpu + "\n\ngpu\n")
     assert mbm.splice_section("# B\n", "## X", "x", gpu) == "# B\n\n## X\n\nx\n"
+
+
+def test_splice_section_by_prefix_replaces_an_experiment_whose_settings_changed(mbm):
+    """A re-measured data set replaces its old section even when the heading's step count differs."""
+    text = "# B\n\n## NIH sample (64 px, cgan, 2,500 steps)\n\nold\n\n## covid (64 px)\n\nkeep\n"
+    out = mbm.splice_section(text, "## NIH sample (64 px, cgan, 3,000 steps)", "new", "## none", prefix="## NIH sample (")
+    assert out == "# B\n\n## NIH sample (64 px, cgan, 3,000 steps)\n\nnew\n\n## covid (64 px)\n\nkeep\n"
+
+
+def test_compare_section_says_sides_ran_one_after_the_other_at_the_full_budget(mbm):
+    text = mbm.compare_section({"budget_min": 10.0, "threads": "1", "jobs": 1, "medsyn": {}, "steps": {}})
+    assert "10.0 min each)" in text and "one side after the other" in text and "not the 10 min" not in text
