@@ -496,7 +496,7 @@ def privacy_section(m: Mapping[str, Any]) -> str:
     p = m.get("privacy") or {}
     if not p:
         return "Not assessed."
-    from medsyn.report.verdicts import REID_FPR
+    from medsyn.evaluate.verdicts import REID_FPR
 
     rows = []
     for space, d in (p.get("dcr") or {}).items():

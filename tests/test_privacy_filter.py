@@ -17,7 +17,7 @@ from medsyn.cli.train import register
 from medsyn.data.cache import PreparedDataset, prepare
 from medsyn.errors import ConfigError, DataError
 from medsyn.evaluate.neighbors import knn
-from medsyn.evaluate.reid import ReidConfig, save_reid, train_reid
+from medsyn.evaluate.privacy.reid import ReidConfig, save_reid, train_reid
 from medsyn.generate import PrivacyFilter, export, generate
 from medsyn.generate.privacy_filter import summary_line
 from medsyn.train import TrainConfig, train

@@ -98,7 +98,7 @@ class SavedModels:
                         "two images; patient ids are not stored")  # fmt: skip
                 save_reid(self.reid, tmp / "reid", extra={"what": what, "data": data})
                 entries["reid"] = {"path": str(folder / "reid"), "what": what,
-                                   "load": "medsyn.evaluate.reid.load_reid(path, device='cpu')"}  # fmt: skip
+                                   "load": "medsyn.evaluate.privacy.reid.load_reid(path, device='cpu')"}  # fmt: skip
         return entries
 
 

@@ -8,7 +8,7 @@ the time, a memorised copy always.
 
 Re-identification (optional, `reid_model`): a candidate is also rejected when the siamese network's best
 same-patient score against every training image exceeds the (1 - `reid_fpr`) quantile of the held-out
-images' best scores (the gallery-calibrated threshold of `medsyn.evaluate.reid.match_synthetic`).
+images' best scores (the gallery-calibrated threshold of `medsyn.evaluate.privacy.linkage.match_synthetic`).
 
 A rejected candidate is re-drawn with the same label and a new seed derived from the generation seed, so
 the same command twice writes the same files, and images that pass are those the unfiltered command
@@ -34,7 +34,7 @@ from medsyn.evaluate.neighbors import knn
 
 if TYPE_CHECKING:  # the evaluation stack (MONAI, figures) is imported only when a filter is calibrated
     from medsyn.evaluate.features import PixelFeatures
-    from medsyn.evaluate.reid import ReidModel
+    from medsyn.evaluate.privacy.reid import ReidModel
 
 REASONS = ("pixel", "reid")
 _ADVICE = "the generator looks memorising its training images: do not share it; retrain (fewer steps, augmentation)"
@@ -46,7 +46,7 @@ class PrivacyFilter:
 
     `real`: a dataset spec or prepared cache folder standing for the training data when the run's own
     cache is not available (an exported generator folder). `reid_model`: a folder written by
-    `medsyn.evaluate.reid.save_reid`, or a trained `ReidModel`.
+    `medsyn.evaluate.privacy.reid.save_reid`, or a trained `ReidModel`.
     """
 
     percentile: float = 1.0
@@ -282,7 +282,7 @@ def _open_real(cfg: PrivacyFilter, meta: dict[str, Any], run_dir: Path, quiet: b
 
 
 def _load_reid(model: str | os.PathLike[str] | ReidModel, device: torch.device) -> ReidModel:
-    from medsyn.evaluate.reid import ReidModel, load_reid
+    from medsyn.evaluate.privacy.reid import ReidModel, load_reid
 
     return model if isinstance(model, ReidModel) else load_reid(model, device=device)
 

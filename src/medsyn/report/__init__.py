@@ -1,4 +1,4 @@
-"""The evaluation report: one self-contained HTML page (figures embedded), plus the verdict rules.
+"""The evaluation report: one self-contained HTML page (figures embedded); the verdicts come from `medsyn.evaluate.verdicts`.
 
     write_report(metrics, assets, "eval/report.html")
 """
