@@ -106,7 +106,7 @@ def main() -> None:
             for th in threads:
                 th.join()
             wall = time.perf_counter() - t0
-            served = httpx.get(f"{base}/admin/counts.json", params={"token": ADMIN}).json()["answers"]
+            served = httpx.get(f"{base}/admin/counts.json", headers={"Authorization": f"Bearer {ADMIN}"}).json()["answers"]
         finally:
             server.terminate()
             server.wait(timeout=30)

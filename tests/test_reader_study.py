@@ -179,14 +179,29 @@ def test_requests_that_cannot_be_served_are_clear_4xx(study, tmp_path):
         (client.get("/resume", params={"token": "nope"}), 404, "unknown reader"),
         (client.post("/start", data={"name": "bob"}), 409, "taken"),
         (client.post("/start", data={"name": "   "}), 422, "1 to 80"),
-        (client.get("/admin", params={"token": "wrong"}), 403, "wrong admin token"),
+        (client.post("/admin/login", data={"token": "wrong"}), 403, "wrong admin token"),
+        (client.get("/admin/counts.json"), 403, "admin only"),
+        (client.get("/admin/counts.json", headers={"Authorization": "Bearer wrong"}), 403, "admin only"),
         (client.get("/nowhere"), 404, "Not Found"),
         (client.delete(f"/r/{token}"), 405, "Method Not Allowed"),
     ]
     for resp, status, text in cases:
         assert (resp.status_code, text in resp.text) == (status, True), (status, resp.text[-300:])
-    counts = client.get("/admin/counts.json", params={"token": "admin-secret"}).json()
+    counts = client.get("/admin/counts.json", headers={"Authorization": "Bearer admin-secret"}).json()
     assert counts["answers"] == 1 and counts["readers"][0]["name"] == "bob"
+
+
+def test_admin_token_never_travels_in_a_url(study):
+    """The token is typed into a form once (then an HttpOnly cookie) or sent as a header; a token in the
+    query string opens nothing, so it never needs to appear in history or logs."""
+    client = TestClient(make_app(study, "admin-secret"))
+    assert "admin-login" in client.get("/admin", params={"token": "admin-secret"}).text  # still the sign-in form
+    assert client.get("/admin/counts.json", params={"token": "admin-secret"}).status_code == 403
+    signed_in = client.post("/admin/login", data={"token": "admin-secret"})
+    assert signed_in.status_code == 200 and "live counts" in signed_in.text and "admin-secret" not in signed_in.text
+    cookie = signed_in.history[0].headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie and "admin-secret" not in cookie
+    assert client.get("/admin/counts.json").json()["images"] > 0  # the session cookie
 
 
 def test_a_reader_stops_and_resumes_where_they_left_off(study):

@@ -126,7 +126,9 @@ async def scenario(base: str) -> str:
         try:
             await asyncio.gather(steady(browser, base), resumer(browser, base))
             admin = await (await browser.new_context()).new_page()
-            await admin.goto(f"{base}/admin?token={ADMIN}")
+            await admin.goto(f"{base}/admin")
+            await admin.fill("input[name=token]", ADMIN)
+            await admin.click("#admin-login")
             return await admin.inner_text("#answers")
         finally:
             await browser.close()

@@ -7,8 +7,12 @@
     GET  /r/{token}/image/{id}     PNG bytes of an image in this reader's sequence
     POST /r/{token}/answer         image_id, answer (real|synthetic), confidence 1-5, finding (optional)
     GET  /r/{token}/stop           "your answers are saved" page with the resume link
-    GET  /admin?token=A            live counts (admin token printed at start)
-    GET  /admin/counts.json?token=A
+    GET  /admin                    live counts, or the admin sign-in form (admin token printed at start)
+    POST /admin/login              token -> an HttpOnly, SameSite=Strict session cookie, redirected to /admin
+    GET  /admin/counts.json        live counts as JSON: the session cookie or `Authorization: Bearer A`
+
+The admin token never travels in a URL (addresses end up in browser history, proxy and server logs): it is
+typed into a form once, or sent as a header by a script.
 
 Readers see image ids (random), their own progress and nothing else: no truth, no class, no source.
 Every error a request can cause is a 4xx with a one-line message; the app itself raises no 500 for
@@ -21,7 +25,7 @@ import secrets
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import FastAPI, Form, Request
+from fastapi import Cookie, FastAPI, Form, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
@@ -31,6 +35,7 @@ from medsyn.readerstudy.store import Study, StudyRequestError
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
 NO_STORE = {"Cache-Control": "no-store"}
+SESSION_COOKIE = "medsyn_admin"
 
 
 def _page(request: Request, template: str, status: int = 200, **context: object) -> HTMLResponse:
@@ -105,18 +110,34 @@ def make_app(study_path: str | Path, admin_token: str | None = None) -> FastAPI:
         name, _, answered, total = study.progress(token)
         return _page(request, "stop.html", name=name, token=token, answered=answered, total=total)
 
-    def _check_admin(token: str) -> None:
-        if not secrets.compare_digest(token.encode(), admin.encode()):
-            raise StudyRequestError(403, "wrong admin token (it is printed when the server starts)")
+    sessions: set[str] = set()  # admin sign-ins of this server process (a restart signs everyone out)
+
+    def _is_admin(session: str | None, authorization: str | None) -> bool:
+        bearer = (authorization or "").removeprefix("Bearer ").strip()
+        return bool(session and session in sessions) or secrets.compare_digest(bearer.encode(), admin.encode())
 
     @app.get("/admin", response_class=HTMLResponse)
-    def admin_page(request: Request, token: str = "") -> HTMLResponse:
-        _check_admin(token)
-        return _page(request, "admin.html", counts=study.counts(), token=token)
+    def admin_page(request: Request, session: Annotated[str | None, Cookie(alias=SESSION_COOKIE)] = None,
+                   authorization: Annotated[str | None, Header()] = None) -> HTMLResponse:  # fmt: skip
+        if not _is_admin(session, authorization):
+            return _page(request, "admin_login.html")
+        return _page(request, "admin.html", counts=study.counts())
+
+    @app.post("/admin/login")
+    def admin_login(token: Annotated[str, Form(max_length=200)]) -> RedirectResponse:
+        if not secrets.compare_digest(token.strip().encode(), admin.encode()):
+            raise StudyRequestError(403, "wrong admin token (it is printed when the server starts)")
+        session = secrets.token_urlsafe(24)
+        sessions.add(session)
+        response = RedirectResponse("/admin", status_code=303)
+        response.set_cookie(SESSION_COOKIE, session, httponly=True, samesite="strict", path="/admin")
+        return response
 
     @app.get("/admin/counts.json")
-    def admin_counts(token: str = "") -> JSONResponse:
-        _check_admin(token)
+    def admin_counts(session: Annotated[str | None, Cookie(alias=SESSION_COOKIE)] = None,
+                     authorization: Annotated[str | None, Header()] = None) -> JSONResponse:  # fmt: skip
+        if not _is_admin(session, authorization):
+            raise StudyRequestError(403, "admin only: sign in at /admin or send 'Authorization: Bearer TOKEN'")
         return JSONResponse(study.counts(), headers=NO_STORE)
 
     return app
@@ -130,5 +151,5 @@ def serve(study_path: str | Path, host: str = "127.0.0.1", port: int = 8765, adm
     app = make_app(study_path, admin_token)
     if echo:
         print(f"readers: http://{host}:{port}/", flush=True)
-        print(f"admin:   http://{host}:{port}/admin?token={app.state.admin_token}", flush=True)
+        print(f"admin:   http://{host}:{port}/admin (admin token: {app.state.admin_token})", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
