@@ -65,7 +65,7 @@ def test_sampling_options_change_the_output_and_are_checked() -> None:
         G.sampling(0)
     with pytest.raises(ConfigError, match="guidance"):
         G.sampling(guidance=-1.0)
-    with pytest.raises(ValueError, match="image-shaped noise"):
+    with pytest.raises(ValueError, match="noise shaped like"):
         G(torch.randn(2, 100), labels()[:2])
 
 

@@ -1,4 +1,5 @@
-"""Generative model zoo behind one registry: DCGAN, conditional GAN, AC-GAN and a compact StyleGAN2.
+"""Generative model zoo behind one registry: DCGAN, conditional GAN, AC-GAN, a compact StyleGAN2, and
+class-conditional diffusion in pixel space (ddpm) and in an autoencoder's latent space (ldm).
 
     cfg = GANConfig("stylegan2", size=64, channels=1, num_classes=5, width=32)
     G, D = build_gan(cfg)

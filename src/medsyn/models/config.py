@@ -95,6 +95,12 @@ MODELS: dict[str, ModelInfo] = {
             "of learned class embeddings, label dropout for classifier-free guidance, DDIM sampling.",
             family="diffusion",
         ),
+        ModelInfo(
+            "ldm", True, None, None, 2e-4, None, (0.9, 0.999),
+            "Class-conditional latent diffusion (Rombach et al. 2022): MONAI's AutoencoderKL trained first, then "
+            "the ddpm denoiser (same conditioning and guidance) on its scaled latents; DDIM sampling, decoded.",
+            family="diffusion",
+        ),
     )
 }
 

@@ -14,6 +14,7 @@ the image is a deterministic function of (z, y), exactly like a GAN generator.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -63,15 +64,15 @@ class ConditionalUNet(nn.Module):
     """MONAI's DiffusionModelUNet taking the label vector as `context` (the argument DiffusionInferer passes)
     and routing it to the class-embedding path, added to the time embedding."""
 
-    def __init__(self, cfg: GANConfig, opts: dict[str, Any]) -> None:
+    def __init__(self, cfg: GANConfig, opts: dict[str, Any], in_channels: int) -> None:
         super().__init__()
         k = max(cfg.num_classes, 1)
         self.num_classes = cfg.num_classes
         channels = [cfg.width * int(m) for m in opts["mult"]]
         self.unet = DiffusionModelUNet(
             spatial_dims=2,
-            in_channels=cfg.channels,
-            out_channels=cfg.channels,
+            in_channels=in_channels,
+            out_channels=in_channels,
             num_res_blocks=int(opts["res_blocks"]),
             channels=channels,
             attention_levels=[bool(a) for a in opts["attention"]],
@@ -88,13 +89,14 @@ class ConditionalUNet(nn.Module):
         return self.unet(x, timesteps, class_labels=context.to(x.device))
 
 
-def _validated(cfg: GANConfig, opts: dict[str, Any]) -> dict[str, Any]:
+def validated_unet(cfg: GANConfig, opts: dict[str, Any], size: int, what: str = "image size") -> dict[str, Any]:
+    """Check the denoiser options for a `size` x `size` input (the image, or a latent diffusion's latent)."""
     levels = len(opts["mult"])
     if levels < 1 or len(opts["attention"]) != levels:
         raise ConfigError(f"{cfg.name}: 'mult' and 'attention' need one entry per UNet level, got {opts}")
-    if cfg.size % 2 ** (levels - 1):
+    if size % 2 ** (levels - 1):
         raise ConfigError(
-            f"{cfg.name}: image size {cfg.size} is not divisible by 2^{levels - 1} for a {levels}-level UNet; "
+            f"{cfg.name}: {what} {size} is not divisible by 2^{levels - 1} for a {levels}-level UNet; "
             "use fewer levels (model extra 'mult'/'attention') or another size"
         )
     if any((cfg.width * int(m)) % int(opts["norm_groups"]) for m in opts["mult"]):
@@ -117,19 +119,41 @@ class DiffusionGenerator(Generator):
     """A DDPM denoiser behind the Generator contract: forward(z, y) = DDIM(x_T = z.view(image), y).
 
     `loss(x0, y)` is the training objective (epsilon-prediction MSE with label dropout); `sampling(...)`
-    changes the DDIM step count and guidance scale used by forward."""
+    changes the DDIM step count and guidance scale used by forward. The latent diffusion model
+    (models/ldm.py) is this class with another space: `shape` (what the denoiser works on), `_models()` (the
+    networks MONAI's inferer takes) and `_inferer` differ, the conditioning, loss and sampler are these."""
 
     def __init__(self, cfg: GANConfig) -> None:
         super().__init__(cfg)
-        self.opts = _validated(cfg, validate(cfg, DDPM_DEFAULTS))
-        self.z_dim = cfg.channels * cfg.size * cfg.size  # the noise is an image; cfg.z_dim does not apply
-        self.net = ConditionalUNet(cfg, self.opts)
+        self.opts = self.options(cfg)
+        self.shape = self.space(cfg, self.opts)  # (channels, size, size) the denoiser works on
+        self.z_dim = math.prod(self.shape)  # the noise is an image (or latent); cfg.z_dim does not apply
+        self.net = ConditionalUNet(cfg, self.opts, self.shape[0])
         timesteps, schedule = int(self.opts["timesteps"]), str(self.opts["schedule"])
         self.train_scheduler = DDPMScheduler(num_train_timesteps=timesteps, schedule=schedule)
         self.sampler = DDIMScheduler(num_train_timesteps=timesteps, schedule=schedule)
-        self.inferer = DiffusionInferer(self.train_scheduler)
+        self.inferer = self._inferer(self.train_scheduler)
         self.ddim_steps, self.guidance = 0, 0.0
         self.sampling(int(self.opts["ddim_steps"]), float(self.opts["guidance"]))
+
+    @classmethod
+    def options(cls, cfg: GANConfig) -> dict[str, Any]:
+        """The model's extra options merged over its defaults and checked (one-line ConfigError)."""
+        return validated_unet(cfg, validate(cfg, DDPM_DEFAULTS), cfg.size)
+
+    @staticmethod
+    def space(cfg: GANConfig, opts: dict[str, Any]) -> tuple[int, int, int]:
+        return (cfg.channels, cfg.size, cfg.size)
+
+    def _inferer(self, scheduler: DDPMScheduler) -> DiffusionInferer:
+        return DiffusionInferer(scheduler)
+
+    def _models(self) -> tuple[nn.Module, ...]:
+        """The networks the inferer is called with, before its noise argument."""
+        return (self.net,)
+
+    def _noise(self, x0: torch.Tensor) -> torch.Tensor:
+        return torch.randn_like(x0)
 
     def sampling(self, steps: int | None = None, guidance: float | None = None) -> dict[str, Any]:
         """Set (None: keep) the DDIM step count and guidance scale; returns the settings now in use."""
@@ -146,22 +170,24 @@ class DiffusionGenerator(Generator):
         if context is not None and self.opts["p_uncond"] > 0:
             drop = torch.rand(x0.shape[0], 1, device=x0.device) < float(self.opts["p_uncond"])
             context = torch.where(drop, torch.full_like(context, NULL_FILL), context)
-        noise = torch.randn_like(x0)
+        noise = self._noise(x0)
         t = torch.randint(0, self.train_scheduler.num_train_timesteps, (x0.shape[0],), device=x0.device)
-        pred = self.inferer(x0, self.net, noise, t, condition=context)
+        pred = self.inferer(x0, *self._models(), noise, t, condition=context)
         return nn.functional.mse_loss(pred.float(), noise.float())
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        c, s = self.cfg.channels, self.cfg.size
         if z.ndim != 2 or z.shape[1] != self.z_dim:
-            raise ValueError(f"{self.cfg.name}: z must have shape (B, {self.z_dim}) = image-shaped noise")
-        x_t = z.reshape(-1, c, s, s)
+            raise ValueError(
+                f"{self.cfg.name}: z must have shape (B, {self.z_dim}): noise shaped like the denoiser's input "
+                f"{self.shape}"
+            )
+        x_t = z.reshape(-1, *self.shape)
         context = self._labels(y, z.shape[0], z)
         guided = context is not None and self.guidance != 1.0
         with torch.no_grad():
             x = self.inferer.sample(
                 x_t,
-                self.net,
+                *self._models(),
                 scheduler=self.sampler,
                 conditioning=context,
                 verbose=False,

@@ -9,6 +9,7 @@ from medsyn.models.base import Discriminator, Generator
 from medsyn.models.config import MODELS, GANConfig
 from medsyn.models.dcgan import DCGANDiscriminator, DCGANGenerator
 from medsyn.models.diffusion import DiffusionGenerator
+from medsyn.models.ldm import LatentDiffusionGenerator
 from medsyn.models.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
 
 _Pair = tuple[type[Generator], type[Discriminator] | None]
@@ -18,6 +19,7 @@ _CLASSES: dict[str, _Pair] = {
     "acgan": (DCGANGenerator, DCGANDiscriminator),
     "stylegan2": (StyleGAN2Generator, StyleGAN2Discriminator),
     "ddpm": (DiffusionGenerator, None),  # a diffusion model has no discriminator
+    "ldm": (LatentDiffusionGenerator, None),  # its autoencoder is part of the generator (models/ldm.py)
 }
 assert set(_CLASSES) == set(MODELS)
 

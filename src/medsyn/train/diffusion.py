@@ -1,4 +1,5 @@
-"""The diffusion update rule for the shared loop: one denoising (noise-prediction) step per batch.
+"""The diffusion update rule for the shared loop: one denoising (noise-prediction) step per batch (ddpm, and
+the latent denoiser of ldm, whose frozen autoencoder is not optimised).
 
 The loss itself (random timesteps, MONAI's DDPM noising, label dropout for classifier-free guidance) is the
 model's (`DiffusionGenerator.loss`); this adds the optimiser, gradient scaler and data-parallel averaging.
@@ -28,11 +29,17 @@ class DiffusionObjective:
 
     def __init__(self, cfg: TrainConfig, model: GANConfig, rt: Runtime, info: DistInfo) -> None:
         self.rt, self.info = rt, info
+        self.G = to_device(self.build(model), rt, info)
+        trained = [p for p in self.G.parameters() if p.requires_grad]  # not an LDM's frozen autoencoder
+        self.opt = torch.optim.AdamW(trained, lr=cfg.lr_g, betas=tuple(cfg.betas), fused=True)
+        self.scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.precision == "fp16")
+
+    @staticmethod
+    def build(model: GANConfig) -> Any:
+        """The network this objective trains (the autoencoder stage of ldm builds its autoencoder instead)."""
         G = build_generator(model)
         assert isinstance(G, DiffusionGenerator)
-        self.G = to_device(G, rt, info)
-        self.opt = torch.optim.AdamW(self.G.parameters(), lr=cfg.lr_g, betas=tuple(cfg.betas), fused=True)
-        self.scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.precision == "fp16")
+        return G
 
     def train_step(self, real: torch.Tensor, y: torch.Tensor | None, step: int) -> dict[str, torch.Tensor]:
         with self.rt.autocast():

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +62,10 @@ class Trainer:
         out: Path,
         rt: Runtime,
         info: DistInfo,
+        objective: Callable[[TrainConfig, GANConfig, Runtime, DistInfo], Objective] | None = None,
     ) -> None:
-        """`groups`: the groups this generator draws (all of them when conditional); `index` seeds it."""
+        """`groups`: the groups this generator draws (all of them when conditional); `index` seeds it;
+        `objective`: the update rule (default: the model family's; the LDM's autoencoder stage has its own)."""
         self.cfg, self.rt, self.info, self.out, self.index, self.groups = cfg, rt, info, out, index, groups
         self.conditional = MODELS[cfg.model].conditional
         self.rows = data.rows if self.conditional else data.group_rows(groups[0])
@@ -71,8 +73,8 @@ class Trainer:
         k = len(data.classes) if self.conditional else 0
         self.gan_cfg = GANConfig(cfg.model, cfg.size, data.cache.channels, k, cfg.z_dim, cfg.width, cfg.model_extra)
         seed_everything(derive_seed(cfg.seed, index))  # identical initial weights on every rank
-        family = OBJECTIVES[MODELS[cfg.model].family]
-        self.objective: Objective = family(cfg, self.gan_cfg, rt, info)
+        rule = objective or OBJECTIVES[MODELS[cfg.model].family]
+        self.objective: Objective = rule(cfg, self.gan_cfg, rt, info)
         self.G = self.objective.G
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         broadcast_module(self.G_ema, info)

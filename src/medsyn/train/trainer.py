@@ -1,6 +1,7 @@
 """A whole training run: the run folder, its label groups, the runtime, and one `Trainer` per generator.
 
-A conditional model (cgan, acgan, stylegan2, ddpm) is one generator for all label groups. An unconditional
+A conditional model (cgan, acgan, stylegan2, ddpm, ldm) is one generator for all label groups; ldm trains
+it in two stages (train/ldm.py). An unconditional
 model (dcgan) is trained once per label group, as in the per-class augmentation studies: each group is a
 sub-run with its own checkpoints, samples and losses under RUN/classes/NN-name/. The loop itself is
 loop.py; what one step does is gan.py or diffusion.py.
@@ -21,8 +22,9 @@ from medsyn.io import write_text_atomic
 from medsyn.models import MODELS, GANConfig
 from medsyn.train.checkpoint import checkpoint_file, load_checkpoint
 from medsyn.train.config import TrainConfig
-from medsyn.train.data import open_train_data
+from medsyn.train.data import Group, TrainData, open_train_data
 from medsyn.train.distributed import DistInfo, all_reduce_sum, barrier, init_distributed, shutdown
+from medsyn.train.ldm import train_ldm
 from medsyn.train.logs import notice
 from medsyn.train.loop import Trainer
 from medsyn.train.precision import probe_cpu_precision
@@ -156,22 +158,34 @@ def train(
             write_run_meta(out, meta)
             write_text_atomic(out / "config.yaml", cfg.to_yaml())
         barrier(info)
-        plan = [(0, groups, out)] if conditional else [(i, [g], out / g.dir) for i, g in enumerate(groups)]
-        share = None if cfg.time_limit_s is None else cfg.time_limit_s / len(plan)
-        reached = []
-        for index, trained_groups, folder in plan:
-            state = None
-            if resume and (folder / "checkpoints").is_dir():
-                state = load_checkpoint(checkpoint_file(folder / "checkpoints"))
-                if training_done(state, cfg.steps, share):
-                    reached.append(progress(state, cfg.steps, share))
-                    continue
-            label = cfg.model if conditional else f"{cfg.model} {trained_groups[0].name}"
-            trainer = Trainer(cfg, data, trained_groups, index, folder, rt, info)
-            reached.append(trainer.fit(state, show_progress=info.main and not quiet, label=label, time_limit_s=share))
+        stages = train_ldm if cfg.model == "ldm" else _train_generators  # ldm: two stages, train/ldm.py
+        reached = stages(cfg, data, groups, out, rt, info, resume, info.main and not quiet)
         if info.main:
-            write_run_meta(out, {**meta, "progress": run_progress(reached, [g[1][0].name for g in plan], conditional)})
+            write_run_meta(out, {**meta, "progress": reached})
         barrier(info)  # no rank tears the process group down while another is still in a collective
     finally:
         shutdown(info)
     return out
+
+
+def _train_generators(
+    cfg: TrainConfig, data: TrainData, groups: list[Group], out: Path, rt: Runtime, info: DistInfo, resume: bool,
+    show_progress: bool,
+) -> dict[str, Any]:  # fmt: skip
+    """One generator for all groups (conditional models) or one per group, each resumed where it stopped and
+    sharing the time limit equally; returns run.json's `progress`."""
+    conditional = MODELS[cfg.model].conditional
+    plan = [(0, groups, out)] if conditional else [(i, [g], out / g.dir) for i, g in enumerate(groups)]
+    share = None if cfg.time_limit_s is None else cfg.time_limit_s / len(plan)
+    reached = []
+    for index, trained_groups, folder in plan:
+        state = None
+        if resume and (folder / "checkpoints").is_dir():
+            state = load_checkpoint(checkpoint_file(folder / "checkpoints"))
+            if training_done(state, cfg.steps, share):
+                reached.append(progress(state, cfg.steps, share))
+                continue
+        label = cfg.model if conditional else f"{cfg.model} {trained_groups[0].name}"
+        trainer = Trainer(cfg, data, trained_groups, index, folder, rt, info)
+        reached.append(trainer.fit(state, show_progress=show_progress, label=label, time_limit_s=share))
+    return run_progress(reached, [g[1][0].name for g in plan], conditional)
