@@ -43,7 +43,7 @@ def register(app: typer.Typer) -> None:
             help="Dataset spec (nih:/data/cxr14, medmnist:f.npz, phantom?n=2000) or a prepared cache folder.",
         ),
         out: Path = typer.Option(..., "--out", "-o", help="Run folder (checkpoints, samples, losses)."),
-        model: str = typer.Option(None, help="dcgan | cgan | acgan | stylegan2 | ddpm (default cgan)."),
+        model: str = typer.Option(None, help="dcgan | cgan | acgan | stylegan2 | ddpm | ldm (default cgan)."),
         size: int = typer.Option(None, help="Image size in px (default 64)."),
         steps: int = typer.Option(None, help="Generator steps (per class for dcgan; default 10000)."),
         batch: int = typer.Option(None, help="Images per step and process (default 64)."),
