@@ -20,6 +20,7 @@ from medsyn.cli import demo as demo_cli
 from medsyn.cli import evaluate as evaluate_cli
 from medsyn.cli import reader_study as reader_study_cli
 from medsyn.cli import train as train_cli
+from medsyn.cli import tune as tune_cli
 from medsyn.errors import MedsynError
 
 app = typer.Typer(
@@ -35,6 +36,7 @@ evaluate_cli.register(app)
 demo_cli.register(app)
 benchmark_cli.register(app)
 reader_study_cli.register(app)
+tune_cli.register(app)
 
 
 def _version(value: bool) -> None:
