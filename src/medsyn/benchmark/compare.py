@@ -5,7 +5,7 @@ Each model gets OUT/<model>/{run,synthetic,evaluation} and is finished once OUT/
 for the same settings; a killed comparison is run again with the same command and continues (a half-trained
 model resumes, its budget counting the time already spent). The synthetic set has the size and label
 distribution of the real training set (or `n` images with that distribution), so TSTR compares like with like. OUT/results.json holds every
-model's figures; OUT/compare.md the table.
+model's figures; OUT/compare.md the table; OUT/compare.html the table and each model's sample grid.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medsyn.benchmark.report import write_compare_report
 from medsyn.data.cache import prepare
 from medsyn.errors import ConfigError
 from medsyn.evaluate import evaluate
@@ -141,10 +142,16 @@ def run_model(cfg: CompareConfig, cache: Path, model: str, folder: Path, quiet: 
         "evaluate": eval_t,
         "summary": summarise(metrics),
         "metrics_file": str((folder / "evaluation" / "metrics.json").absolute()),
-        "samples": str(sorted((run / "samples").glob("step-*.png"))[-1]) if (run / "samples").is_dir() else None,
+        "samples": _last_png(run / "samples"),
+        "reconstructions": _last_png(run / "autoencoder" / "samples"),  # ldm's first stage; None for the others
     }
     write_json_atomic(done_file, result)
     return result
+
+
+def _last_png(folder: Path) -> str | None:
+    grids = sorted(folder.glob("step-*.png"))
+    return str(grids[-1]) if grids else None
 
 
 def _dig(d: Any, *keys: str) -> Any:
@@ -213,4 +220,5 @@ def run_compare(cfg: CompareConfig, out: str | os.PathLike[str], quiet: bool = F
     summary = {"config": asdict(cfg), "cache": str(cache), "models": results}
     write_json_atomic(out / "results.json", summary)
     write_text_atomic(out / "compare.md", table(results))
+    write_compare_report(summary, out)
     return summary

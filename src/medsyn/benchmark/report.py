@@ -1,4 +1,5 @@
-"""The sweep's figure (sweep.png) and its one-page report (report.html, self-contained)."""
+"""Benchmark pages, self-contained HTML in the evaluation report's style: the sweep's figure (sweep.png) and
+report.html, and the model comparison's compare.html."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import numpy as np
 
 from medsyn.io import atomic_path, write_text_atomic
 from medsyn.report.figures import SETTING_COLORS, SETTING_NAMES, encode, plt
-from medsyn.report.html import CSS
+from medsyn.report.html import CSS, LEVEL_TEXT
 
 AXIS = {"classes": "number of classes", "samples": "real training images per class (cap)"}
 
@@ -121,3 +122,93 @@ TSTR/TRTR is the share of real-data performance the synthetic set keeps; the abo
 </main></body></html>
 """
     write_text_atomic(out / "report.html", page)
+
+
+# ---------------------------------------------------------------------- the --compare page
+def _png(path: str | None) -> str | None:
+    """A PNG file as base64 text (None when absent: a model stopped before its first sample grid)."""
+    try:
+        return base64.b64encode(Path(path).read_bytes()).decode("ascii") if path else None
+    except OSError:
+        return None
+
+
+def _level(level: str | None) -> str:
+    level = level or "n/a"
+    return f'<span class="badge {"na" if level == "n/a" else level}">{LEVEL_TEXT.get(level, html.escape(level))}</span>'
+
+
+def _ci3(t: Sequence[Any]) -> str:
+    return f"{_cell(t[0])} [{_cell(t[1])}, {_cell(t[2])}]" if t and t[0] is not None else "n/a"
+
+
+def _train_text(r: Mapping[str, Any]) -> str:
+    p = r.get("progress") or {}
+    why = html.escape(str(p.get("stop_reason")))
+    text = f"{_cell(p.get('train_seconds'))} s, {p.get('steps', 'n/a')} steps ({why})"
+    for s in p.get("stages") or []:  # ldm: the autoencoder and the denoiser
+        text += f"<br><span class=muted>{html.escape(s['stage'])}: {s['steps']} steps, {s['train_seconds']:.0f} s"
+        text += "</span>"
+    return text
+
+
+def write_compare_report(summary: Mapping[str, Any], out: Path) -> None:
+    """compare.html: one row per model (utility with CIs, recall/coverage, FID against real-vs-real, every
+    privacy check, verdicts, train and sample time), then each model's sample grid, in the report's style."""
+    results, cfg = summary["models"], summary["config"]
+    checks = list(dict.fromkeys(c["check"] for r in results for c in r["summary"]["privacy_checks"]))
+    head = ["model", "TSTR/TRTR [95% CI]", "TRTR AUROC [95% CI]", "TSTR AUROC [95% CI]", "recall", "coverage",
+            "FID (real vs real)", "useful / realistic / private", *checks, "training", "sampling"]  # fmt: skip
+    rows = []
+    for r in results:
+        s, g = r["summary"], r["generate"]
+        level = {c["check"]: c["level"] for c in s["privacy_checks"]}
+        sampling = g.get("sampling") or {}
+        steps = f", {sampling['ddim_steps']} DDIM steps, guidance {sampling['guidance']:g}" if sampling else ""
+        rows.append([
+            f"<b>{html.escape(r['model'])}</b><br><span class=muted>{html.escape(r['family'])}</span>",
+            _ci3(s["ratio"]), _ci3(s["trtr"]), _ci3(s["tstr"]), _cell(s["recall"]), _cell(s["coverage"]),
+            f"{_cell(s['fid'])} ({_cell(s['fid_real_vs_real'])})",
+            " ".join(_level(s["verdicts"].get(k)) for k in ("useful", "realistic", "private")),
+            *(_level(level.get(c)) for c in checks), _train_text(r),
+            f"{_cell(g['wall_s'])} s for {g['images']} images ({_cell(g['img_per_s'])} img/s{steps})",
+        ])  # fmt: skip
+    table = "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
+    table += "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows) + "</table>"
+    grids = ""
+    for r in results:
+        name = html.escape(r["model"])
+        grids += f"<h3>{name}</h3>" + _figure(_png(r.get("samples")), f"{name} samples",
+                                              "the EMA generator's last training sample grid, one row per label "
+                                              "group, the same noise in every row")  # fmt: skip
+        if r.get("reconstructions"):
+            grids += _figure(_png(r["reconstructions"]), f"{name} reconstructions",
+                             "the autoencoder stage: real training images and their reconstructions")  # fmt: skip
+        grids += f'<p class=muted>Full evaluation: <a href="{name}/evaluation/report.html">{name}/evaluation/report.html</a></p>'
+    loads = ", ".join(f"{html.escape(r['model'])} {_cell(r['train']['load_before'])} → {_cell(r['train']['load_after'])}"
+                      for r in results)  # fmt: skip
+    classifier = "small CNN" if cfg["quick"] else "DenseNet121"
+    k = _cell(results[0]["summary"].get("prdc_k")) if results else "n/a"
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>medsyn benchmark: model comparison</title>
+<style>{CSS}</style></head><body><main>
+<h1>GAN or diffusion on this data?</h1>
+<p class=sub>{len(results)} models, each trained for {cfg["budget_s"]:.0f} s on the same real training split at
+{cfg["size"]} px, then a synthetic set drawn and evaluated the same way (classifier {classifier}, seed {cfg["seed"]}, device {html.escape(cfg["device"])}).</p>
+{table}
+<p class=muted>TSTR/TRTR: the share of the real-data classifier's AUROC that training on the synthetic set keeps
+(95% paired bootstrap over test patients). Recall / coverage: the share of real images the synthetic set
+reaches in the real classifier's feature space (PRDC, k = {k}); low values mean mode collapse. FID beside its real-vs-real baseline at the same N: a model is only as
+far from the real set as that baseline allows. Privacy checks: FAIL means synthetic images sit closer to training
+patients than held-out patients' images do. Training time is wall time on the machine as it was (1-minute load
+before → after training: {loads}).</p>
+<h2>Samples</h2>
+{grids}
+</main></body></html>
+"""
+    write_text_atomic(out / "compare.html", page)
+
+
+def _figure(b64: str | None, alt: str, caption: str) -> str:
+    if not b64:
+        return f"<p class=muted>({html.escape(alt)}: no image)</p>"
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}"><p class=muted>{caption}</p>'
