@@ -122,7 +122,8 @@ def collapsed(real, tmp_path_factory) -> dict:
                   "stop_reason": "time-limit"},
     )  # fmt: skip
     out = tmp_path_factory.mktemp("eval") / "collapsed"
-    return evaluate(real.path, folder, out, quick=True, device="cpu", settings=TINY, quiet=True)
+    return evaluate(real.path, folder, out, quick=True, device="cpu", settings={**TINY, "saliency": {"images": 0}},
+                    quiet=True)  # fmt: skip
 
 
 def test_a_collapsed_filtered_set_fails_realistic_and_the_filter_does_not_decide(collapsed):
@@ -139,6 +140,8 @@ def test_a_collapsed_filtered_set_fails_realistic_and_the_filter_does_not_decide
     assert training["steps"] == 30 and training["stop_reason"] == "time-limit"
     page = Path(collapsed["report"]).read_text()
     assert "30 of 3,000 steps, 960 images seen" in page and 'alt="closest synthetic pairs"' in page
+    # the saliency stage switched off by a setting: skipped, with no extra classifier trained
+    assert collapsed["saliency"]["skipped"].startswith("switched off") and "saliency" not in " ".join(collapsed["timings"])
 
 
 def test_a_configuration_error_inside_a_stage_stops_the_run(real, tmp_path):
@@ -229,6 +232,28 @@ def test_the_trtr_model_is_reused_and_saved_with_the_reid_model(copies):
     reid = load_reid(models["reid"]["path"], device="cpu")
     assert reid.meta["n_train_patients"] == copies["privacy"]["reidentification"]["training"]["n_patients"]
     assert reid.embed(np.zeros((2, 1, SIZE, SIZE), np.uint8)).shape[0] == 2
+
+
+def test_saliency_stage_compares_real_and_synthetic_trained_maps_with_a_seed_baseline(copies, independent, real):
+    sal = copies["saliency"]
+    n_test = len(real.rows("test"))
+    assert sal["images"] == min(100, n_test) and sal["method"] == "gradcam" and "Wilcoxon" in sal["test"]
+    assert sal["models"] == {"reference": "TRTR seed 0", "synthetic": "TSTR seed 0",
+                             "baseline": "real-trained seed 1 (trained for this check, TRTR recipe)"}  # quick: 1 seed
+    assert sum(g["n"] for g in sal["per_group"].values()) == sal["images"] == sal["overall"]["n"]
+    assert set(sal["per_group"]) <= {*PHANTOM_CLASSES, "no positive label"}
+    for entry in sal["per_group"].values():
+        assert {"synthetic", "baseline", "paired"} <= set(entry) and entry["paired"]["n"] <= entry["n"]
+        assert {"spearman_mean", "spearman_median", "iou_mean", "iou_median", "defined"} <= set(entry["synthetic"])
+    assert sal["iou_chance"] == pytest.approx(0.1 / 1.9) and set(sal["undefined"]) == {"synthetic", "baseline"}
+    assert sal["verdict"]["check"] == "feature importance (Grad-CAM)"
+    assert any("saliency: Grad-CAM maps" in k for k in copies["timings"])
+    assert any("saliency: second real-trained classifier" in k for k in copies["timings"])
+    page = Path(copies["report"]).read_text()
+    assert "Feature importance: do the models look at the same regions?" in page and 'alt="saliency grid"' in page
+    metrics, _, out = independent  # utility skipped: nothing to compare, and no real images in the report
+    assert "utility stage was skipped" in metrics["saliency"]["skipped"]
+    assert metrics["saliency"]["verdict"]["level"] == "n/a"
 
 
 def test_report_is_self_contained_and_states_verdicts(copies, independent):
@@ -359,6 +384,9 @@ def test_members_say_when_they_cannot_tell_which_images_the_generator_saw(real, 
         ({"classifier": [1]}, "'classifier' must be a mapping"),
         ({"classifier": {"augment": "no"}}, "augment must be true or false"),
         ({"classifier": {"epochs": True}}, "epochs must be an integer, got True"),
+        ({"saliency": {"images": -1}}, "saliency: images must be >= 0"),
+        ({"saliency": {"top_fraction": 1.5}}, r"saliency.top_fraction must be in \(0, 1\)"),
+        ({"saliency": {"image": 5}}, r"unknown SaliencyConfig key\(s\) \['image'\]"),
     ],
 )
 def test_settings_of_the_wrong_type_are_one_line_errors(settings, message):
@@ -373,3 +401,9 @@ def test_the_public_entry_point_is_importable_from_the_package():
     assert medsyn.evaluate.evaluate is evaluate and "evaluate" in medsyn.evaluate.__all__
     with pytest.raises(AttributeError):
         medsyn.evaluate.no_such_name  # noqa: B018
+
+
+def test_quick_explains_fewer_images_and_saliency_can_be_switched_off():
+    assert EvalSettings.make(True, 0, "cpu", False).saliency.images == 100
+    assert EvalSettings.make(False, 0, "cpu", False).saliency.images == 300
+    assert EvalSettings.make(True, 0, "cpu", False, {"saliency": {"images": 0}}).saliency.images == 0

@@ -23,7 +23,7 @@ from medsyn.evaluate.privacy import (
     nearest_patient_shares,
     precedence_test,
 )
-from medsyn.evaluate.verdicts import concentration_verdict, dcr_verdict, mia_verdict
+from medsyn.evaluate.verdicts import Verdict, concentration_context, concentration_verdict, dcr_verdict, mia_verdict
 
 SPACE = FeatureSpace("test-features", "random arrays")
 
@@ -177,6 +177,9 @@ def test_nearest_patient_concentration_is_a_tested_verdict_without_ids(phantom_s
     assert c["pvalue"] < 0.01 and "permutation test" in c["test"]
     verdict = concentration_verdict(res)
     assert verdict.level == "fail" and "permutation test p" in verdict.reason
+    # the copies lie CLOSE to that patient's images, so the hub-controlled statistic fails too
+    assert c["close_synthetic"] == 1.0 and c["close_pvalue"] < 0.01 and c["close_same_patient"]
+    assert "reproduces one patient's images closely" in verdict.reason
     assert "heavy" not in json.dumps(res.to_dict())  # shares only, never the id
     fair = distance_to_closest_record(s["independent"], s["train"], s["holdout"], SPACE, train_patient_ids=ids)
     assert fair.nearest_patient["synthetic"] < 0.3 and fair.nearest_patient["pvalue"] > 0.05
@@ -185,6 +188,46 @@ def test_nearest_patient_concentration_is_a_tested_verdict_without_ids(phantom_s
     singles = np.array([f"p{i}" for i in range(300)])  # one image per patient: image hubness, not a patient
     lone = distance_to_closest_record(drawn, s["train"], s["holdout"], SPACE, train_patient_ids=singles)
     assert lone.nearest_patient is None and concentration_verdict(lone) is None
+
+
+def test_a_collapsed_unrealistic_set_near_one_hub_patient_is_a_warn_that_says_hub_not_a_copy(
+    phantom_sets: dict[str, np.ndarray],
+) -> None:
+    """A flat grey "generator" puts almost every image nearest to one training patient (the hub nearest to any
+    featureless image), far from it: the plain test alone would read that as one patient reproduced (FAIL)."""
+    s = phantom_sets
+    ids = np.array([f"p{i // 3:03d}" for i in range(300)])
+    rng = np.random.default_rng(3)
+    flat = PixelFeatures(size=16)((0.3 + rng.normal(0, 0.02, (200, 1, 16, 16))).astype(np.float32))
+    res = distance_to_closest_record(flat, s["train"], s["holdout"], SPACE, train_patient_ids=ids)
+    c = res.nearest_patient
+    assert c["synthetic"] > 0.9 and c["holdout"] < 0.05 and c["pvalue"] < 0.01  # plain concentration: extreme
+    assert c["close_synthetic"] == 0.0 and c["close_pvalue"] > 0.05  # but no synthetic image is close to it
+    assert c["top_synthetic_median_distance"] > 3 * c["holdout_median_distance"]
+    verdict = concentration_verdict(res)
+    assert verdict.level == "warn" and "hub effect" in verdict.reason and "inspect the closest pairs" in verdict.reason
+    told = concentration_verdict(res, "the diversity check finds the set collapsed")
+    assert told.level == "warn" and "the diversity check finds the set collapsed" in told.reason
+    collapsed = Verdict("diversity (pixels)", "fail", "2 modes")
+    assert concentration_context(collapsed, {"prdc": {"precision": 0.0, "coverage": 0.01}}) == (
+        "the diversity check finds the set collapsed; precision 0.00 and coverage 0.01: the set barely resembles "
+        "the real images")
+    assert concentration_context(None, {"prdc": {"precision": 0.6, "coverage": 0.7}}) is None
+
+
+def test_close_concentration_test_is_calibrated_under_the_null() -> None:
+    """Nearest patients and distances of synthetic and held-out images from the same law: p_c < 0.05 rarely."""
+    rng = np.random.default_rng(1)
+    ids = np.repeat(np.arange(40).astype(str), 5)
+    weights = np.linspace(1, 6, len(ids))
+    weights /= weights.sum()
+    hits = []
+    for i in range(40):
+        out = nearest_patient_shares(ids, rng.choice(len(ids), 150, p=weights), rng.choice(len(ids), 60, p=weights),
+                                     seed=i, permutations=300, syn_distances=rng.gamma(3, 1, 150),
+                                     holdout_distances=rng.gamma(3, 1, 60))  # fmt: skip
+        hits.append(out["close_pvalue"] < 0.05)
+    assert np.mean(hits) <= 0.125
 
 
 def test_concentration_permutation_test_is_calibrated_under_the_null() -> None:

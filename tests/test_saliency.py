@@ -5,6 +5,7 @@ that can only see the right half must disagree; a model against its own copy mus
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from torch import nn
 from medsyn.errors import DataError
 from medsyn.evaluate.saliency import (
     NO_POSITIVE,
+    baseline_comparison,
     explained_class,
     gradcam_maps,
     saliency_agreement,
@@ -22,7 +24,16 @@ from medsyn.evaluate.saliency import (
     spearman,
     top_iou,
 )
+from medsyn.evaluate.verdicts import (
+    SALIENCY_MIN_PAIRED,
+    SALIENCY_P,
+    Verdict,
+    saliency_below_baseline,
+    saliency_verdict,
+    useful_overall,
+)
 from medsyn.models.classifiers import build_classifier
+from medsyn.report.saliency import reading
 
 SIZE = 16
 
@@ -106,3 +117,59 @@ def test_bad_inputs_are_clear_errors():
         saliency_agreement(HalfView("left"), HalfView("left"), _images(), np.zeros((3, 2)), ["A", "B"])
     with pytest.raises(DataError, match="uint8 or float"):
         gradcam_maps(HalfView("left"), _images().astype(np.int32), np.zeros(12, dtype=int))
+
+
+def _section(synthetic: nn.Module, n: int = 24) -> dict:
+    """The evaluation's saliency section for a left-half reference model, `synthetic`, and a second
+    left-half model as the real-vs-real baseline (it agrees fully: the strictest baseline)."""
+    images, labels = _images(n), _labels(n)
+    reference = HalfView("left")
+    syn = saliency_agreement(reference, synthetic, images, labels, ["A", "B"])
+    base = saliency_agreement(reference, HalfView("left"), images, labels, ["A", "B"])
+    return baseline_comparison(syn, base)
+
+
+def test_a_model_that_looks_elsewhere_than_two_real_seeds_agree_warns_and_caps_useful():
+    section = _section(HalfView("right"))
+    group = section["per_group"]["A"]
+    assert group["paired"]["n"] == 12 and group["paired"]["spearman_gap"] > 1
+    assert group["paired"]["spearman_pvalue"] < SALIENCY_P and saliency_below_baseline(group) is True
+    assert section["undefined"] == {"synthetic": 0, "baseline": 0} and "Wilcoxon" in section["test"]
+    verdict = saliency_verdict(section)
+    assert verdict.level == "warn" and "shortcuts" in verdict.reason
+    good = Verdict("utility (TSTR vs TRTR)", "pass", "TSTR keeps 95%")
+    assert useful_overall(good, verdict).level == "warn" and "shortcuts" in useful_overall(good, verdict).reason
+    assert useful_overall(replace(good, level="fail"), verdict).level == "fail"  # never raises a verdict
+    assert "shortcuts" in reading("A", group) and "clearly less" in reading("A", group)
+
+
+def test_a_model_that_looks_where_the_real_ones_look_passes_and_never_makes_useful_pass():
+    section = _section(HalfView("left"))
+    assert all(saliency_below_baseline(g) is False for g in section["per_group"].values())
+    verdict = saliency_verdict(section)
+    assert verdict.level == "pass" and "not clearly below" in verdict.reason
+    weak = Verdict("utility (TSTR vs TRTR)", "warn", "TSTR keeps 60%")
+    assert useful_overall(weak, verdict).level == "warn"  # a PASS here cannot lift Useful?
+    good = Verdict("utility (TSTR vs TRTR)", "pass", "TSTR keeps 95%")
+    assert useful_overall(good, Verdict("feature importance (Grad-CAM)", "n/a", "off")).level == "pass"
+    assert "about as much" in reading("A", section["per_group"]["A"])
+
+
+def test_too_few_defined_maps_are_not_assessed():
+    section = _section(HalfView("right"), n=12)  # 6 images per group, fewer than SALIENCY_MIN_PAIRED
+    assert SALIENCY_MIN_PAIRED > 6 and saliency_verdict(section).level == "n/a"
+    assert "too few images" in reading("A", section["per_group"]["A"])
+    assert saliency_verdict({"skipped": "switched off"}).level == "n/a"
+
+
+def test_the_grid_can_show_the_baseline_column(tmp_path):
+    images, labels = _images(), _labels()
+    reference = HalfView("left")
+    syn = saliency_agreement(reference, HalfView("right"), images, labels, ["A", "B"])
+    base = saliency_agreement(reference, HalfView("left"), images, labels, ["A", "B"])
+    path = save_grid(syn, images, tmp_path / "grid.png", n=2, baseline=("2nd real seed", base))
+    width, height = Image.open(path).size
+    assert width > height  # 2 rows of 4 panels
+    with pytest.raises(DataError, match="share the first model"):
+        save_grid(syn, images, tmp_path / "bad.png", baseline=("other", saliency_agreement(
+            HalfView("right"), reference, images, labels, ["A", "B"])))  # fmt: skip

@@ -6,7 +6,8 @@ The steps, each a typed stage of `medsyn.evaluate.stages` (docs/ARCHITECTURE.md 
 
 1. real data (`real`): the prepared cache split by patient, the evaluated classes, the member images;
 2. synthetic data (`synthetic`): decoded at the real size, labels aligned to the real classes;
-3. utility: TRTR, TSTR and real + synthetic classifiers, all tested on real `test` patients;
+3. utility: TRTR, TSTR and real + synthetic classifiers, all tested on real `test` patients; saliency:
+   Grad-CAM agreement of the TRTR and TSTR classifiers on real test images, beside a second real seed's;
 4. features: the backbone (the first-seed TRTR classifier, or `--features` weights) and raw pixels;
 5. fidelity (FID with its same-N real baseline, KID, PRDC, per-class FID, intensities) and the synthetic
    set's own diversity;
@@ -41,11 +42,13 @@ from medsyn.evaluate.stages import (
     features_stage,
     fidelity_stage,
     privacy_stage,
+    saliency_stage,
     utility_stage,
 )
 from medsyn.evaluate.synthetic import SyntheticInput, SyntheticSet, load_synthetic, open_synthetic
 from medsyn.evaluate.verdicts import (
     Verdict,
+    concentration_context,
     concentration_verdict,
     dcr_verdict,
     diversity_verdict,
@@ -55,6 +58,8 @@ from medsyn.evaluate.verdicts import (
     realistic_overall,
     realistic_verdict,
     reid_verdict,
+    saliency_verdict,
+    useful_overall,
     useful_verdict,
 )
 from medsyn.io import to_jsonable, write_json_atomic
@@ -187,6 +192,8 @@ def _run(
     with stage("utility: TRTR, TSTR, real+synthetic classifiers"):
         util = utility_stage(rd, syn, s)
     metrics["utility"] = util.section
+    sal = saliency_stage(rd, util.run, s, stage)
+    metrics["saliency"] = sal.section
     feats = features_stage(rd, syn, s, external, util.run, stage, scratch)
     fid = fidelity_stage(rd, syn, feats, s, stage, util.section)
     metrics["fidelity"] = fid.section
@@ -198,7 +205,8 @@ def _run(
     assets = ReportAssets.collect(
         train.images, train.labels, syn.images, syn.labels, rd.classes, priv.dcrs, priv.mias, fid.histogram,
         priv.section["reidentification"], priv.reid_scores, real_images, s.samples_per_class, s.seed,
-        utility=util.run, negative=syn.negative_class, diversity=diversity,
+        utility=util.run, negative=syn.negative_class, diversity=diversity, saliency=sal,
+        saliency_rows=s.saliency.grid_rows,
     )  # fmt: skip
     return metrics, assets, SavedModels(feats.classifier, priv.reid_model, rd.ds)
 
@@ -208,12 +216,15 @@ def _verdicts(metrics: dict[str, Any], rd: RealData, syn: SyntheticSet, feats: F
     div = metrics["diversity"]
     diversity = None if "skipped" in div else diversity_verdict(div)
     useful = useful_verdict(metrics["utility"], diversity)
+    saliency = saliency_verdict(metrics["saliency"])
+    metrics["saliency"]["verdict"] = saliency.to_dict()
     fidelity = realistic_verdict(metrics["fidelity"])
     metrics["utility"]["verdict"] = useful.to_dict()
     metrics["fidelity"]["verdict"] = fidelity.to_dict()
     if diversity is not None:
         div["verdict"] = diversity.to_dict()
     screen = (syn.manifest or {}).get("privacy_filter")
+    context = concentration_context(diversity, metrics["fidelity"])  # collapse or no resemblance: hubs
     checks: list[Verdict] = []
     for key, entry in priv.section["dcr"].items():
         space = feats.pixel_space.name if key == "pixel" else getattr(feats.space, "name", key)
@@ -222,7 +233,7 @@ def _verdicts(metrics: dict[str, Any], rd: RealData, syn: SyntheticSet, feats: F
             continue
         res = priv.dcrs[key]
         checks.append(filtered(dcr_verdict(res), screen, pixel=key == "pixel", reid=False))
-        concentration = concentration_verdict(res)
+        concentration = concentration_verdict(res, context)
         if concentration is not None:
             checks.append(filtered(concentration, screen, pixel=key == "pixel", reid=False))
     for key, entry in priv.section["membership_inference"].items():
@@ -242,7 +253,7 @@ def _verdicts(metrics: dict[str, Any], rd: RealData, syn: SyntheticSet, feats: F
         )
     metrics["privacy"]["checks"] = [c.to_dict() for c in checks]
     metrics["verdicts"] = {
-        "useful": overall("Useful?", [useful]).to_dict(),
+        "useful": useful_overall(useful, saliency).to_dict(),
         "realistic": realistic_overall(fidelity, diversity).to_dict(),
         "private": overall("Private?", checks).to_dict(),
     }

@@ -4,6 +4,10 @@
     result.summary()                      # JSON: mean/median agreement overall and per class group
     save_grid(result, test_images, "saliency.png")   # rows: image | real-model map | synthetic-model map
 
+`medsyn evaluate` runs it as a stage (`medsyn.evaluate.stages.saliency_stage`, settings `SaliencyConfig`):
+the first-seed TRTR and TSTR classifiers, and a second real-trained seed as the baseline, on the same random
+real test images; `baseline_comparison` gives metrics.json "saliency", `medsyn.evaluate.verdicts` the rule.
+
 Both models explain the SAME class on the same real test images with Grad-CAM (MONAI's `GradCAM`, at the
 last ReLU of the network unless `target_layer` names another layer; for medsyn's classifiers that is the
 last feature map before the global pool). The class explained for an image is its first positive label;
@@ -39,14 +43,32 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from monai.visualize import GradCAM  # noqa: E402
-from scipy.stats import spearmanr  # noqa: E402
+from scipy.stats import spearmanr, wilcoxon  # noqa: E402
 from torch import nn  # noqa: E402
 
 from medsyn.errors import ConfigError, DataError  # noqa: E402
+from medsyn.evaluate.classifier import predict_logits  # noqa: E402
 from medsyn.evaluate.data import as_unit_tensor, batches, check_images  # noqa: E402
 from medsyn.io import atomic_path  # noqa: E402
 
 NO_POSITIVE = "no positive label"
+
+
+@dataclass
+class SaliencyConfig:
+    """Settings of the evaluation's saliency stage: `images` real test images explained (0 switches the
+    stage off), the top fraction of pixels compared by IoU, and the rows of the report's grid."""
+
+    images: int = 300
+    top_fraction: float = 0.1
+    grid_rows: int = 8
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if self.images < 0 or self.grid_rows < 1 or self.batch_size < 1:
+            raise ConfigError("saliency: images must be >= 0 (0 = off), grid_rows and batch_size >= 1")
+        if not 0 < self.top_fraction < 1:
+            raise ConfigError(f"saliency.top_fraction must be in (0, 1), got {self.top_fraction}")
 
 
 def last_relu(model: nn.Module) -> str:
@@ -159,16 +181,30 @@ def _stats(rho: np.ndarray, iou: np.ndarray) -> dict[str, Any]:
     }
 
 
-@torch.no_grad()
-def _logits(model: nn.Module, images: Any, batch_size: int) -> np.ndarray:
-    device = next(model.parameters()).device
-    was = model.training
-    model.eval()
-    out = [
-        model(as_unit_tensor(np.asarray(images[i])).to(device)).cpu().numpy() for i in batches(len(images), batch_size)
-    ]
-    model.train(was)
-    return np.concatenate(out)
+def class_groups(labels: np.ndarray, classes: Sequence[str]) -> list[str]:
+    """Each image's class group: its positive classes joined by '+', or NO_POSITIVE."""
+    positive = np.nan_to_num(np.asarray(labels, dtype=np.float32)) == 1
+    return ["+".join(c for c, p in zip(classes, row, strict=True) if p) or NO_POSITIVE for row in positive]
+
+
+def explained_groups(labels: np.ndarray, targets: np.ndarray, classes: Sequence[str]) -> list[str]:
+    """Each image's group by the class explained: that class when the image has a positive label, else
+    NO_POSITIVE. Coarser than `class_groups` for multi-label data, where combinations split into tiny groups."""
+    positive = (np.nan_to_num(np.asarray(labels, dtype=np.float32)) == 1).any(1)
+    return [classes[t] if p else NO_POSITIVE for t, p in zip(targets, positive, strict=True)]
+
+
+def agreement(
+    real_maps: np.ndarray, synthetic_maps: np.ndarray, targets: np.ndarray, groups: list[str],
+    classes: Sequence[str], top_fraction: float = 0.1,
+) -> SaliencyResult:  # fmt: skip
+    """Per-image agreement of two sets of maps of the same images (the maps of one model can be reused
+    against several others, e.g. a synthetic-trained model and a second real-trained seed)."""
+    if not 0 < top_fraction < 1:
+        raise ConfigError(f"top_fraction must be in (0, 1), got {top_fraction}")
+    rho = np.array([spearman(a, b) for a, b in zip(real_maps, synthetic_maps, strict=True)])
+    iou = np.array([top_iou(a, b, top_fraction) for a, b in zip(real_maps, synthetic_maps, strict=True)])
+    return SaliencyResult(list(classes), targets, groups, real_maps, synthetic_maps, rho, iou, top_fraction)
 
 
 def saliency_agreement(
@@ -191,14 +227,54 @@ def saliency_agreement(
         raise DataError(f"labels must be ({len(images)}, {len(classes)}), got {labels.shape}")
     if not 0 < top_fraction < 1:
         raise ConfigError(f"top_fraction must be in (0, 1), got {top_fraction}")
-    targets = explained_class(labels, _logits(real_model, images, batch_size))
+    targets = explained_class(labels, predict_logits(real_model, images, batch_size))
     real = gradcam_maps(real_model, images, targets, target_layer, batch_size)
     synth = gradcam_maps(synth_model, images, targets, target_layer, batch_size)
-    positive = np.nan_to_num(labels) == 1
-    groups = ["+".join(c for c, p in zip(classes, row, strict=True) if p) or NO_POSITIVE for row in positive]
-    rho = np.array([spearman(a, b) for a, b in zip(real, synth, strict=True)])
-    iou = np.array([top_iou(a, b, top_fraction) for a, b in zip(real, synth, strict=True)])
-    return SaliencyResult(list(classes), targets, groups, real, synth, rho, iou, top_fraction)
+    return agreement(real, synth, targets, class_groups(labels, classes), classes, top_fraction)
+
+
+PAIRED_TEST = ("Wilcoxon signed-rank test, one-sided, on the images where all three maps are defined: the "
+               "second real-trained seed agrees with the reference model better than the synthetic-trained model")
+
+
+def _paired(synthetic: np.ndarray, baseline: np.ndarray) -> dict[str, Any]:
+    """Gap (baseline minus synthetic agreement) over the images where both are defined, and its p-value."""
+    both = ~np.isnan(synthetic) & ~np.isnan(baseline)
+    diff = baseline[both] - synthetic[both]
+    if not len(diff):
+        return {"n": 0, "gap": None, "pvalue": None}
+    p = 1.0 if np.all(diff == 0) else float(wilcoxon(diff, alternative="greater").pvalue)
+    return {"n": int(both.sum()), "gap": float(diff.mean()), "pvalue": p}
+
+
+def baseline_comparison(synthetic: SaliencyResult, baseline: SaliencyResult) -> dict[str, Any]:
+    """JSON-ready: the synthetic-trained model's agreement with the reference (real-trained) model beside a
+    second real-trained seed's, overall and per class group, with the paired gaps (same images, same
+    reference maps, so the comparison is paired). Read by `medsyn.evaluate.verdicts.saliency_verdict`."""
+    if synthetic.groups != baseline.groups or not np.array_equal(synthetic.real_maps, baseline.real_maps):
+        raise DataError("saliency: the baseline must compare the same reference maps of the same images")
+    groups = np.asarray(synthetic.groups, dtype=object)
+
+    def entry(mask: np.ndarray) -> dict[str, Any]:
+        rho = _paired(synthetic.spearman[mask], baseline.spearman[mask])
+        iou = _paired(synthetic.iou[mask], baseline.iou[mask])
+        return {
+            "n": int(mask.sum()),
+            "synthetic": _stats(synthetic.spearman[mask], synthetic.iou[mask]),
+            "baseline": _stats(baseline.spearman[mask], baseline.iou[mask]),
+            "paired": {"n": rho["n"], "spearman_gap": rho["gap"], "spearman_pvalue": rho["pvalue"],
+                       "iou_gap": iou["gap"], "iou_pvalue": iou["pvalue"]},
+        }  # fmt: skip
+
+    both = synthetic.summary()
+    return {
+        "method": synthetic.method, "top_fraction": synthetic.top_fraction, "iou_chance": both["iou_chance"],
+        "images": both["images"],
+        "undefined": {"synthetic": both["undefined"], "baseline": baseline.summary()["undefined"]},
+        "test": PAIRED_TEST,
+        "overall": entry(np.ones(len(groups), bool)),
+        "per_group": {str(g): entry(groups == g) for g in sorted(set(synthetic.groups))},
+    }  # fmt: skip
 
 
 def pick_rows(result: SaliencyResult, n: int, seed: int = 0) -> np.ndarray:
@@ -217,17 +293,31 @@ def pick_rows(result: SaliencyResult, n: int, seed: int = 0) -> np.ndarray:
 MODEL_NAMES = ("real-trained model", "synthetic-trained model")
 
 
+def _agreement_text(result: SaliencyResult, i: int) -> str:
+    if np.isnan(result.iou[i]):
+        return "a map is constant: undefined"
+    return f"rho {result.spearman[i]:.2f}, IoU {result.iou[i]:.2f}"
+
+
 def grid_figure(
-    result: SaliencyResult, images: Any, n: int = 8, seed: int = 0, names: tuple[str, str] = MODEL_NAMES
-) -> Figure:
+    result: SaliencyResult, images: Any, n: int = 8, seed: int = 0, names: tuple[str, str] = MODEL_NAMES,
+    baseline: tuple[str, SaliencyResult] | None = None,
+) -> Figure:  # fmt: skip
     """Rows of image | first model's map | second model's map (maps over the image); `names` head the columns
-    (e.g. two real-trained seeds, for the baseline agreement of two models trained on the same data)."""
+    (e.g. two real-trained seeds, for the baseline agreement of two models trained on the same data).
+    `baseline` (name, result against the same first-model maps) adds a fourth column, e.g. a second
+    real-trained seed, so the reader sees how much two real-trained models already differ."""
     rows = pick_rows(result, n, seed)
-    fig, axes = plt.subplots(len(rows), 3, figsize=(6.0, 2.0 * len(rows)), squeeze=False)
-    titles = ("image", *names)
+    extra = [] if baseline is None else [baseline[1]]
+    if extra and not np.array_equal(extra[0].real_maps, result.real_maps):
+        raise DataError("saliency grid: the baseline must share the first model's maps")
+    cols = 3 + len(extra)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(2.0 * cols, 2.0 * len(rows)), squeeze=False)
+    titles = ("image", *names, *([baseline[0]] if baseline else []))
     for r, i in enumerate(rows):
         img = as_unit_tensor(np.asarray(images[[i]]))[0].mean(0).numpy()
-        for c, m in enumerate((None, result.real_maps[i], result.synthetic_maps[i])):
+        maps = [None, result.real_maps[i], result.synthetic_maps[i], *(e.synthetic_maps[i] for e in extra)]
+        for c, m in enumerate(maps):
             ax = axes[r, c]
             ax.imshow(img, cmap="gray", vmin=0, vmax=1)
             if m is not None:
@@ -237,12 +327,8 @@ def grid_figure(
             if r == 0:
                 ax.set_title(titles[c], fontsize=9)
         axes[r, 0].set_ylabel(f"{result.groups[i]}\n({result.classes[result.targets[i]]})", fontsize=8)
-        text = (
-            "a map is constant: undefined"
-            if np.isnan(result.iou[i])
-            else f"rho {result.spearman[i]:.2f}, IoU {result.iou[i]:.2f}"
-        )
-        axes[r, 2].set_xlabel(text, fontsize=8)
+        for c, res in enumerate([result, *extra], start=2):
+            axes[r, c].set_xlabel(_agreement_text(res, i), fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -254,9 +340,10 @@ def save_grid(
     n: int = 8,
     seed: int = 0,
     names: tuple[str, str] = MODEL_NAMES,
+    baseline: tuple[str, SaliencyResult] | None = None,
 ) -> Path:
     """Write `grid_figure` as a PNG (atomically); returns the path."""
-    fig = grid_figure(result, images, n, seed, names)
+    fig = grid_figure(result, images, n, seed, names, baseline)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)

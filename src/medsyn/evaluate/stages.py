@@ -1,6 +1,6 @@
 """The evaluation's stages, each a function from typed inputs to a typed outcome (see `pipeline.evaluate`).
 
-    utility -> features -> fidelity, diversity -> privacy (DCR, membership inference, re-identification)
+    utility -> saliency -> features -> fidelity, diversity -> privacy (DCR, membership inference, re-identification)
 
 A stage whose data cannot support it (too few test positives, no patient with two images, ...) raises
 `DataError` inside; the stage records it as skipped with that reason and the verdict says "not assessed".
@@ -20,6 +20,7 @@ from numpy.lib.format import open_memmap
 
 from medsyn.errors import DataError
 from medsyn.evaluate.backbone import TRTR_ORIGIN, RealClassifier, domain_classifier
+from medsyn.evaluate.classifier import predict_logits, train_classifier
 from medsyn.evaluate.data import LabeledImages
 from medsyn.evaluate.diversity import DiversityResult, self_diversity
 from medsyn.evaluate.features import FeatureExtractor, PixelFeatures
@@ -30,6 +31,14 @@ from medsyn.evaluate.privacy.linkage import match_synthetic
 from medsyn.evaluate.privacy.reid import ReidModel, train_reid
 from medsyn.evaluate.privacy.verification import verification_auroc
 from medsyn.evaluate.real import RealData, Split
+from medsyn.evaluate.saliency import (
+    SaliencyResult,
+    agreement,
+    baseline_comparison,
+    explained_class,
+    explained_groups,
+    gradcam_maps,
+)
 from medsyn.evaluate.settings import EvalSettings
 from medsyn.evaluate.synthetic import SyntheticSet
 from medsyn.evaluate.utility import UtilityRun, run_utility
@@ -80,6 +89,60 @@ def utility_stage(real: RealData, syn: SyntheticSet, s: EvalSettings) -> Utility
             *run.report["notes"],
         ]
     return UtilityOutcome(run.report, run)
+
+
+# ---------------------------------------------------------------------------------------------- saliency
+
+
+@dataclass
+class SaliencyOutcome:
+    section: dict[str, Any]  # metrics.json "saliency"
+    synthetic: SaliencyResult | None = None  # reference (first-seed TRTR) maps vs the first-seed TSTR model's
+    baseline: SaliencyResult | None = None  # the same reference maps vs a second real-trained seed's
+    images: np.ndarray | None = None  # the explained real test images, in the results' order
+
+
+def saliency_stage(real: RealData, run: UtilityRun | None, s: EvalSettings, stage: Stage) -> SaliencyOutcome:
+    """Grad-CAM maps of the first-seed TRTR and TSTR classifiers on the same random real test images, beside
+    a real-vs-real baseline: a second real-trained seed (the utility stage's when it trained several seeds,
+    else one trained here with the same recipe, the only extra training this stage does)."""
+    cfg = s.saliency
+    if cfg.images == 0:
+        return SaliencyOutcome({"skipped": "switched off (saliency: {images: 0})"})
+    if run is None:
+        return SaliencyOutcome({"skipped": "the utility stage was skipped: there are no real- and synthetic-trained "
+                                           "classifiers to compare"})  # fmt: skip
+    cols = [real.classes.index(c) for c in run.classes]
+    test = real.splits["test"]
+    rows = np.sort(np.random.default_rng(s.seed).choice(len(test.labels), min(cfg.images, len(test.labels)),
+                                                         replace=False))  # fmt: skip
+    images, labels = np.asarray(test.images[rows]), run.test_labels[rows]
+    reference, synthetic = run.models["trtr"][0], run.models["tstr"][0]
+    names = {"reference": f"TRTR seed {run.seeds[0]}", "synthetic": f"TSTR seed {run.seeds[0]}"}
+    try:
+        if len(run.models["trtr"]) > 1:
+            second, names["baseline"] = run.models["trtr"][1], f"TRTR seed {run.seeds[1]} (from the utility stage)"
+        else:
+            seed = max(run.seeds) + 1
+            with stage(f"saliency: second real-trained classifier (seed {seed})"):
+                train, val = real.splits["train"], real.splits["val"]
+                second, _ = train_classifier(train.images, train.labels[:, cols], val.images, val.labels[:, cols],
+                                             replace(s.utility.classifier, seed=seed))  # fmt: skip
+            names["baseline"] = f"real-trained seed {seed} (trained for this check, TRTR recipe)"
+        with stage(f"saliency: Grad-CAM maps ({len(rows)} real test images, 3 models)"):
+            batch = cfg.batch_size
+            targets = explained_class(labels, predict_logits(reference, images, batch))
+            maps = [gradcam_maps(m, images, targets, batch_size=batch) for m in (reference, synthetic, second)]
+    except DataError as exc:
+        return SaliencyOutcome(skipped(exc))
+    groups = explained_groups(labels, targets, run.classes)
+    syn_res = agreement(maps[0], maps[1], targets, groups, run.classes, cfg.top_fraction)
+    base_res = agreement(maps[0], maps[2], targets, groups, run.classes, cfg.top_fraction)
+    section = {"models": names, "layer": "last ReLU (the last feature map before the global pool)",
+               "explained_class": "each image's first positive class; the reference model's top class when none",
+               "groups": "images grouped by the class explained; images without a positive label apart",
+               **baseline_comparison(syn_res, base_res)}  # fmt: skip
+    return SaliencyOutcome(section, syn_res, base_res, images)
 
 
 # ---------------------------------------------------------------------------------------------- features

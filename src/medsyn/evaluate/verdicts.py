@@ -22,6 +22,7 @@ from medsyn.evaluate.stats import wilson_ci
 from medsyn.io import Result
 
 USEFUL_PASS, USEFUL_WARN = 0.8, 0.5
+SALIENCY_MIN_PAIRED, SALIENCY_GAP, SALIENCY_P = 10, 0.15, 0.01
 FID_PASS, FID_WARN = 2.0, 5.0
 PRDC_PASS, PRDC_WARN = 0.5, 0.25
 BACKBONE_MIN_AUROC = 0.6
@@ -32,6 +33,7 @@ MIA_FAIL_AUROC = 0.60
 CONCENTRATION_MIN_SHARE = 0.10
 CONCENTRATION_WARN_RATIO, CONCENTRATION_FAIL_RATIO = 1.5, 3.0
 CONCENTRATION_WARN_P, CONCENTRATION_FAIL_P = 0.05, 0.01
+CONCENTRATION_NO_RESEMBLANCE = 0.05
 REID_FPR = 0.05
 REID_WARN_RATIO, REID_FAIL_RATIO = 1.5, 3.0
 REID_WEAK_AUROC = 0.6
@@ -44,6 +46,13 @@ THRESHOLDS: dict[str, list[str]] = {
         "n/a when the real-trained classifier is not clearly above chance (CI lower bound <= 0.5)",
         "at most WARN when the synthetic set is collapsed (see Realistic?): a few repeated images can still "
         "train a classifier for an easy task, which says little about the set",
+        "feature importance (Grad-CAM, a supplementary check that can lower the verdict, never raise it): per "
+        "class group, the agreement (Spearman over pixels) of the synthetic-trained model's maps with the "
+        "real-trained model's, against a second real-trained seed's agreement with the same maps on the same "
+        f"images; below the seed baseline when the mean paired gap >= {SALIENCY_GAP} with a one-sided Wilcoxon "
+        f"p < {SALIENCY_P} over >= {SALIENCY_MIN_PAIRED} images with all maps defined; a group below turns a "
+        "PASS of Useful? into WARN (the synthetic-trained model may rely on other cues: shortcuts); not "
+        "assessed (too few defined maps, stage off) leaves Useful? as it is",
     ],
     "Realistic?": [
         "diversity (pixel space, n = min(synthetic, real training, 2000) random images each): modes = connected "
@@ -68,9 +77,14 @@ THRESHOLDS: dict[str, list[str]] = {
         f"WARN if f > {DCR_WARN_RATIO:g}x expected with p < {DCR_WARN_P}",
         "nearest-patient concentration (per DCR space, patients with several images): s = share of synthetic images "
         "whose nearest training image belongs to one patient, h = the held-out share for that patient; p from a "
-        f"permutation test of s - h; FAIL if s >= {CONCENTRATION_MIN_SHARE} and s > {CONCENTRATION_FAIL_RATIO:g}h "
-        f"with p < {CONCENTRATION_FAIL_P}; WARN if s >= {CONCENTRATION_MIN_SHARE} and s > "
-        f"{CONCENTRATION_WARN_RATIO:g}h with p < {CONCENTRATION_WARN_P}",
+        "permutation test of s - h; the close variant (s_c, h_c, p_c) counts only images no farther from that "
+        "patient than the median held-out DCR, since images unlike any real one (a collapsed or failed set) all "
+        f"fall nearest to the same hub training images; FAIL if s_c >= {CONCENTRATION_MIN_SHARE} and s_c > "
+        f"{CONCENTRATION_FAIL_RATIO:g}h_c with p_c < {CONCENTRATION_FAIL_P}; WARN if s_c >= {CONCENTRATION_MIN_SHARE} "
+        f"and s_c > {CONCENTRATION_WARN_RATIO:g}h_c with p_c < {CONCENTRATION_WARN_P}, or if only the plain share "
+        f"s meets that rule (s >= {CONCENTRATION_MIN_SHARE}, s > {CONCENTRATION_WARN_RATIO:g}h, p < "
+        f"{CONCENTRATION_WARN_P}): far matches, reported as a possible hub effect, naming a collapse (diversity "
+        f"FAIL) or a lack of resemblance (precision or coverage < {CONCENTRATION_NO_RESEMBLANCE}) when found",
         f"membership inference: FAIL if AUROC >= {MIA_FAIL_AUROC} with its 95% CI above 0.5; WARN if the CI "
         "excludes 0.5 on either side",
         f"re-identification: at the threshold that links {100 * REID_FPR:g}% of held-out patients' images to a "
@@ -152,6 +166,53 @@ def useful_verdict(utility: Mapping[str, Any], diversity: Verdict | None = None)
     if diversity is not None and diversity.level == "fail" and level == "pass":
         return Verdict(check, "warn", f"{reason}; capped at WARN: the synthetic set is collapsed ({diversity.reason})")
     return Verdict(check, level, reason)
+
+
+def saliency_below_baseline(entry: Mapping[str, Any]) -> bool | None:
+    """Is one class group's synthetic-vs-real agreement clearly below the real-vs-real seed baseline? None
+    when too few images have all three maps defined to tell (`entry`: a per-group entry of the section)."""
+    paired = entry["paired"]
+    if paired["n"] < SALIENCY_MIN_PAIRED or paired["spearman_gap"] is None:
+        return None
+    return paired["spearman_gap"] >= SALIENCY_GAP and paired["spearman_pvalue"] < SALIENCY_P
+
+
+def saliency_verdict(section: Mapping[str, Any]) -> Verdict:
+    """Feature importance: does the synthetic-trained model look where real-trained models look?"""
+    check = "feature importance (Grad-CAM)"
+    if "skipped" in section:
+        return Verdict(check, "n/a", section["skipped"])
+    groups = {g: (e, saliency_below_baseline(e)) for g, e in section["per_group"].items()}
+    judged = {g: v for g, v in groups.items() if v[1] is not None}
+    if not judged:
+        return Verdict(check, "n/a", f"fewer than {SALIENCY_MIN_PAIRED} images with all three maps defined in every "
+                                     "class group (constant maps: no positive evidence for the class explained)")  # fmt: skip
+
+    def text(g: str, e: Mapping[str, Any]) -> str:
+        pr = e["paired"]
+        return (f"{g}: Spearman {_fmt(e['synthetic']['spearman_mean'])} vs {_fmt(e['baseline']['spearman_mean'])} "
+                f"for a second real-trained seed (paired gap {pr['spearman_gap']:.2f}, p = {pr['spearman_pvalue']:.2g}, "
+                f"{pr['n']} images)")  # fmt: skip
+
+    below = [text(g, e) for g, (e, b) in judged.items() if b]
+    if below:
+        return Verdict(check, "warn", "the synthetic-trained model's Grad-CAM maps agree with the real-trained "
+                                      "model's clearly less than two real-trained seeds agree with each other ("
+                                      + "; ".join(below) + "): it may rely on other cues (shortcuts)")  # fmt: skip
+    return Verdict(check, "pass", "agreement with the real-trained model's maps is not clearly below the "
+                                  "real-vs-real seed baseline (" + "; ".join(text(g, e) for g, (e, _) in judged.items())
+                                  + ")")  # fmt: skip
+
+
+def useful_overall(useful: Verdict, saliency: Verdict | None) -> Verdict:
+    """Useful? from the TSTR check; a feature-importance WARN turns a PASS into WARN and never raises it."""
+    if saliency is not None and saliency.level == "warn" and useful.level == "pass":
+        return Verdict("Useful?", "warn", f"{useful.reason}; but {saliency.reason}")
+    return overall("Useful?", [useful])
+
+
+def _fmt(v: Any) -> str:
+    return "?" if v is None or not math.isfinite(v) else f"{v:.2f}"
 
 
 # ------------------------------------------------------------------------------------------- Realistic?
@@ -261,8 +322,29 @@ def dcr_verdict(res: Any) -> Verdict:
     return Verdict(check, "pass", f"{stats}: consistent with no copying")
 
 
-def concentration_verdict(res: Any) -> Verdict | None:
-    """One training patient nearest to many synthetic images? None when the DCR had no usable patient ids."""
+def concentration_context(diversity: Verdict | None, fidelity: Mapping[str, Any]) -> str | None:
+    """What else the evaluation knows that makes a concentration look like hubness: a collapsed set, or one
+    that barely resembles the real images (PRDC precision or coverage near 0). None when neither."""
+    parts = []
+    if diversity is not None and diversity.level == "fail":
+        parts.append("the diversity check finds the set collapsed")
+    prdc = fidelity.get("prdc") or {}
+    if prdc and min(prdc["precision"], prdc["coverage"]) < CONCENTRATION_NO_RESEMBLANCE:
+        parts.append(f"precision {prdc['precision']:.2f} and coverage {prdc['coverage']:.2f}: the set barely "
+                     "resembles the real images")  # fmt: skip
+    return "; ".join(parts) or None
+
+
+def _concentrated(share: float, held: float, p: float, ratio: float, alpha: float) -> bool:
+    return share >= CONCENTRATION_MIN_SHARE and share > ratio * held and p < alpha
+
+
+def concentration_verdict(res: Any, context: str | None = None) -> Verdict | None:
+    """One training patient nearest to many synthetic images? None when the DCR had no usable patient ids.
+
+    A FAIL needs CLOSE matches (no farther than the median held-out DCR): concentration of far matches is
+    what hub training images collect from a collapsed or failed set, so it is a WARN that says so. `context`
+    (`concentration_context`) names the collapse or lack of resemblance the other checks found."""
     c = res.nearest_patient
     if c is None:
         return None
@@ -273,12 +355,34 @@ def concentration_verdict(res: Any) -> Verdict | None:
         f"{100 * h:.1f}% of held-out images (that patient has {100 * c['training']:.1f}% of the training images; "
         f"permutation test p = {p:.2g})"
     )
-    if s >= CONCENTRATION_MIN_SHARE and s > CONCENTRATION_FAIL_RATIO * h and p < CONCENTRATION_FAIL_P:
-        return Verdict(check, "fail", f"{reason}: the generator reproduces one patient's look, or its images crowd "
-                                      "around a few real ones; inspect the closest pairs and re-identification")  # fmt: skip
-    if s >= CONCENTRATION_MIN_SHARE and s > CONCENTRATION_WARN_RATIO * h and p < CONCENTRATION_WARN_P:
-        return Verdict(check, "warn", f"{reason}: more than expected; inspect the closest pairs")
-    return Verdict(check, "pass", f"{reason}: no more than expected")
+    also = f" ({context})" if context else ""
+    plain_fail = _concentrated(s, h, p, CONCENTRATION_FAIL_RATIO, CONCENTRATION_FAIL_P)
+    plain_warn = _concentrated(s, h, p, CONCENTRATION_WARN_RATIO, CONCENTRATION_WARN_P)
+    if "close_pvalue" not in c:  # an older result without distances: the plain test decides
+        if plain_fail or plain_warn:
+            hub = f"; with a collapsed or unrealistic set this may be a hub effect{also}" if context else ""
+            return Verdict(check, "fail" if plain_fail else "warn", f"{reason}: more than expected{hub}; inspect "
+                                                                    "the closest pairs and re-identification")  # fmt: skip
+        return Verdict(check, "pass", f"{reason}: no more than expected")
+    cs, ch, cp = c["close_synthetic"], c["close_holdout"], c["close_pvalue"]
+    close = (f"{100 * cs:.1f}% of synthetic images lie nearest to one patient and no farther from it than the "
+             f"median held-out image lies from its nearest training image ({c['close_threshold']:.3g}), against "
+             f"{100 * ch:.1f}% of held-out images (p = {cp:.2g})")  # fmt: skip
+    if _concentrated(cs, ch, cp, CONCENTRATION_FAIL_RATIO, CONCENTRATION_FAIL_P):
+        extra = f"; the set is also collapsed or unrealistic{also}" if context else ""
+        return Verdict(check, "fail", f"{reason}; {close}: the generator reproduces one patient's images closely"
+                                      f"{extra}; inspect the closest pairs and re-identification")  # fmt: skip
+    if _concentrated(cs, ch, cp, CONCENTRATION_WARN_RATIO, CONCENTRATION_WARN_P):
+        return Verdict(check, "warn", f"{reason}; {close}: more close matches than expected; inspect the closest "
+                                      "pairs")  # fmt: skip
+    if plain_fail or plain_warn:
+        far = (f"the synthetic images nearest to that patient lie far from it (median {c['top_synthetic_median_distance']:.3g} "
+               f"vs {c['holdout_median_distance']:.3g} for held-out images to their nearest training image)")  # fmt: skip
+        return Verdict(check, "warn", f"{reason}, but {far}; {close}: concentration of far matches may be a hub "
+                                      "effect (images unlike any real one all fall nearest to the same few training "
+                                      f"images, as with a collapsed or failed generator) rather than a copied "
+                                      f"patient{also}; inspect the closest pairs")  # fmt: skip
+    return Verdict(check, "pass", f"{reason}; {close}: no more than expected")
 
 
 def mia_verdict(res: Any) -> Verdict:

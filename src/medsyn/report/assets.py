@@ -16,6 +16,7 @@ import numpy as np
 from medsyn.evaluate.diversity import DiversityResult
 from medsyn.evaluate.intensity import HistogramDivergence
 from medsyn.evaluate.privacy import DCRResult, MIAResult
+from medsyn.evaluate.saliency import SaliencyResult, grid_figure
 from medsyn.evaluate.utility import SETTINGS, UtilityRun
 from medsyn.report import figures
 
@@ -37,6 +38,9 @@ class ReportAssets:
     reid_thresholds: dict[str, float] = field(default_factory=dict)
     # class -> setting -> (0/1 labels, scores) of the first-seed classifiers on the real test images
     utility_roc: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
+    # the saliency grid: reference-vs-synthetic and reference-vs-second-seed results on the same real test images
+    saliency: tuple[SaliencyResult, SaliencyResult, np.ndarray] | None = None
+    saliency_rows: int = 8
     real_images: bool = True
     per_group: int = 6
 
@@ -59,8 +63,11 @@ class ReportAssets:
         utility: UtilityRun | None = None,
         negative: str = "No Finding",
         diversity: DiversityResult | None = None,
+        saliency: Any = None,
+        saliency_rows: int = 8,
     ) -> ReportAssets:
-        """`negative`: the name of the group without a positive label (the synthetic set's negative class)."""
+        """`negative`: the name of the group without a positive label (the synthetic set's negative class);
+        `saliency`: the saliency stage's outcome (its grid shows real test images, so only with `real_images`)."""
         rng = np.random.default_rng(seed)
 
         def pick(images: Any, mask: np.ndarray) -> np.ndarray:
@@ -76,7 +83,9 @@ class ReportAssets:
             if j == len(classes) and not (real_mask.any() or syn_mask.any()):
                 continue
             groups.append((name, pick(train_images, real_mask) if real_images else None, pick(syn_images, syn_mask)))
-        assets = cls(groups=groups, real_images=real_images, per_group=per_group)
+        assets = cls(groups=groups, real_images=real_images, per_group=per_group, saliency_rows=saliency_rows)
+        if real_images and saliency is not None and saliency.synthetic is not None:
+            assets.saliency = (saliency.synthetic, saliency.baseline, saliency.images)
         pixel = dcrs.get("pixel")
         if pixel is not None:
             assets.closest = [
@@ -121,7 +130,18 @@ class ReportAssets:
             "intensity": figures.intensity(*self.intensity) if self.intensity else None,
             "utility": figures.utility_forest(metrics.get("utility", {})),
             "utility_roc": figures.utility_roc(self.utility_roc),
+            "saliency": self._saliency_grid(metrics),
         }
+
+    def _saliency_grid(self, metrics: Mapping[str, Any]) -> str | None:
+        """image | real-trained map | synthetic-trained map | second real seed's map, a few rows per class group."""
+        if self.saliency is None:
+            return None
+        synthetic, baseline, images = self.saliency
+        seed = int(metrics.get("settings", {}).get("seed", 0))
+        fig = grid_figure(synthetic, images, self.saliency_rows, seed, ("real-trained", "synthetic-trained"),
+                          baseline=("2nd real-trained seed", baseline))  # fmt: skip
+        return figures.encode(fig)
 
 
 def _roc_inputs(run: UtilityRun) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:

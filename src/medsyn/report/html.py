@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
-import html
-import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from medsyn.evaluate.verdicts import REID_FPR, THRESHOLDS
-
-LEVEL_TEXT = {"pass": "PASS", "warn": "WARN", "fail": "FAIL", "n/a": "NOT ASSESSED"}
+from medsyn.report.markup import (
+    LEVEL_TEXT,
+    _badge,
+    _ci,
+    _cls,
+    _e,
+    _img,
+    _kv,
+    _notes,
+    _num,
+    _pct,
+    _sig,
+    _table,
+    _verdict_box,
+)
+from medsyn.report.saliency import saliency_section
 
 CSS = """
 body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;color:#1d2125;max-width:1100px;margin:24px auto;
@@ -31,74 +43,6 @@ text-align:left;vertical-align:top}th{background:#f5f7f9}td.n{text-align:right;f
 .notes li{margin:2px 0}.muted{color:#5b6570;font-size:12.5px}img{max-width:100%;height:auto;display:block;margin:6px 0}
 code{background:#f1f3f5;padding:0 3px;border-radius:3px;font-size:12.5px}
 """
-
-
-def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _num(value: Any, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return f"{value:.{digits}f}"
-
-
-def _sig(value: Any, digits: int = 4) -> str:
-    """Significant digits: FID and KID span many orders of magnitude across backbones."""
-    return "–" if value is None or not math.isfinite(value) else f"{value:.{digits}g}"
-
-
-def _pct(value: Any, digits: int = 1) -> str:
-    return "–" if value is None or not math.isfinite(value) else f"{100 * value:.{digits}f}%"
-
-
-def _ci(entry: Mapping[str, Any], point: str = "auroc", lo: str = "ci_low", hi: str = "ci_high") -> str:
-    text = _num(entry.get(point))
-    if entry.get(lo) is not None and math.isfinite(entry[lo]):
-        text += f" <span class=muted>({_num(entry[lo])}–{_num(entry.get(hi))})</span>"
-    return text
-
-
-def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]], numeric: Sequence[int] = ()) -> str:
-    """`rows` cells are already-escaped HTML."""
-    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
-    body = "".join(
-        "<tr>" + "".join(f"<td{' class=n' if i in numeric else ''}>{cell}</td>" for i, cell in enumerate(row)) + "</tr>"
-        for row in rows
-    )
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def _kv(rows: Iterable[tuple[str, Any]]) -> str:
-    return "<table>" + "".join(f"<tr><th>{_e(k)}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
-
-
-def _img(b64: str | None, alt: str, caption: str = "") -> str:
-    if not b64:
-        return f"<p class=muted>({_e(alt)}: nothing to show)</p>"
-    cap = f"<p class=muted>{caption}</p>" if caption else ""
-    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{b64}">{cap}'
-
-
-def _cls(level: str) -> str:
-    return "na" if level == "n/a" else level
-
-
-def _badge(level: str) -> str:
-    return f'<span class="badge {_cls(level)}">{LEVEL_TEXT.get(level, _e(level))}</span>'
-
-
-def _verdict_box(v: Mapping[str, Any], title: str) -> str:
-    return (f'<div class="verdict {_cls(v["level"])}"><b>{_e(title)} {LEVEL_TEXT.get(v["level"], "")}</b> — '
-            f'{_e(v["reason"])}</div>')  # fmt: skip
-
-
-def _notes(items: Sequence[str]) -> str:
-    if not items:
-        return ""
-    return "<div class=notes><b>Notes</b><ul>" + "".join(f"<li>{_e(n)}</li>" for n in items) + "</ul></div>"
 
 
 # --------------------------------------------------------------------------------------------- sections
@@ -398,7 +342,8 @@ def render(metrics: Mapping[str, Any], figs: Mapping[str, str | None], real_imag
     body = (_header(metrics) + _data(metrics, real_images)
             + "<h2>Samples</h2>" + _img(figs["samples"], "sample grid",
                                         "A few images per class (chosen at random with the evaluation seed).")
-            + _utility(metrics, figs["utility"], figs["utility_roc"]) + _fidelity(metrics, figs) + _privacy(metrics, figs, real_images)
+            + _utility(metrics, figs["utility"], figs["utility_roc"])
+            + saliency_section(metrics, figs.get("saliency"), real_images) + _fidelity(metrics, figs) + _privacy(metrics, figs, real_images)
             + _reader_study(metrics) + _methods(metrics))  # fmt: skip
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'

@@ -49,7 +49,8 @@ DCR_WARN_RATIO, DCR_FAIL_RATIO = 1.5, 3.0
 DCR_WARN_P, DCR_FAIL_P = 0.05, 0.01
 DCR_TEST = "precedence test (Nelson 1963): synthetic count below a held-out order statistic ~ beta-binomial"
 CONCENTRATION_TEST = ("permutation test (relabellings of synthetic vs held-out images): T = share of synthetic "
-                      "images nearest to the top patient minus the held-out share for that patient")
+                      "images nearest to the top patient minus the held-out share for that patient; the close "
+                      "variant counts only images no farther from it than the median held-out DCR (hubs)")
 CONCENTRATION_PERMUTATIONS = 2000
 
 
@@ -136,7 +137,8 @@ def distance_to_closest_record(
     concentration = None
     ids = check_patient_ids(train_patient_ids, len(tr), "DCR training")
     if ids is not None and len(np.unique(ids)) < len(ids):  # one image per patient: nothing to concentrate on
-        concentration = nearest_patient_shares(ids, nearest, ho_nn.indices[:, 0])
+        concentration = nearest_patient_shares(ids, nearest, ho_nn.indices[:, 0], syn_distances=d_syn,
+                                               holdout_distances=d_ho)  # fmt: skip
     if len(ho) < DCR_RELIABLE_HOLDOUT:
         notes.append(
             f"only {len(ho)} held-out images: the 1st-percentile threshold is poorly estimated, so the test "
@@ -175,7 +177,8 @@ def distance_to_closest_record(
 
 def nearest_patient_shares(
     train_ids: np.ndarray, syn_nearest: np.ndarray, holdout_nearest: np.ndarray, seed: int = 0,
-    permutations: int = CONCENTRATION_PERMUTATIONS,
+    permutations: int = CONCENTRATION_PERMUTATIONS, syn_distances: np.ndarray | None = None,
+    holdout_distances: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Shares of synthetic / held-out / training images that belong to (or lie nearest to) the training
     patient nearest to the most synthetic images, and a permutation test of that concentration.
@@ -184,23 +187,58 @@ def nearest_patient_shares(
     are exchangeable. The statistic T = synthetic share - held-out share of the top patient is recomputed
     with the synthetic/held-out labels shuffled (the top patient chosen again each time, so picking the
     largest share is accounted for); p = (1 + #{T* >= T}) / (1 + permutations).
+
+    Hubs. A nearest neighbour always exists, however far: images that resemble no real image (noise, a
+    collapsed or failed generator) all fall nearest to the same few "hub" training images, which the test
+    above reads as concentration on one patient. With the DCRs given, a second statistic counts only CLOSE
+    matches, images at most as far from their nearest training image as the median held-out image is
+    (`close_*`): a generator that reproduces a patient puts many synthetic images close to that patient's
+    images; a hub collects far ones. It is tested by the same permutations (the median recomputed each time).
     """
     patients, codes = np.unique(train_ids, return_inverse=True)
     pooled = np.concatenate([codes[syn_nearest], codes[holdout_nearest]])
     n_syn = len(syn_nearest)
+    close = syn_distances is not None and holdout_distances is not None
+    dist = np.concatenate([syn_distances, holdout_distances]) if close else None
 
-    def statistic(labels: np.ndarray) -> tuple[float, int]:
-        counts = np.bincount(labels[:n_syn], minlength=len(patients))
+    def statistic(labels: np.ndarray, near: np.ndarray | None = None) -> tuple[float, int]:
+        """T and the top patient; only the images flagged `near` count when given."""
+        keep = np.ones(len(labels), bool) if near is None else near
+        counts = np.bincount(labels[:n_syn][keep[:n_syn]], minlength=len(patients))
         top = int(np.argmax(counts))
-        return counts[top] / n_syn - float(np.mean(labels[n_syn:] == top)), top
+        return counts[top] / n_syn - float(np.mean((labels[n_syn:] == top) & keep[n_syn:])), top
+
+    def near(order: np.ndarray) -> np.ndarray:
+        d = dist[order]  # type: ignore[index]
+        return d <= np.median(d[n_syn:])
 
     observed, top = statistic(pooled)
+    flags = near(np.arange(len(pooled))) if close else None
     rng = np.random.default_rng(seed)
-    null = np.array([statistic(rng.permutation(pooled))[0] for _ in range(permutations)])
-    return {
+    null, c_null = np.empty(permutations), np.empty(permutations)
+    for i in range(permutations):  # one permutation at a time: 120k images x 2000 would not fit in memory
+        order = rng.permutation(len(pooled))
+        null[i] = statistic(pooled[order])[0]
+        if close:
+            c_null[i] = statistic(pooled[order], near(order))[0]
+    out = {
         "synthetic": float(np.mean(codes[syn_nearest] == top)),
         "holdout": float(np.mean(codes[holdout_nearest] == top)),
         "training": float(np.mean(codes == top)),
         "pvalue": float((1 + np.sum(null >= observed - 1e-12)) / (1 + len(null))),
         "test": CONCENTRATION_TEST,
     }
+    if close:
+        c_obs, c_top = statistic(pooled, flags)
+        threshold = float(np.median(holdout_distances))  # type: ignore[arg-type]
+        out.update({
+            "close_threshold": threshold,  # the held-out median DCR
+            "close_synthetic": float(np.mean((codes[syn_nearest] == c_top) & (syn_distances <= threshold))),
+            "close_holdout": float(np.mean((codes[holdout_nearest] == c_top) & (holdout_distances <= threshold))),
+            "close_pvalue": float((1 + np.sum(c_null >= c_obs - 1e-12)) / (1 + len(c_null))),
+            "close_same_patient": c_top == top,
+            # how far the synthetic images nearest to the top patient are, against held-out images' DCRs
+            "top_synthetic_median_distance": float(np.median(syn_distances[codes[syn_nearest] == top])),
+            "holdout_median_distance": threshold,
+        })  # fmt: skip
+    return out
