@@ -5,8 +5,8 @@
 
 OUT holds the study (study.db, SQLite: `optuna-dashboard OUT/study.db` opens it), one folder per trial
 (trials/NNNN: run, per-stage scores), trials.csv, best.yaml (`medsyn train --config OUT/best.yaml`) and
-tune.html. Sampling is TPE (seeded per trial number, so a resumed study draws what an uninterrupted one
-would have drawn from the same history); pruning is the median rule on the per-stage validation scores.
+tune.html. Sampling is TPE (seeded per finished trial count, so a resumed study draws what an uninterrupted
+one would have drawn from the same history); pruning is the median rule on the per-stage validation scores.
 Trial 0 is the base config itself (model defaults, or --config), the score to beat.
 
 A killed study continues with the same command: finished trials stay, a trial that was running is enqueued
@@ -173,7 +173,8 @@ def _requeue_interrupted(study: optuna.Study, storage: RDBStorage) -> list[int]:
 
 
 def _study(storage: RDBStorage, cfg: TuneConfig, number: int) -> optuna.Study:
-    """The study with a sampler seeded by the next trial's number (deterministic across resumes)."""
+    """The study with a sampler seeded by how many trials have finished (interrupted ones do not count), so a
+    resumed study draws what an uninterrupted one would have drawn."""
     sampler = optuna.samplers.TPESampler(seed=derive_seed(cfg.seed, number), n_startup_trials=cfg.startup_trials)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=cfg.startup_trials, n_warmup_steps=0)
     return optuna.create_study(study_name=STUDY_NAME, storage=storage, sampler=sampler, pruner=pruner,
@@ -214,7 +215,7 @@ def run_tune(cfg: TuneConfig, out: str | Path, quiet: bool = False) -> dict[str,
         runner = TrialRunner(trial_base, dists, Budget(cfg.budget_s, cfg.steps, cfg.reports), scorer, n_synthetic,
                              cfg.privacy_penalty, out)  # fmt: skip
         while counted(study.get_trials(deepcopy=False)) < cfg.trials:
-            study = _study(storage, cfg, len(study.get_trials(deepcopy=False)))
+            study = _study(storage, cfg, counted(study.get_trials(deepcopy=False)))
             study.optimize(runner, n_trials=1, catch=(TrialFailed,))
             trials = study.get_trials(deepcopy=False)
             if not quiet:
