@@ -324,7 +324,7 @@ def _reader_study(m: Mapping[str, Any]) -> str:
 
 def _methods(m: Mapping[str, Any]) -> str:
     out = ("<h2>How the verdicts are decided</h2><p class=muted>Every rule below is in one module, "
-           "<code>medsyn.evaluate.verdicts</code> (src/medsyn/evaluate/verdicts.py; docs/ARCHITECTURE.md explains "
+           "<code>medsyn.evaluate.verdicts</code> (src/medsyn/evaluate/verdicts/, every threshold in thresholds.py; docs/ARCHITECTURE.md explains "
            "the terms).</p>")  # fmt: skip
     for question, lines in THRESHOLDS.items():
         out += f"<h3>{_e(question)}</h3><ul>" + "".join(f"<li>{_e(line)}</li>" for line in lines) + "</ul>"

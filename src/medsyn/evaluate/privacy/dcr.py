@@ -45,8 +45,6 @@ from medsyn.io import ARRAY, Result
 DCR_MIN_HOLDOUT = 20
 """Fewest held-out images for a DCR baseline (its 1st percentile is then still just the minimum)."""
 DCR_RELIABLE_HOLDOUT = 100
-DCR_WARN_RATIO, DCR_FAIL_RATIO = 1.5, 3.0
-DCR_WARN_P, DCR_FAIL_P = 0.05, 0.01
 DCR_TEST = "precedence test (Nelson 1963): synthetic count below a held-out order statistic ~ beta-binomial"
 CONCENTRATION_TEST = ("permutation test (relabellings of synthetic vs held-out images): T = share of synthetic "
                       "images nearest to the top patient minus the held-out share for that patient; the close "

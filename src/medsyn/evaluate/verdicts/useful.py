@@ -1,0 +1,80 @@
+"""Useful?: TSTR against TRTR, capped for a collapsed set, and the feature-importance (Grad-CAM) check."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from medsyn.evaluate.verdicts.base import Verdict, _fmt, _graded, _lower, _num, _pct, overall
+from medsyn.evaluate.verdicts.thresholds import SALIENCY_GAP, SALIENCY_MIN_PAIRED, SALIENCY_P, USEFUL_PASS, USEFUL_WARN
+
+
+def useful_verdict(utility: Mapping[str, Any], diversity: Verdict | None = None) -> Verdict:
+    check = "utility (TSTR vs TRTR)"
+    if "skipped" in utility:
+        return Verdict(check, "n/a", utility["skipped"])
+    trtr, tstr = utility["trtr"], utility["tstr"]
+    if not _lower(trtr, "mean_auroc", "mean_ci_low") > 0.5:
+        return Verdict(
+            check, "n/a",
+            f"the classifier trained on real images reaches only mean AUROC {trtr['mean_auroc']:.3f} on held-out "
+            "patients (not clearly above chance), so there is no real performance to compare against; "
+            "train longer or on more data",
+        )  # fmt: skip
+    ratio = utility["ratio"]["tstr_over_trtr_above_chance"]
+    r = float(ratio["value"])
+    gain = utility["augmentation_gain"]
+    reason = (
+        f"trained on synthetic images only, the classifier reaches mean AUROC {tstr['mean_auroc']:.3f} vs "
+        f"{trtr['mean_auroc']:.3f} when trained on real images: it keeps {100 * r:.0f}% "
+        f"(95% CI {_pct(ratio.get('ci_low'))}-{_pct(ratio.get('ci_high'))}) of the above-chance performance; "
+        f"adding the synthetic images to the real ones changes mean AUROC by {gain['mean']:+.3f} "
+        f"(CI {_num(gain.get('mean_ci_low'))} to {_num(gain.get('mean_ci_high'))})"
+    )
+    level = _graded(r, USEFUL_PASS, USEFUL_WARN, True)
+    if diversity is not None and diversity.level == "fail" and level == "pass":
+        return Verdict(check, "warn", f"{reason}; capped at WARN: the synthetic set is collapsed ({diversity.reason})")
+    return Verdict(check, level, reason)
+
+
+def saliency_below_baseline(entry: Mapping[str, Any]) -> bool | None:
+    """Is one class group's synthetic-vs-real agreement clearly below the real-vs-real seed baseline? None
+    when too few images have all three maps defined to tell (`entry`: a per-group entry of the section)."""
+    paired = entry["paired"]
+    if paired["n"] < SALIENCY_MIN_PAIRED or paired["spearman_gap"] is None:
+        return None
+    return paired["spearman_gap"] >= SALIENCY_GAP and paired["spearman_pvalue"] < SALIENCY_P
+
+
+def saliency_verdict(section: Mapping[str, Any]) -> Verdict:
+    """Feature importance: does the synthetic-trained model look where real-trained models look?"""
+    check = "feature importance (Grad-CAM)"
+    if "skipped" in section:
+        return Verdict(check, "n/a", section["skipped"])
+    groups = {g: (e, saliency_below_baseline(e)) for g, e in section["per_group"].items()}
+    judged = {g: v for g, v in groups.items() if v[1] is not None}
+    if not judged:
+        return Verdict(check, "n/a", f"fewer than {SALIENCY_MIN_PAIRED} images with all three maps defined in every "
+                                     "class group (constant maps: no positive evidence for the class explained)")  # fmt: skip
+
+    def text(g: str, e: Mapping[str, Any]) -> str:
+        pr = e["paired"]
+        return (f"{g}: Spearman {_fmt(e['synthetic']['spearman_mean'])} vs {_fmt(e['baseline']['spearman_mean'])} "
+                f"for a second real-trained seed (paired gap {pr['spearman_gap']:.2f}, p = {pr['spearman_pvalue']:.2g}, "
+                f"{pr['n']} images)")  # fmt: skip
+
+    below = [text(g, e) for g, (e, b) in judged.items() if b]
+    if below:
+        return Verdict(check, "warn", "the synthetic-trained model's Grad-CAM maps agree with the real-trained "
+                                      "model's clearly less than two real-trained seeds agree with each other ("
+                                      + "; ".join(below) + "): it may rely on other cues (shortcuts)")  # fmt: skip
+    return Verdict(check, "pass", "agreement with the real-trained model's maps is not clearly below the "
+                                  "real-vs-real seed baseline (" + "; ".join(text(g, e) for g, (e, _) in judged.items())
+                                  + ")")  # fmt: skip
+
+
+def useful_overall(useful: Verdict, saliency: Verdict | None) -> Verdict:
+    """Useful? from the TSTR check; a feature-importance WARN turns a PASS into WARN and never raises it."""
+    if saliency is not None and saliency.level == "warn" and useful.level == "pass":
+        return Verdict("Useful?", "warn", f"{useful.reason}; but {saliency.reason}")
+    return overall("Useful?", [useful])
