@@ -239,7 +239,7 @@ def test_saliency_stage_compares_real_and_synthetic_trained_maps_with_a_seed_bas
     n_test = len(real.rows("test"))
     assert sal["images"] == min(100, n_test) and sal["method"] == "gradcam" and "Wilcoxon" in sal["test"]
     assert sal["models"] == {"reference": "TRTR seed 0", "synthetic": "TSTR seed 0",
-                             "baseline": "real-trained seed 1 (trained for this check, TRTR recipe)"}  # quick: 1 seed
+                             "baseline": "real-trained seed 1, trained for this check with the TRTR recipe"}  # quick: 1 seed
     assert sum(g["n"] for g in sal["per_group"].values()) == sal["images"] == sal["overall"]["n"]
     assert set(sal["per_group"]) <= {*PHANTOM_CLASSES, "no positive label"}
     for entry in sal["per_group"].values():

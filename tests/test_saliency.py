@@ -158,7 +158,7 @@ def test_a_model_that_looks_where_the_real_ones_look_passes_and_never_makes_usef
 def test_too_few_defined_maps_are_not_assessed():
     section = _section(HalfView("right"), n=12)  # 6 images per group, fewer than SALIENCY_MIN_PAIRED
     assert SALIENCY_MIN_PAIRED > 6 and saliency_verdict(section).level == "n/a"
-    assert "too few images" in reading("A", section["per_group"]["A"])
+    assert "only 6 images where every map is defined" in reading("A", section["per_group"]["A"])
     assert saliency_verdict({"skipped": "switched off"}).level == "n/a"
 
 

@@ -295,7 +295,7 @@ MODEL_NAMES = ("real-trained model", "synthetic-trained model")
 
 def _agreement_text(result: SaliencyResult, i: int) -> str:
     if np.isnan(result.iou[i]):
-        return "a map is constant: undefined"
+        return "constant map: undefined"
     return f"rho {result.spearman[i]:.2f}, IoU {result.iou[i]:.2f}"
 
 
@@ -320,13 +320,15 @@ def grid_figure(
         for c, m in enumerate(maps):
             ax = axes[r, c]
             ax.imshow(img, cmap="gray", vmin=0, vmax=1)
-            if m is not None:
+            if m is not None and np.ptp(m) > 0:  # a constant map (no evidence) is left off: the image shows
                 ax.imshow(m, cmap="jet", alpha=0.45, vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
                 ax.set_title(titles[c], fontsize=9)
-        axes[r, 0].set_ylabel(f"{result.groups[i]}\n({result.classes[result.targets[i]]})", fontsize=8)
+        explained = result.classes[result.targets[i]]
+        label = explained if result.groups[i] == explained else f"{result.groups[i]}\n(explained: {explained})"
+        axes[r, 0].set_ylabel(label, fontsize=8)
         for c, res in enumerate([result, *extra], start=2):
             axes[r, c].set_xlabel(_agreement_text(res, i), fontsize=8)
     fig.tight_layout()

@@ -121,14 +121,14 @@ def saliency_stage(real: RealData, run: UtilityRun | None, s: EvalSettings, stag
     names = {"reference": f"TRTR seed {run.seeds[0]}", "synthetic": f"TSTR seed {run.seeds[0]}"}
     try:
         if len(run.models["trtr"]) > 1:
-            second, names["baseline"] = run.models["trtr"][1], f"TRTR seed {run.seeds[1]} (from the utility stage)"
+            second, names["baseline"] = run.models["trtr"][1], f"TRTR seed {run.seeds[1]}, from the utility stage"
         else:
             seed = max(run.seeds) + 1
             with stage(f"saliency: second real-trained classifier (seed {seed})"):
                 train, val = real.splits["train"], real.splits["val"]
                 second, _ = train_classifier(train.images, train.labels[:, cols], val.images, val.labels[:, cols],
                                              replace(s.utility.classifier, seed=seed))  # fmt: skip
-            names["baseline"] = f"real-trained seed {seed} (trained for this check, TRTR recipe)"
+            names["baseline"] = f"real-trained seed {seed}, trained for this check with the TRTR recipe"
         with stage(f"saliency: Grad-CAM maps ({len(rows)} real test images, 3 models)"):
             batch = cfg.batch_size
             targets = explained_class(labels, predict_logits(reference, images, batch))
@@ -138,7 +138,7 @@ def saliency_stage(real: RealData, run: UtilityRun | None, s: EvalSettings, stag
     groups = explained_groups(labels, targets, run.classes)
     syn_res = agreement(maps[0], maps[1], targets, groups, run.classes, cfg.top_fraction)
     base_res = agreement(maps[0], maps[2], targets, groups, run.classes, cfg.top_fraction)
-    section = {"models": names, "layer": "last ReLU (the last feature map before the global pool)",
+    section = {"models": names, "layer": "the last ReLU, i.e. the last feature map before the global pool",
                "explained_class": "each image's first positive class; the reference model's top class when none",
                "groups": "images grouped by the class explained; images without a positive label apart",
                **baseline_comparison(syn_res, base_res)}  # fmt: skip

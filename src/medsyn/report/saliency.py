@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from medsyn.evaluate.verdicts import saliency_below_baseline
+from medsyn.evaluate.verdicts import SALIENCY_MIN_PAIRED, saliency_below_baseline
 from medsyn.report.markup import _badge, _e, _img, _num, _table
 
 SIMILAR_GAP = 0.05  # a paired Spearman gap this small is read as "about as much" (wording only, not a verdict)
@@ -26,8 +26,9 @@ def reading(group: str, e: Mapping[str, Any]) -> str:
     syn, base, paired, n = e["synthetic"], e["baseline"], e["paired"], e["n"]
     below = saliency_below_baseline(e)
     if below is None:
-        text = (f"{group} ({n} images): too few images where every map is defined ({paired['n']}) to compare the "
-                "synthetic-trained model with the real-vs-real baseline.")  # fmt: skip
+        text = (f"{group} ({n} images): only {paired['n']} images where every map is defined, fewer than the "
+                f"{SALIENCY_MIN_PAIRED} needed to compare the synthetic-trained model with the real-vs-real "
+                "baseline.")  # fmt: skip
     else:
         gap = paired["spearman_gap"]
         if below:
@@ -60,12 +61,12 @@ def saliency_section(m: Mapping[str, Any], fig: str | None, real_images: bool) -
     if v:
         out += f"<p>{_badge(v['level'])} {_e(v['reason'])}</p>"
     models = sal["models"]
-    out += (f"<p>Grad-CAM maps ({_e(sal['layer'])}) of the real-trained ({_e(models['reference'])}) and the "
+    out += (f"<p>Grad-CAM maps (at {_e(sal['layer'])}) of the real-trained ({_e(models['reference'])}) and the "
             f"synthetic-trained ({_e(models['synthetic'])}) classifiers on the same {_num(sal['images'])} real test "
             f"images, for the same class ({_e(sal['explained_class'])}). Agreement per image: Spearman rank "
             f"correlation of the two maps, and IoU of their top {100 * sal['top_fraction']:g}% pixels (two "
             f"unrelated maps: IoU {_num(sal['iou_chance'], 3)} on average). Maps of small networks vary between "
-            f"seeds, so the baseline is a second real-trained classifier ({_e(models['baseline'])}) against the "
+            f"seeds, so the baseline is a second real-trained classifier ({_e(models['baseline'])}), against the "
             "same real-trained maps: a synthetic-trained model that agrees about as much looks where real-trained "
             "models look. A constant map (no positive evidence) is undefined and left out.</p>")  # fmt: skip
     out += "<ul>" + "".join(f"<li>{_e(reading(g, e))}</li>" for g, e in sal["per_group"].items()) + "</ul>"
