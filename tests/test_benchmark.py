@@ -8,13 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 from conftest import run_cli
 from medsyn.benchmark import SweepConfig, plan_points, run_sweep
 from medsyn.benchmark import sweep as sweep_mod
+from medsyn.cli import app
 from medsyn.cli.options import parse_duration
 from medsyn.data.cache import PreparedDataset, prepare, subset
 from medsyn.errors import ConfigError, DataError
+from medsyn.train import TrainConfig
 
 QUICK = {"classifier": {"model": "smallcnn", "epochs": 1, "patience": 1, "batch_size": 32}, "n_bootstrap": 20}
 
@@ -164,3 +167,32 @@ def test_unreadable_stored_settings_are_one_line_errors(base: PreparedDataset, t
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ConfigError, match="unreadable sweep settings"):
         run_sweep(tiny(base), tmp_path, quiet=True)
+
+
+def test_sweep_trains_with_a_tuned_config(base: PreparedDataset, tmp_path: Path) -> None:
+    """--config (e.g. medsyn tune's best.yaml): every point's generator gets its hyper-parameters, while data,
+    classes, seed and schedule stay the sweep's; a rerun with another config is refused."""
+    tuned = TrainConfig(data="phantom?n=9", model="cgan", size=16, steps=7, width=8, batch=16, lr_g=1e-4,
+                        betas=(0.0, 0.99), ema_decay=0.99, model_extra={"embed_dim": 16}, classes=["Effusion"],
+                        seed=5, precision="fp32")  # fmt: skip
+    path = tmp_path / "best.yaml"
+    path.write_text(tuned.to_yaml())
+    cfg = SweepConfig(data=str(base.path), sweep="samples", points=[10], device="cpu", utility=QUICK,
+                      train_config=TrainConfig.from_yaml(path).to_dict())  # fmt: skip
+    assert (cfg.model, cfg.size, cfg.steps, cfg.width, cfg.batch, cfg.augment) == ("cgan", 16, 7, 8, 16, "none")
+    summary = run_sweep(cfg, tmp_path / "sw", quiet=True)
+    run = TrainConfig.from_yaml(tmp_path / "sw/points/samples-00010/run/config.yaml")
+    assert (run.lr_g, run.betas, run.ema_decay, run.model_extra, run.precision) == (
+        1e-4, (0.0, 0.99), 0.99, {"embed_dim": 16}, "fp32"
+    )  # fmt: skip
+    assert run.seed == 0 and run.classes is None and run.steps == 7 and run.data.endswith("samples-00010/cache")
+    assert summary["points"][0]["generator"]["steps"] == 7
+    assert SweepConfig(data=str(base.path), sweep="samples", steps=9, train_config=tuned.to_dict()).steps == 9
+    with pytest.raises(ConfigError, match="other settings"):
+        run_sweep(SweepConfig(data=str(base.path), sweep="samples", points=[10], device="cpu", utility=QUICK,
+                              train_config={**tuned.to_dict(), "lr_g": 2e-4}), tmp_path / "sw", quiet=True)  # fmt: skip
+    with pytest.raises(ConfigError, match="unknown train config key"):
+        SweepConfig(data=str(base.path), train_config={"data": "x", "lr": 1})
+    res = CliRunner().invoke(app, ["benchmark", "--data", "phantom?n=60", "--compare", "cgan", "--budget", "1m",
+                                   "--config", str(path), "--out", str(tmp_path / "c")])  # fmt: skip
+    assert isinstance(res.exception, ConfigError) and "--config applies to the sweeps" in str(res.exception)

@@ -13,7 +13,6 @@ import torch
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
-from conftest import run_cli
 from medsyn.cli import app
 from medsyn.data.cache import PreparedDataset, prepare
 from medsyn.errors import ConfigError, DataError
@@ -163,8 +162,10 @@ def test_bad_input_is_a_one_line_error(cache: PreparedDataset, tmp_path: Path) -
         run_tune(tiny(str(no_val.path)), tmp_path / "nv", quiet=True)
     with pytest.raises(ConfigError, match="other settings"):
         run_tune(tiny(str(no_val.path), steps=8), tmp_path / "nv", quiet=True)
-    r = run_cli("tune", "phantom?n=60", "--model", "gan9", "--budget", "1m", "--out", str(tmp_path / "c"))
-    assert r.returncode == 2 and "unknown model" in r.stderr and "Traceback" not in r.stderr
+    res = CliRunner().invoke(app, ["tune", "phantom?n=60", "--model", "gan9", "--budget", "1m", "--out", str(tmp_path)])
+    assert isinstance(res.exception, ConfigError) and "unknown model 'gan9'" in str(res.exception)
+    res = CliRunner().invoke(app, ["tune", "phantom?n=60", "--budget", "soon", "--out", str(tmp_path)])
+    assert isinstance(res.exception, ConfigError) and "--budget must be a positive duration" in str(res.exception)
 
 
 def _model_extra_defaults(model: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:

@@ -61,19 +61,23 @@ class SweepConfig:
     sweep: str = "samples"
     points: list[int] | None = None
     classes: list[str] | None = None  # classes to use (and their order in the classes sweep)
-    size: int = 32
-    model: str = "cgan"
-    augment: str = "none"  # discriminator augmentation; diffaugment or ada help at small points
-    steps: int = 3000
+    size: int | None = None  # None: the train config's, else 32
+    model: str | None = None  # None: the train config's, else cgan
+    augment: str | None = None  # discriminator augmentation (None: the train config's, else none)
+    steps: int | None = None  # None: the train config's, else 3000
     budget_s: float | None = None  # generator training time per point (seconds); None: `steps` decide
-    width: int = 32
-    batch: int = 64
+    width: int | None = None  # None: the train config's, else 32
+    batch: int | None = None  # None: the train config's, else 64
     seed: int = 0
     split_seed: int = 0
     device: str = "auto"
     utility: UtilityConfig = field(default_factory=UtilityConfig)
+    # a training config (TrainConfig.to_dict, e.g. `medsyn tune`'s best.yaml): every point's generator trains
+    # with its hyper-parameters; data, classes, seed, device and the schedule are the sweep's
+    train_config: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
+        self._fill_from_train_config()
         if self.sweep not in SWEEPS:
             raise ConfigError(f"--sweep must be one of {', '.join(SWEEPS)}, got {self.sweep!r}")
         if self.augment not in AUGMENTS:
@@ -86,8 +90,34 @@ class SweepConfig:
             raise ConfigError(f"--budget must be positive, got {self.budget_s}")
         self.utility = coerce_config(UtilityConfig, self.utility)
 
+    def _fill_from_train_config(self) -> None:
+        """Settings left None take the train config's value, else the sweep's historical default."""
+        tc = None
+        if self.train_config is not None:
+            tc = TrainConfig.from_dict({**self.train_config, "data": self.train_config.get("data") or self.data})
+            self.train_config = {k: v for k, v in tc.to_dict().items() if k not in _POINT_SETTINGS}
+        for name, default in _SWEEP_DEFAULTS.items():
+            if getattr(self, name) is None:
+                setattr(self, name, getattr(tc, name) if tc is not None else default)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def point_train_config(self, data: str) -> TrainConfig:
+        """The training config of one point: the train config's hyper-parameters, the sweep's data and schedule."""
+        steps = int(self.steps or _SWEEP_DEFAULTS["steps"])
+        point = {"data": data, "model": self.model, "augment": self.augment, "size": self.size, "steps": steps,
+                 "batch": self.batch, "width": self.width, "seed": self.seed, "device": self.device,
+                 "sample_every": max(500, steps // 4), "ckpt_every": min(500, steps)}  # fmt: skip
+        return TrainConfig.from_dict({**(self.train_config or {}), **point})
+
+
+#: Sweep settings that a train config (--config) may supply, with the sweep's own defaults otherwise.
+_SWEEP_DEFAULTS: dict[str, Any] = {"size": 32, "model": "cgan", "augment": "none", "steps": 3000, "width": 32,
+                                   "batch": 64}  # fmt: skip
+#: Train config keys that each point sets itself (or must not inherit: the point's classes, cache, time limit).
+_POINT_SETTINGS = frozenset({*_SWEEP_DEFAULTS, "data", "seed", "device", "classes", "cache", "split_seed",
+                             "time_limit_s", "sample_every", "ckpt_every", "log_every", "workers"})  # fmt: skip
 
 
 @dataclass
@@ -164,7 +194,9 @@ def plan_points(ds: PreparedDataset, cfg: SweepConfig) -> list[Point]:
     largest = max(positives[c] for c in order)
     values = cfg.points or [n for n in (50 * 2**i for i in range(20)) if n < largest] + [largest]
     return [
-        Point(n, f"samples-{n:05d}", order, with_heldout(cap_per_class(kept, order, n, seed=cfg.seed)["row"].to_numpy()))
+        Point(
+            n, f"samples-{n:05d}", order, with_heldout(cap_per_class(kept, order, n, seed=cfg.seed)["row"].to_numpy())
+        )
         for n in values
     ]
 
@@ -185,9 +217,7 @@ def run_point(point: Point, base: PreparedDataset, cfg: SweepConfig, folder: Pat
     start = time.perf_counter()
     ds = subset(base, point.rows, point.classes, folder / "cache", quiet=quiet)
     run = folder / "run"
-    tc = TrainConfig(data=str(ds.path), model=cfg.model, augment=cfg.augment, size=cfg.size, steps=cfg.steps, batch=cfg.batch,
-                     width=cfg.width, seed=cfg.seed, device=cfg.device, sample_every=max(500, cfg.steps // 4),
-                     ckpt_every=min(500, cfg.steps))  # fmt: skip
+    tc = cfg.point_train_config(str(ds.path))
     train(tc, run, resume=(run / RUN_FILE).is_file(), quiet=quiet, time_limit_s=cfg.budget_s)
     state = _generator_state(run)
     n_train = len(ds.rows("train"))
@@ -248,7 +278,8 @@ def write_csv(results: Sequence[dict[str, Any]], path: Path) -> None:
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     """The settings that decide a sweep's numbers: the time budget may grow on a rerun, and where it runs
     (device) or whether it shows progress does not change the points already finished."""
-    out = {"augment": "none", **{k: v for k, v in config.items() if k not in ("budget_s", "device")}}  # before --augment
+    before = {"augment": "none", "train_config": None}  # sweeps stored before --augment / --config
+    out = {**before, **{k: v for k, v in config.items() if k not in ("budget_s", "device")}}
     clf = {k: v for k, v in out["utility"]["classifier"].items() if k not in ("device", "progress")}
     out["utility"] = {**out["utility"], "classifier": clf}
     return out

@@ -13,6 +13,7 @@ from medsyn.cli.evaluate import _read_settings
 from medsyn.cli.options import parse_duration
 from medsyn.errors import ConfigError
 from medsyn.evaluate.pipeline import EvalSettings, resolve_device
+from medsyn.train import TrainConfig
 
 console = Console()
 
@@ -50,15 +51,22 @@ def register(app: typer.Typer) -> None:
             None, help="Comma-separated points: numbers of classes, or training images per class."
         ),
         classes: str = typer.Option(None, help="Comma-separated classes to use (and their order for 'classes')."),
-        size: int = typer.Option(32, help="Image size in px."),
-        model: str = typer.Option("cgan", help="Sweeps: dcgan | cgan | acgan | stylegan2 | ddpm."),
-        augment: str = typer.Option(
-            "none", help="none | diffaugment | ada: discriminator augmentation (small points)."
+        config: Path = typer.Option(
+            None,
+            "--config",
+            help="Sweeps: training YAML (e.g. medsyn tune's best.yaml) whose hyper-parameters every point trains with.",
         ),
-        steps: int = typer.Option(3000, help="Generator training steps per point."),
+        size: int = typer.Option(None, help="Image size in px (default: --config's, else 32)."),
+        model: str = typer.Option(
+            None, help="Sweeps: dcgan | cgan | acgan | stylegan2 | ddpm (default: --config's, else cgan)."
+        ),
+        augment: str = typer.Option(
+            None, help="none | diffaugment | ada: discriminator augmentation (default: --config's, else none)."
+        ),
+        steps: int = typer.Option(None, help="Generator training steps per point (default: --config's, else 3000)."),
         budget: str = typer.Option(None, help="Generator training time per point, e.g. 300, 5m, 1.5h."),
-        width: int = typer.Option(32, help="Generator width."),
-        batch: int = typer.Option(64, help="Training batch size."),
+        width: int = typer.Option(None, help="Generator width (default: --config's, else 32)."),
+        batch: int = typer.Option(None, help="Training batch size (default: --config's, else 64)."),
         seed: int = typer.Option(0, help="Seed for training, generation and classifiers."),
         split_seed: int = typer.Option(0, "--split-seed", help="Seed of the patient split (made once)."),
         full: bool = typer.Option(False, "--full", help="DenseNet121 and 3 seeds instead of the quick small CNN."),
@@ -71,12 +79,14 @@ def register(app: typer.Typer) -> None:
             raise ConfigError("give either --sweep classes|samples or --compare MODEL,MODEL")
         dev = resolve_device(device)
         if compare is not None:
+            if config is not None:
+                raise ConfigError("--config applies to the sweeps; --compare trains each model with its defaults")
             if budget is None:
                 raise ConfigError("--compare needs --budget: the training wall time every model gets, e.g. 10m")
             models, widths = parse_models(compare)
             ccfg = CompareConfig(
-                data=data, models=models, widths=widths, budget_s=parse_duration(budget, "--budget"), size=size,
-                width=width, batch=batch, seed=seed, device=dev, ddim_steps=ddim_steps, guidance=guidance,
+                data=data, models=models, widths=widths, budget_s=parse_duration(budget, "--budget"), size=size or 32,
+                width=width or 32, batch=batch or 64, seed=seed, device=dev, ddim_steps=ddim_steps, guidance=guidance,
                 quick=not full, settings=_read_settings(settings), n=n,
             )  # fmt: skip
             run_compare(ccfg, out, quiet=quiet)
@@ -89,6 +99,7 @@ def register(app: typer.Typer) -> None:
             classes=[c.strip() for c in classes.split(",") if c.strip()] if classes else None, size=size,
             model=model, augment=augment, steps=steps, budget_s=parse_duration(budget, "--budget") if budget else None, width=width,
             batch=batch, seed=seed, split_seed=split_seed, device=dev, utility=utility,
+            train_config=TrainConfig.from_yaml(config).to_dict() if config is not None else None,
         )  # fmt: skip
         summary = run_sweep(cfg, out, quiet=quiet)
         for p in summary["points"]:
