@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import pytest
 import torch
@@ -16,6 +17,7 @@ from typer.testing import CliRunner
 from medsyn.cli import app
 from medsyn.data.cache import PreparedDataset, prepare
 from medsyn.errors import ConfigError, DataError
+from medsyn.evaluate.classifier import ClassifierConfig
 from medsyn.models import GANConfig, config
 from medsyn.models.registry import build_generator
 from medsyn.models.spaces import SPACES, space_for
@@ -23,7 +25,7 @@ from medsyn.train import TrainConfig
 from medsyn.train.run import read_run_meta
 from medsyn.tune import TuneConfig, run_tune, tune
 from medsyn.tune import trial as trial_mod
-from medsyn.tune.objective import Scorer
+from medsyn.tune.objective import Scorer, validation_sets
 from medsyn.tune.space import apply, default_values, distributions
 from medsyn.tune.study import STUDY_NAME
 
@@ -206,3 +208,16 @@ def test_every_point_of_a_space_is_a_valid_config(model: str, monkeypatch: pytes
             if name == "width" or name.startswith("extra."):
                 with torch.random.fork_rng():
                     build_generator(GANConfig(model, 16, 1, 2, cfg.z_dim, cfg.width, cfg.model_extra))
+
+
+def test_privacy_check_fails_copies_and_passes_fresh_images(cache: PreparedDataset, tmp_path: Path) -> None:
+    """The optional penalty's check: training images handed back as 'synthetic' fail the pixel DCR check
+    against the validation baseline; the validation images themselves (unseen patients) do not."""
+    sets = validation_sets(cache, list(cache.classes), 0)
+    scorer = Scorer(sets, ClassifierConfig(**CLASSIFIER), tmp_path / "reference")
+    copies = sets.train.images[np.arange(len(sets.train))]
+    assert scorer.privacy(copies)["privacy"] == "fail"
+    assert scorer.privacy(sets.val.images[np.arange(len(sets.val))])["privacy"] != "fail"
+    assert set(np.unique(np.concatenate([sets.select.patient_ids, sets.score.patient_ids]))) == set(
+        sets.val.patient_ids
+    ) and not set(sets.select.patient_ids) & set(sets.score.patient_ids)  # fmt: skip

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import optuna
 import yaml
+from matplotlib.ticker import MaxNLocator
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
@@ -98,6 +99,7 @@ def history_figure(trials: list[FrozenTrial], baseline: float | None, trtr: floa
             for ax in (left, right):
                 ax.axhline(value, color="black", lw=0.9, ls=style, label=label if ax is left else None)
     left.set(xlabel="trial", ylabel="validation TSTR AUROC", title="optimisation history")
+    left.xaxis.set_major_locator(MaxNLocator(integer=True))
     for t in trials:
         if t.intermediate_values:
             steps = sorted(t.intermediate_values)

@@ -44,6 +44,8 @@ def distributions(space: Sequence[Param], base: TrainConfig) -> dict[str, BaseDi
         value = base_value(p, base)
         if p.choices is not None:
             choices = tuple(p.choices) if value in p.choices else (*p.choices, value)
+            if all(isinstance(c, int | float) and not isinstance(c, bool) for c in choices):
+                choices = tuple(sorted(choices))  # numbers in order (axes of the report's figures)
             out[p.name] = CategoricalDistribution(choices)
         else:
             assert p.low is not None and p.high is not None

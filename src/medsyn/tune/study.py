@@ -16,7 +16,6 @@ runs until `trials` trials have finished (complete, pruned or failed). One proce
 
 from __future__ import annotations
 
-import fcntl
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,6 +41,11 @@ from medsyn.tune.objective import Scorer, classifier_for, validation_sets
 from medsyn.tune.report import write_outputs
 from medsyn.tune.space import default_values, distributions
 from medsyn.tune.trial import Budget, TrialFailed, TrialRunner
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock
+    fcntl = None  # type: ignore[assignment]
 
 STUDY_NAME = "medsyn-tune"
 DEFAULT_N_SYNTHETIC = 2000  # synthetic images per score (fewer if the real training split is smaller)
@@ -113,9 +117,11 @@ def _comparable(d: dict[str, Any]) -> dict[str, Any]:
 
 @contextmanager
 def _locked(out: Path) -> Iterator[None]:
+    """One process per study folder (a second one would take the first one's running trial for a killed one)."""
     with open(out / ".tune.lock", "w") as fh:
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if fcntl is not None:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             raise ConfigError(f"another medsyn tune is running in {out}; wait for it or use another --out") from None
         yield
