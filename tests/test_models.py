@@ -296,3 +296,50 @@ def test_cutout_and_translation_change_pixels_sensibly() -> None:
     assert (kept >= 0.75).all() and (kept < 1).all()  # an 8x8 square (or its part inside the image) is zeroed
     moved = diff_augment(ones, "translation")
     assert ((moved == 0) | (moved == 1)).all() and moved.mean() > 0.7  # integer shifts, zero fill only
+
+
+def test_generator_sample_bn_batch_uses_the_batch_statistics_in_eval_mode() -> None:
+    """sample_bn='batch': eval mode (sampling) normalises like training does, never touches the running
+    averages, and keeps the checkpoint layout of 'running'."""
+    torch.manual_seed(0)
+    G, _ = build_gan(_cfg("cgan", extra={"sample_bn": "batch"}))
+    G_running, _ = build_gan(_cfg("cgan"))
+    assert G.state_dict().keys() == G_running.state_dict().keys()
+    G_running.load_state_dict(G.state_dict())
+    z, y = torch.randn(4, 16), _y(4)
+    with torch.no_grad():
+        G.train()
+        trained = G(z, y)
+        G.eval()
+        before = {k: v.clone() for k, v in G.state_dict().items()}
+        sampled = G(z, y)
+        assert all(torch.equal(before[k], v) for k, v in G.state_dict().items())
+        G_running.eval()
+        running = G_running(z, y)
+    assert torch.allclose(sampled, trained, atol=1e-6)
+    assert not torch.allclose(running, sampled, atol=1e-3)  # running averages after one step: not the batch's
+
+
+@pytest.mark.parametrize("name", ["cgan", "acgan"])
+def test_dcgan_minibatch_stddev_sees_the_other_images(name: str) -> None:
+    torch.manual_seed(0)
+    _, D = build_gan(_cfg(name, extra={"d_norm": "none", "mbstd": 2}))
+    _, D0 = build_gan(_cfg(name, extra={"d_norm": "none"}))
+    assert D.head.in_channels == D0.head.in_channels + 1
+    x, y = torch.rand(4, 1, 32, 32), _y(4)
+    logits, cls = D(x, y)
+    assert logits.shape == (4,) and (cls is None) == (name == "cgan")
+    x2 = x.clone()
+    x2[1] = 0.0  # groups of 2 are interleaved: images (0, 2) and (1, 3)
+    changed = D(x2, y)[0] != logits  # exact: the logits of images outside the group are bit-identical
+    assert changed.tolist() == [False, True, False, True]  # image 1 and its group partner 3 move
+    assert (D0(x2, y)[0] != D0(x, y)[0]).sum() == 1
+
+
+@pytest.mark.parametrize(
+    "extra,match",
+    [({"sample_bn": "ema"}, "sample_bn"), ({"mbstd": -1}, "mbstd"), ({"mbstd": True}, "mbstd")],
+)
+def test_dcgan_new_options_are_checked(extra: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        build_gan(_cfg("cgan", extra=extra))

@@ -10,29 +10,53 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from medsyn.errors import ConfigError
 from medsyn.models.base import Discriminator, Generator
 from medsyn.models.config import GANConfig, resolution_plan, stage_channels, validate
+from medsyn.models.stylegan2 import minibatch_stddev
 
 D_NORMS = ("batch", "spectral", "none")
+SAMPLE_BN = ("running", "batch")
 
 
 def _options(cfg: GANConfig) -> dict[str, Any]:
     """extra options. `d_norm`: discriminator normalisation, 'batch' as in the paper, 'spectral' or 'none' for
-    gradient penalties (ill-defined with batch statistics). `embed_dim`: label embedding size (cgan/acgan)."""
-    defaults: dict[str, Any] = {"d_norm": "batch"}
+    gradient penalties (ill-defined with batch statistics). `embed_dim`: label embedding size (cgan/acgan).
+    `sample_bn`: which BatchNorm statistics G uses in eval mode (sampling, export): 'running' (the running
+    averages) or 'batch' (the statistics of the batch drawn, as during training and in the PyTorch DCGAN
+    recipe; the running averages belong to the raw G's weights, not to the EMA weights that are sampled).
+    `mbstd`: minibatch-stddev group size in D (Karras et al. 2018), 0 = off."""
+    defaults: dict[str, Any] = {"d_norm": "batch", "sample_bn": "running", "mbstd": 0}
     if cfg.name != "dcgan":
         defaults["embed_dim"] = 64
     opts = validate(cfg, defaults)
     if opts["d_norm"] not in D_NORMS:
         raise ConfigError(f"{cfg.name}: extra.d_norm must be one of {list(D_NORMS)}, got {opts['d_norm']!r}")
-    emb = opts.get("embed_dim", 1)
-    if not isinstance(emb, int) or isinstance(emb, bool) or emb < 1:
-        raise ConfigError(f"{cfg.name}: extra.embed_dim must be a positive integer, got {emb!r}")
+    if opts["sample_bn"] not in SAMPLE_BN:
+        raise ConfigError(f"{cfg.name}: extra.sample_bn must be one of {list(SAMPLE_BN)}, got {opts['sample_bn']!r}")
+    for key, low in (("embed_dim", 1), ("mbstd", 0)):
+        v = opts.get(key, low)
+        if not isinstance(v, int) or isinstance(v, bool) or v < low:
+            raise ConfigError(f"{cfg.name}: extra.{key} must be an integer >= {low}, got {v!r}")
     return opts
+
+
+class GeneratorBatchNorm(nn.BatchNorm2d):
+    """BatchNorm2d that, with `batch_stats`, normalises by the batch's own statistics in eval mode too (the
+    running averages are still kept, so checkpoints keep their layout, but not updated outside training)."""
+
+    def __init__(self, channels: int, batch_stats: bool) -> None:
+        super().__init__(channels)
+        self.batch_stats = batch_stats
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training or not self.batch_stats:
+            return super().forward(x)
+        return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
 
 
 def _dcgan_init(module: nn.Module, label_layer: nn.Linear | None) -> None:
@@ -66,16 +90,17 @@ class DCGANGenerator(Generator):
         base, n = resolution_plan(cfg.size)
         self.embed = nn.Linear(cfg.num_classes, opts["embed_dim"]) if self.conditional else None
         in_dim = cfg.z_dim + (opts["embed_dim"] if self.conditional else 0)
+        batch_stats = opts["sample_bn"] == "batch"
         res = base
         layers: list[nn.Module] = [
             nn.ConvTranspose2d(in_dim, _channels(cfg, res), base, 1, 0, bias=False),
-            nn.BatchNorm2d(_channels(cfg, res)),
+            GeneratorBatchNorm(_channels(cfg, res), batch_stats),
             nn.ReLU(inplace=True),
         ]
         for _ in range(n - 1):
             layers += [
                 nn.ConvTranspose2d(_channels(cfg, res), _channels(cfg, 2 * res), 4, 2, 1, bias=False),
-                nn.BatchNorm2d(_channels(cfg, 2 * res)),
+                GeneratorBatchNorm(_channels(cfg, 2 * res), batch_stats),
                 nn.ReLU(inplace=True),
             ]
             res *= 2
@@ -93,7 +118,8 @@ class DCGANDiscriminator(Discriminator):
     """Conv + norm + LeakyReLU(0.2) stack down to base x base, then a base x base conv to one logit.
 
     cgan adds a projection term <embed(y), mean-pooled features>; acgan adds a multi-label classifier head
-    and ignores y (the auxiliary classifier is its only use of labels, as in Odena et al.).
+    and ignores y (the auxiliary classifier is its only use of labels, as in Odena et al.). With `mbstd`, a
+    minibatch-stddev channel is appended before the heads, so D sees how alike the images of a batch are.
     """
 
     def __init__(self, cfg: GANConfig) -> None:
@@ -114,10 +140,12 @@ class DCGANDiscriminator(Discriminator):
             layers.append(nn.LeakyReLU(0.2, inplace=True))
             res //= 2
         feat = _channels(cfg, base)
+        self.mbstd = opts["mbstd"]
         self.features = nn.Sequential(*layers)
-        self.head = nn.Conv2d(feat, 1, base, 1, 0)
+        head_in = feat + (1 if self.mbstd else 0)
+        self.head = nn.Conv2d(head_in, 1, base, 1, 0)
         self.project = nn.Linear(cfg.num_classes, feat, bias=False) if cfg.name == "cgan" else None
-        self.classifier = nn.Conv2d(feat, cfg.num_classes, base, 1, 0) if cfg.name == "acgan" else None
+        self.classifier = nn.Conv2d(head_in, cfg.num_classes, base, 1, 0) if cfg.name == "acgan" else None
         _dcgan_init(self, self.project)
         if opts["d_norm"] == "spectral":
             for m in list(self.modules()):
@@ -128,9 +156,10 @@ class DCGANDiscriminator(Discriminator):
         self, x: torch.Tensor, y: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         h = self.features(x)
-        logits = self.head(h).flatten(1).squeeze(1)
+        hs = minibatch_stddev(h, self.mbstd) if self.mbstd else h
+        logits = self.head(hs).flatten(1).squeeze(1)
         if self.project is not None:
             labels = self._labels(y, x.shape[0], x)
             logits = logits + (self.project(labels) * h.mean(dim=(2, 3))).sum(dim=1)
-        class_logits = None if self.classifier is None else self.classifier(h).flatten(1)
+        class_logits = None if self.classifier is None else self.classifier(hs).flatten(1)
         return logits, class_logits
