@@ -1,9 +1,20 @@
 """Compact StyleGAN2 (Karras et al. 2020, config-F ideas at CPU-friendly widths), label-conditioned.
 
-Simplifications against the reference implementation, for CPU speed and clarity: bilinear up/average-pool
-down instead of FIR filters; one w for all layers (no style mixing; the trainer owns regularisers); modulated
-convs use the non-fused form (scale inputs, shared-weight conv, scale outputs), which is exact and lets the
-conv kernels use channels_last and autocast. Feature channels at resolution r: width * min(max_mult, S / r).
+What is the real StyleGAN2 here: a mapping network (z and a label embedding, each 2nd-moment normalised, through
+an MLP with equalized LR and lr multiplier 0.01) to w; a learned constant input; modulated + demodulated 3x3
+convs; per-pixel noise inputs with learned strengths; skip toRGB outputs (modulated 1x1, not demodulated);
+a residual discriminator with minibatch-stddev and a projection on the label; w_avg for truncation. R1 with
+lazy regularisation (every `r1_every` steps, weighted by the interval), Adam (0, 0.99) at 2.5e-3 and the EMA
+generator for sampling come from the trainer (train/gan.py, train/loop.py).
+
+Simplified against the reference implementation, for CPU speed and clarity:
+- bilinear up-sampling / average-pool down-sampling instead of the [1,3,3,1] FIR filters;
+- 2 mapping layers by default instead of 8 (`mapping_layers`), widths width * min(max_mult, S / r);
+- one w for all layers: no style mixing regularisation; no path length regularisation;
+- modulated convs in the non-fused form (scale inputs, shared-weight conv, scale outputs), which is exact and
+  lets the conv kernels use channels_last and autocast;
+- lazy R1 does not rescale Adam's learning rate and betas by k / (k + 1);
+- the output is tanh-squashed into [-1, 1] (the reference leaves it linear).
 
 extra options: w_dim (256), mapping_layers (2), mapping_lr_mul (0.01), max_mult (8), mbstd_group (4),
 w_avg_beta (0.995, running mean of w for truncation).
