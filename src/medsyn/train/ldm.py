@@ -8,7 +8,7 @@ Each stage checkpoints and resumes exactly like any run (loop.py). A resumed run
 killed in; once the denoiser has started, the autoencoder is never trained again (the denoiser's latents
 would no longer match), even if a resume raises `--steps` or `--time-limit`.
 
-Budget: the autoencoder trains `ae_steps` steps (default `steps * ae_share / (1 - ae_share)`) or until it has
+Budget: the autoencoder trains (at `ae_lr`) `ae_steps` steps (default `steps * ae_share / (1 - ae_share)`) or until it has
 used `ae_share` of `--time-limit` (default 0.25); the denoiser then trains `steps` steps or until the whole
 limit is spent: its clock starts at the autoencoder's time, so a stage that finishes early leaves its time to
 the denoiser, and the denoiser's checkpoint counts the run's whole training time (what `generate` reports).
@@ -68,12 +68,13 @@ class AutoencoderTrainer(Trainer):
         save_grid(self.sample(), self.grid_names, self.out / "samples" / f"step-{self.step:07d}.png")
 
 
-def stage_budget(cfg: TrainConfig, model: GANConfig) -> tuple[int, float | None]:
-    """The autoencoder stage's step count and time limit (see the module docstring)."""
+def stage_config(cfg: TrainConfig, model: GANConfig) -> tuple[TrainConfig, float | None]:
+    """The autoencoder stage's config (its step count and learning rate) and time limit (module docstring)."""
     opts = ldm_options(model)
     share = float(opts["ae_share"])
     steps = opts["ae_steps"] or max(1, math.ceil(cfg.steps * share / (1 - share)))
-    return int(steps), None if cfg.time_limit_s is None else cfg.time_limit_s * share
+    limit = None if cfg.time_limit_s is None else cfg.time_limit_s * share
+    return replace(cfg, steps=int(steps), lr_g=float(opts["ae_lr"])), limit
 
 
 def _scale_images(data: TrainData, device: torch.device) -> torch.Tensor:
@@ -100,8 +101,8 @@ def train_ldm(
     whole training time) with each stage's own under 'stages'."""
     model = GANConfig(cfg.model, cfg.size, data.cache.channels, len(data.classes), cfg.z_dim, cfg.width,
                       cfg.model_extra)  # fmt: skip
-    ae_steps, ae_limit = stage_budget(cfg, model)
-    ae_cfg = replace(cfg, steps=ae_steps)
+    ae_cfg, ae_limit = stage_config(cfg, model)
+    ae_steps = ae_cfg.steps
     ae_dir, dn_dir = out / AE_DIR / "checkpoints", out / "checkpoints"
     denoiser_started = resume and dn_dir.is_dir()
     ae_state = load_checkpoint(checkpoint_file(ae_dir)) if resume and ae_dir.is_dir() else None
