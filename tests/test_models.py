@@ -302,8 +302,8 @@ def test_generator_sample_bn_batch_uses_the_batch_statistics_in_eval_mode() -> N
     """sample_bn='batch': eval mode (sampling) normalises like training does, never touches the running
     averages, and keeps the checkpoint layout of 'running'."""
     torch.manual_seed(0)
-    G, _ = build_gan(_cfg("cgan", extra={"sample_bn": "batch"}))
-    G_running, _ = build_gan(_cfg("cgan"))
+    G, _ = build_gan(_cfg("cgan"))  # the default
+    G_running, _ = build_gan(_cfg("cgan", extra={"sample_bn": "running"}))
     assert G.state_dict().keys() == G_running.state_dict().keys()
     G_running.load_state_dict(G.state_dict())
     z, y = torch.randn(4, 16), _y(4)
