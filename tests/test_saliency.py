@@ -16,6 +16,7 @@ from torch import nn
 from medsyn.errors import DataError
 from medsyn.evaluate.saliency import (
     NO_POSITIVE,
+    agreement,
     baseline_comparison,
     explained_class,
     gradcam_maps,
@@ -134,7 +135,7 @@ def test_a_model_that_looks_elsewhere_than_two_real_seeds_agree_warns_and_caps_u
     group = section["per_group"]["A"]
     assert group["paired"]["n"] == 12 and group["paired"]["spearman_gap"] > 1
     assert group["paired"]["spearman_pvalue"] < SALIENCY_P and saliency_below_baseline(group) is True
-    assert section["undefined"] == {"synthetic": 0, "baseline": 0} and "Wilcoxon" in section["test"]
+    assert section["undefined"] == {"synthetic": 0, "baseline": 0, "reference": 0} and "Wilcoxon" in section["test"]
     verdict = saliency_verdict(section)
     assert verdict.level == "warn" and "shortcuts" in verdict.reason
     good = Verdict("utility (TSTR vs TRTR)", "pass", "TSTR keeps 95%")
@@ -160,6 +161,14 @@ def test_too_few_defined_maps_are_not_assessed():
     assert SALIENCY_MIN_PAIRED > 6 and saliency_verdict(section).level == "n/a"
     assert "only 6 images where every map is defined" in reading("A", section["per_group"]["A"])
     assert saliency_verdict({"skipped": "switched off"}).level == "n/a"
+    # a real-trained model without positive evidence anywhere: nothing to agree with, and the reason says why
+    flat, maps = np.zeros((24, SIZE, SIZE)), np.random.default_rng(0).random((24, SIZE, SIZE))
+    groups, targets = ["A"] * 24, np.zeros(24, dtype=int)
+    weak = baseline_comparison(agreement(flat, maps, targets, groups, ["A"]), agreement(flat, maps, targets, groups, ["A"]))
+    assert weak["undefined"]["reference"] == 24 and weak["per_group"]["A"]["reference_undefined"] == 24
+    verdict = saliency_verdict(weak)
+    assert verdict.level == "n/a" and "real-trained model's own map is constant for 24 of 24" in verdict.reason
+    assert "little to agree with" in reading("A", weak["per_group"]["A"])
 
 
 def test_the_grid_can_show_the_baseline_column(tmp_path):

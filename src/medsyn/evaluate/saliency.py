@@ -254,12 +254,14 @@ def baseline_comparison(synthetic: SaliencyResult, baseline: SaliencyResult) -> 
     if synthetic.groups != baseline.groups or not np.array_equal(synthetic.real_maps, baseline.real_maps):
         raise DataError("saliency: the baseline must compare the same reference maps of the same images")
     groups = np.asarray(synthetic.groups, dtype=object)
+    flat = np.ptp(synthetic.real_maps.reshape(len(groups), -1), axis=1) == 0
 
     def entry(mask: np.ndarray) -> dict[str, Any]:
         rho = _paired(synthetic.spearman[mask], baseline.spearman[mask])
         iou = _paired(synthetic.iou[mask], baseline.iou[mask])
         return {
             "n": int(mask.sum()),
+            "reference_undefined": int(flat[mask].sum()),  # the real-trained model's own map is constant
             "synthetic": _stats(synthetic.spearman[mask], synthetic.iou[mask]),
             "baseline": _stats(baseline.spearman[mask], baseline.iou[mask]),
             "paired": {"n": rho["n"], "spearman_gap": rho["gap"], "spearman_pvalue": rho["pvalue"],
@@ -270,7 +272,8 @@ def baseline_comparison(synthetic: SaliencyResult, baseline: SaliencyResult) -> 
     return {
         "method": synthetic.method, "top_fraction": synthetic.top_fraction, "iou_chance": both["iou_chance"],
         "images": both["images"],
-        "undefined": {"synthetic": both["undefined"], "baseline": baseline.summary()["undefined"]},
+        "undefined": {"synthetic": both["undefined"], "baseline": baseline.summary()["undefined"],
+                      "reference": int(flat.sum())},
         "test": PAIRED_TEST,
         "overall": entry(np.ones(len(groups), bool)),
         "per_group": {str(g): entry(groups == g) for g in sorted(set(synthetic.groups))},

@@ -41,8 +41,11 @@ def reading(group: str, e: Mapping[str, Any]) -> str:
                 f"Spearman {_num(syn['spearman_mean'], 2)} (top-region IoU {_num(syn['iou_mean'], 2)}), against "
                 f"{_num(base['spearman_mean'], 2)} ({_num(base['iou_mean'], 2)}) for a second real-trained seed: "
                 f"{how} (paired gap {gap:.2f}, p = {paired['spearman_pvalue']:.2g}, {paired['n']} images).")  # fmt: skip
-    syn_flat, base_flat = n - syn["defined"], n - base["defined"]
-    if syn_flat > base_flat and syn_flat >= 0.25 * n:
+    syn_flat, base_flat, ref_flat = n - syn["defined"], n - base["defined"], e.get("reference_undefined", 0)
+    if ref_flat >= 0.5 * n:
+        text += (f" The real-trained model's own map is constant for {ref_flat} of {n} images: it finds no positive "
+                 "evidence for the class explained, so there is little to agree with.")  # fmt: skip
+    elif syn_flat > base_flat and syn_flat >= 0.25 * n:
         text += (f" The synthetic-trained model's map is constant for {syn_flat} of {n} images (the second real "
                  f"seed's for {base_flat}): it finds no positive evidence for the class explained, and may predict "
                  "it from the absence of other findings.")  # fmt: skip

@@ -54,8 +54,12 @@ def saliency_verdict(section: Mapping[str, Any]) -> Verdict:
     groups = {g: (e, saliency_below_baseline(e)) for g, e in section["per_group"].items()}
     judged = {g: v for g, v in groups.items() if v[1] is not None}
     if not judged:
+        ref, n = section["undefined"].get("reference"), section["images"]
+        own = (f"; the real-trained model's own map is constant for {ref} of {n} images: it finds no positive "
+               "evidence to compare against (a weak real-trained classifier, or classes predicted from the absence "
+               "of features)") if ref else ""  # fmt: skip
         return Verdict(check, "n/a", f"fewer than {SALIENCY_MIN_PAIRED} images with all three maps defined in every "
-                                     "class group (constant maps: no positive evidence for the class explained)")  # fmt: skip
+                                     f"class group (constant maps: no positive evidence for the class explained){own}")  # fmt: skip
 
     def text(g: str, e: Mapping[str, Any]) -> str:
         pr = e["paired"]
