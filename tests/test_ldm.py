@@ -131,3 +131,9 @@ def test_time_limit_is_split_between_the_stages(tmp_path: Path, cache: Path, mon
     train(None, run, resume=True, quiet=True, time_limit_s=10)
     prog = json.loads((run / "run.json").read_text())["progress"]
     assert [s["steps"] for s in prog["stages"]] == [2, 8]
+
+
+def test_impossible_run_fails_before_the_run_folder_is_written(tmp_path: Path, cache: Path) -> None:
+    with pytest.raises(ConfigError, match="downsampling 32"):
+        train(tiny(cache, model="ldm", model_extra={"ae_mult": [1, 2, 2, 2, 2, 2]}), tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run").exists()

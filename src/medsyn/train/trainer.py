@@ -20,6 +20,7 @@ import torch
 from medsyn.errors import ConfigError
 from medsyn.io import write_text_atomic
 from medsyn.models import MODELS, GANConfig
+from medsyn.models.registry import build_generator
 from medsyn.train.checkpoint import checkpoint_file, load_checkpoint
 from medsyn.train.config import TrainConfig
 from medsyn.train.data import Group, TrainData, open_train_data
@@ -136,6 +137,8 @@ def train(
             groups = [g for g in groups if g.count > 0]
         k = len(data.classes) if conditional else 0
         model = GANConfig(cfg.model, cfg.size, data.cache.channels, k, cfg.z_dim, cfg.width, cfg.model_extra)
+        with torch.random.fork_rng(devices=[]):
+            build_generator(model)  # an impossible model config is a one-line error before the run folder exists
         previous = read_run_meta(out).get("runtime") if resume else None
         rt = resolve_runtime(cfg, info, model, previous)
         if rt.device.type == "cuda":
