@@ -30,17 +30,18 @@ def _worker(rank: int, port: int, cfg: TrainConfig, out: Path, dump: Path) -> No
     torch.set_num_threads(1)
     fit = Trainer.fit
 
-    def fit_and_dump(self: Trainer, *args: object, **kw: object) -> None:
-        fit(self, *args, **kw)
+    def fit_and_dump(self: Trainer, *args: object, **kw: object) -> dict:
+        result = fit(self, *args, **kw)
         nets = {"G": self.G, "G_ema": self.G_ema, **({"D": self.objective.D} if hasattr(self.objective, "D") else {})}
         state = {f"{name}.{k}": v for name, m in nets.items() for k, v in m.state_dict().items()}
         torch.save({"weights": state, "rows": self.rows.tolist()}, dump / f"rank{rank}.pt")
+        return result
 
     Trainer.fit = fit_and_dump  # type: ignore[method-assign]
     train(cfg, out, quiet=True)
 
 
-@pytest.mark.parametrize("model", ["stylegan2", "ddpm"])
+@pytest.mark.parametrize("model", ["stylegan2", "ddpm", "ldm"])
 def test_two_gloo_ranks_end_identical(tmp_path: Path, model: str) -> None:
     cache = prepare("phantom?n=64&seed=0", 16, tmp_path / "cache", quiet=True).path
     extra = (
@@ -48,6 +49,8 @@ def test_two_gloo_ranks_end_identical(tmp_path: Path, model: str) -> None:
         if model == "stylegan2"
         else {"model_extra": {"mult": [1, 2], "attention": [False, True], "res_blocks": 1, "ddim_steps": 2}}
     )
+    if model == "ldm":  # both stages data-parallel: the autoencoder's 2 steps, then the denoiser's 3
+        extra = {"model_extra": {"res_blocks": 1, "ddim_steps": 2, "ae_steps": 2}}
     cfg = TrainConfig(data=str(cache), model=model, size=16, steps=3, batch=4, width=8, device="cpu",
                       ckpt_every=2, log_every=1, sample_every=100, **extra)  # fmt: skip
     # fork: the ranks inherit the imported modules instead of importing torch and medsyn again (seconds each)
