@@ -54,7 +54,7 @@ def _step(net: torch.nn.Module, loss: Callable[[], torch.Tensor], bf16: bool) ->
     return run
 
 
-def train_cells(size: int, width: int, batch: int, repeats: int) -> list[dict]:
+def train_cells(size: int, width: int, batch: int, repeats: int, only: str | None = None) -> list[dict]:
     out = []
     x = torch.rand(batch, 1, size, size) * 2 - 1
     y = torch.randint(0, 2, (batch, K)).float()
@@ -68,6 +68,8 @@ def train_cells(size: int, width: int, batch: int, repeats: int) -> list[dict]:
             "ldm autoencoder": LatentAutoencoder(GANConfig("ldm", size, 1, K, width=width)),
         }
         for name, net in nets.items():
+            if only is not None and name != only:
+                continue
             net = net.train().to(memory_format=fmt)
             if name == "ldm autoencoder":
                 vae = net.vae
@@ -111,11 +113,13 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=32)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--autoencoder-only", action="store_true", help="Only the autoencoder's training step.")
     args = ap.parse_args()
     print(json.dumps({"threads": torch.get_num_threads(), "torch": torch.__version__}), flush=True)
     for size in (28, 64):
-        train_cells(size, args.width, args.batch, args.repeats)
-        sample_cells(size, args.width, args.batch)
+        train_cells(size, args.width, args.batch, args.repeats, "ldm autoencoder" if args.autoencoder_only else None)
+        if not args.autoencoder_only:
+            sample_cells(size, args.width, args.batch)
 
 
 if __name__ == "__main__":
