@@ -140,7 +140,9 @@ def test_a_model_that_looks_elsewhere_than_two_real_seeds_agree_warns_and_caps_u
     assert verdict.level == "warn" and "shortcuts" in verdict.reason
     good = Verdict("utility (TSTR vs TRTR)", "pass", "TSTR keeps 95%")
     assert useful_overall(good, verdict).level == "warn" and "shortcuts" in useful_overall(good, verdict).reason
-    assert useful_overall(replace(good, level="fail"), verdict).level == "fail"  # never raises a verdict
+    failed = useful_overall(replace(good, level="fail"), verdict)
+    assert failed.level == "fail" and "shortcuts" in failed.reason  # never raises a verdict, but is named
+    assert useful_overall(replace(good, level="n/a"), verdict).level == "n/a"
     assert "shortcuts" in reading("A", group) and "clearly less" in reading("A", group)
 
 

@@ -34,7 +34,8 @@ THRESHOLDS: dict[str, list[str]] = {
         "real-trained model's, against a second real-trained seed's agreement with the same maps on the same "
         f"images; below the seed baseline when the mean paired gap >= {SALIENCY_GAP} with a one-sided Wilcoxon "
         f"p < {SALIENCY_P} over >= {SALIENCY_MIN_PAIRED} images with all maps defined; a group below turns a "
-        "PASS of Useful? into WARN (the synthetic-trained model may rely on other cues: shortcuts); not "
+        "PASS of Useful? into WARN and is named beside a WARN or FAIL (the synthetic-trained model may rely on "
+        "other cues: shortcuts); not "
         "assessed (too few defined maps, stage off) leaves Useful? as it is",
     ],
     "Realistic?": [

@@ -78,7 +78,9 @@ def saliency_verdict(section: Mapping[str, Any]) -> Verdict:
 
 
 def useful_overall(useful: Verdict, saliency: Verdict | None) -> Verdict:
-    """Useful? from the TSTR check; a feature-importance WARN turns a PASS into WARN and never raises it."""
-    if saliency is not None and saliency.level == "warn" and useful.level == "pass":
-        return Verdict("Useful?", "warn", f"{useful.reason}; but {saliency.reason}")
+    """Useful? from the TSTR check; a feature-importance WARN turns a PASS into WARN, is named beside a WARN or
+    FAIL, and never raises a verdict (nor changes a NOT ASSESSED one)."""
+    if saliency is not None and saliency.level == "warn" and useful.level in ("pass", "warn", "fail"):
+        level = "warn" if useful.level == "pass" else useful.level
+        return Verdict("Useful?", level, f"{useful.reason}; also, {saliency.reason}")
     return overall("Useful?", [useful])
