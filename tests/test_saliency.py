@@ -34,7 +34,7 @@ from medsyn.evaluate.verdicts import (
     useful_overall,
 )
 from medsyn.models.classifiers import build_classifier
-from medsyn.report.saliency import reading
+from medsyn.report.saliency import reading, saliency_section
 
 SIZE = 16
 
@@ -184,3 +184,15 @@ def test_the_grid_can_show_the_baseline_column(tmp_path):
     with pytest.raises(DataError, match="share the first model"):
         save_grid(syn, images, tmp_path / "bad.png", baseline=("other", saliency_agreement(
             HalfView("right"), reference, images, labels, ["A", "B"])))  # fmt: skip
+
+
+def test_report_section_reads_the_numbers_and_leaves_the_grid_out_without_real_images():
+    section = _section(HalfView("right"))
+    section.update(models={"reference": "TRTR seed 0", "synthetic": "TSTR seed 0", "baseline": "TRTR seed 1"},
+                   layer="the last ReLU", explained_class="first positive", verdict=saliency_verdict(section).to_dict())
+    shared = saliency_section({"saliency": section}, None, real_images=False)
+    assert "Grid left out" in shared and "clearly less than two real-trained models agree" in shared
+    assert "WARN" in shared and "TRTR seed 1" in shared and "<img" not in shared
+    assert 'alt="saliency grid"' in saliency_section({"saliency": section}, "aGVsbG8=", real_images=True)
+    assert "Not assessed: switched off" in saliency_section({"saliency": {"skipped": "switched off"}}, None, True)
+    assert saliency_section({}, None, True) == ""  # a metrics.json from before the stage existed
