@@ -21,7 +21,7 @@ from typing import Any
 import optuna
 from optuna.distributions import BaseDistribution
 
-from medsyn.errors import MedsynError
+from medsyn.errors import DataError, MedsynError
 from medsyn.evaluate.synthetic import load_synthetic
 from medsyn.generate import generate
 from medsyn.io import to_jsonable, write_json_atomic
@@ -88,6 +88,8 @@ class TrialRunner:
             final = i == len(stages) - 1
             train(replace(cfg, steps=steps), run, resume=(run / RUN_FILE).is_file(), quiet=True, time_limit_s=seconds)
             score = self._score(run, folder, percent, final)
+            if score["val_tstr_auroc"] is None:  # stored as null: no class could be scored
+                raise DataError(f"the validation TSTR AUROC is undefined at {percent}% of the budget")
             for key in ("steps", "images_seen", "train_s", "stop_reason"):
                 trial.set_user_attr(key, score[key])
             trial.report(score["val_tstr_auroc"], percent)
