@@ -88,7 +88,7 @@ class TrialRunner:
             final = i == len(stages) - 1
             train(replace(cfg, steps=steps), run, resume=(run / RUN_FILE).is_file(), quiet=True, time_limit_s=seconds)
             score = self._score(run, folder, percent, final)
-            if score["val_tstr_auroc"] is None:  # stored as null: no class could be scored
+            if score["val_tstr_auroc"] is None or not math.isfinite(score["val_tstr_auroc"]):  # no class scored
                 raise DataError(f"the validation TSTR AUROC is undefined at {percent}% of the budget")
             for key in ("steps", "images_seen", "train_s", "stop_reason"):
                 trial.set_user_attr(key, score[key])
