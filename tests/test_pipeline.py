@@ -245,7 +245,7 @@ def test_saliency_stage_compares_real_and_synthetic_trained_maps_with_a_seed_bas
     for entry in sal["per_group"].values():
         assert {"synthetic", "baseline", "paired"} <= set(entry) and entry["paired"]["n"] <= entry["n"]
         assert {"spearman_mean", "spearman_median", "iou_mean", "iou_median", "defined"} <= set(entry["synthetic"])
-    assert sal["iou_chance"] == pytest.approx(0.1 / 1.9) and set(sal["undefined"]) == {"synthetic", "baseline"}
+    assert sal["iou_chance"] == pytest.approx(0.1 / 1.9) and set(sal["undefined"]) == {"synthetic", "baseline", "reference"}
     assert sal["verdict"]["check"] == "feature importance (Grad-CAM)"
     assert any("saliency: Grad-CAM maps" in k for k in copies["timings"])
     assert any("saliency: second real-trained classifier" in k for k in copies["timings"])

@@ -137,7 +137,7 @@ def test_a_model_that_looks_elsewhere_than_two_real_seeds_agree_warns_and_caps_u
     assert group["paired"]["spearman_pvalue"] < SALIENCY_P and saliency_below_baseline(group) is True
     assert section["undefined"] == {"synthetic": 0, "baseline": 0, "reference": 0} and "Wilcoxon" in section["test"]
     verdict = saliency_verdict(section)
-    assert verdict.level == "warn" and "shortcuts" in verdict.reason
+    assert verdict.level == "warn" and "shortcuts" in verdict.reason and "confirm with another --seed" in verdict.reason
     good = Verdict("utility (TSTR vs TRTR)", "pass", "TSTR keeps 95%")
     assert useful_overall(good, verdict).level == "warn" and "shortcuts" in useful_overall(good, verdict).reason
     failed = useful_overall(replace(good, level="fail"), verdict)

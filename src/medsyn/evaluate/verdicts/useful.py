@@ -71,7 +71,9 @@ def saliency_verdict(section: Mapping[str, Any]) -> Verdict:
     if below:
         return Verdict(check, "warn", "the synthetic-trained model's Grad-CAM maps agree with the real-trained "
                                       "model's clearly less than two real-trained seeds agree with each other ("
-                                      + "; ".join(below) + "): it may rely on other cues (shortcuts)")  # fmt: skip
+                                      + "; ".join(below) + "): it may rely on other cues (shortcuts); one "
+                                      "training seed per model, and Grad-CAM maps of small networks vary between "
+                                      "seeds, so confirm with another --seed before acting on it")  # fmt: skip
     return Verdict(check, "pass", "agreement with the real-trained model's maps is not clearly below the "
                                   "real-vs-real seed baseline (" + "; ".join(text(g, e) for g, (e, _) in judged.items())
                                   + ")")  # fmt: skip
