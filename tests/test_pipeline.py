@@ -245,6 +245,7 @@ def test_saliency_stage_compares_real_and_synthetic_trained_maps_with_a_seed_bas
     for entry in sal["per_group"].values():
         assert {"synthetic", "baseline", "paired"} <= set(entry) and entry["paired"]["n"] <= entry["n"]
         assert {"spearman_mean", "spearman_median", "iou_mean", "iou_median", "defined"} <= set(entry["synthetic"])
+    assert sal["model_seeds"] == {"synthetic": 1, "baseline": 1}
     assert sal["iou_chance"] == pytest.approx(0.1 / 1.9) and set(sal["undefined"]) == {"synthetic", "baseline", "reference"}
     assert sal["verdict"]["check"] == "feature importance (Grad-CAM)"
     assert any("saliency: Grad-CAM maps" in k for k in copies["timings"])
@@ -254,6 +255,20 @@ def test_saliency_stage_compares_real_and_synthetic_trained_maps_with_a_seed_bas
     metrics, _, out = independent  # utility skipped: nothing to compare, and no real images in the report
     assert "utility stage was skipped" in metrics["saliency"]["skipped"]
     assert metrics["saliency"]["verdict"]["level"] == "n/a"
+
+
+def test_saliency_averages_the_utility_stages_seeds_without_training_an_extra_model(real, tmp_path):
+    """Two utility seeds: TSTR seeds 0 and 1 against the reference, TRTR seed 1 as the baseline (no extra model)."""
+    imgs = render_phantom(120, SIZE, seed=3, start=400_000)
+    syn = (np.round(imgs.images * 255).astype(np.uint8), imgs.labels, PHANTOM_CLASSES)
+    settings = {**TINY, "utility": {**TINY["utility"], "seeds": [0, 1]}, "saliency": {"images": 40, "grid_rows": 2}}
+    m = evaluate(real.path, syn, tmp_path / "out", quick=True, device="cpu", settings=settings, quiet=True)
+    sal = m["saliency"]
+    assert sal["models"] == {"reference": "TRTR seed 0", "synthetic": "TSTR seeds 0, 1",
+                             "baseline": "TRTR seed 1, from the utility stage"}  # fmt: skip
+    assert sal["model_seeds"] == {"synthetic": 2, "baseline": 1} and sal["images"] == 40
+    assert not any("second real-trained classifier" in k for k in m["timings"])
+    assert any("Grad-CAM maps (40 real test images, 4 models)" in k for k in m["timings"])
 
 
 def test_report_is_self_contained_and_states_verdicts(copies, independent):

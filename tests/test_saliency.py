@@ -22,6 +22,7 @@ from medsyn.evaluate.saliency import (
     gradcam_maps,
     saliency_agreement,
     save_grid,
+    seed_average,
     spearman,
     top_iou,
 )
@@ -196,3 +197,22 @@ def test_report_section_reads_the_numbers_and_leaves_the_grid_out_without_real_i
     assert 'alt="saliency grid"' in saliency_section({"saliency": section}, "aGVsbG8=", real_images=True)
     assert "Not assessed: switched off" in saliency_section({"saliency": {"skipped": "switched off"}}, None, True)
     assert saliency_section({}, None, True) == ""  # a metrics.json from before the stage existed
+
+
+def test_seed_average_averages_defined_agreement_per_image_and_the_caveat_follows_the_seeds():
+    rng = np.random.default_rng(0)
+    ref, a, b = (rng.random((4, SIZE, SIZE)) for _ in range(3))
+    targets, groups = np.zeros(4, dtype=int), ["A"] * 4
+    flat = b.copy()
+    flat[0] = 0  # one model's map undefined on image 0: the average uses the other model's there
+    ra, rb = agreement(ref, a, targets, groups, ["A"]), agreement(ref, flat, targets, groups, ["A"])
+    avg = seed_average([ra, rb])
+    assert avg.spearman[0] == ra.spearman[0] and np.allclose(avg.spearman[1:], (ra.spearman[1:] + rb.spearman[1:]) / 2)
+    assert seed_average([ra]) is ra and np.array_equal(avg.synthetic_maps, ra.synthetic_maps)
+    with pytest.raises(DataError, match="same reference maps"):
+        seed_average([ra, agreement(a, b, targets, groups, ["A"])])
+    section = _section(HalfView("right"))
+    assert "confirm with another --seed" in saliency_verdict(section).reason  # no model_seeds: one seed
+    section["model_seeds"] = {"synthetic": 3, "baseline": 2}
+    verdict = saliency_verdict(section)
+    assert verdict.level == "warn" and "confirm with another --seed" not in verdict.reason

@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -205,6 +206,22 @@ def agreement(
     rho = np.array([spearman(a, b) for a, b in zip(real_maps, synthetic_maps, strict=True)])
     iou = np.array([top_iou(a, b, top_fraction) for a, b in zip(real_maps, synthetic_maps, strict=True)])
     return SaliencyResult(list(classes), targets, groups, real_maps, synthetic_maps, rho, iou, top_fraction)
+
+
+def seed_average(results: Sequence[SaliencyResult]) -> SaliencyResult:
+    """Per-image agreement averaged over several models (training seeds) against the same reference maps,
+    over the models whose maps are defined (NaN where none is): one seed's maps vary, an average less. The
+    maps kept are the first model's."""
+    first = results[0]
+    if any(not np.array_equal(r.real_maps, first.real_maps) for r in results[1:]):
+        raise DataError("saliency: a seed average needs the same reference maps")
+    if len(results) == 1:
+        return first
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN images stay NaN (undefined)
+        rho = np.nanmean(np.stack([r.spearman for r in results]), axis=0)
+        iou = np.nanmean(np.stack([r.iou for r in results]), axis=0)
+    return replace(first, spearman=rho, iou=iou)
 
 
 def saliency_agreement(

@@ -38,6 +38,7 @@ from medsyn.evaluate.saliency import (
     explained_class,
     explained_groups,
     gradcam_maps,
+    seed_average,
 )
 from medsyn.evaluate.settings import EvalSettings
 from medsyn.evaluate.synthetic import SyntheticSet
@@ -103,9 +104,10 @@ class SaliencyOutcome:
 
 
 def saliency_stage(real: RealData, run: UtilityRun | None, s: EvalSettings, stage: Stage) -> SaliencyOutcome:
-    """Grad-CAM maps of the first-seed TRTR and TSTR classifiers on the same random real test images, beside
-    a real-vs-real baseline: a second real-trained seed (the utility stage's when it trained several seeds,
-    else one trained here with the same recipe, the only extra training this stage does)."""
+    """Grad-CAM maps of the first-seed TRTR classifier (the reference) and of every TSTR seed on the same
+    random real test images, beside a real-vs-real baseline: the other TRTR seeds when the utility stage trained
+    several, else one trained here with the same recipe (the only extra training this stage does). Several
+    seeds on a side are averaged per image (`seed_average`): one seed's maps vary."""
     cfg = s.saliency
     if cfg.images == 0:
         return SaliencyOutcome({"skipped": "switched off (saliency: {images: 0})"})
@@ -117,31 +119,38 @@ def saliency_stage(real: RealData, run: UtilityRun | None, s: EvalSettings, stag
     rows = np.sort(np.random.default_rng(s.seed).choice(len(test.labels), min(cfg.images, len(test.labels)),
                                                          replace=False))  # fmt: skip
     images, labels = np.asarray(test.images[rows]), run.test_labels[rows]
-    reference, synthetic = run.models["trtr"][0], run.models["tstr"][0]
-    names = {"reference": f"TRTR seed {run.seeds[0]}", "synthetic": f"TSTR seed {run.seeds[0]}"}
+    reference, synthetic = run.models["trtr"][0], run.models["tstr"]
+    seeds = ", ".join(str(x) for x in run.seeds)
+    names = {"reference": f"TRTR seed {run.seeds[0]}", "synthetic": f"TSTR seed{'s' * (len(synthetic) > 1)} {seeds}"}
     try:
         if len(run.models["trtr"]) > 1:
-            second, names["baseline"] = run.models["trtr"][1], f"TRTR seed {run.seeds[1]}, from the utility stage"
+            second = run.models["trtr"][1:]
+            names["baseline"] = f"TRTR seed{'s' * (len(second) > 1)} {', '.join(str(x) for x in run.seeds[1:])}, " \
+                                "from the utility stage"  # fmt: skip
         else:
             seed = max(run.seeds) + 1
             with stage(f"saliency: second real-trained classifier (seed {seed})"):
                 train, val = real.splits["train"], real.splits["val"]
-                second, _ = train_classifier(train.images, train.labels[:, cols], val.images, val.labels[:, cols],
-                                             replace(s.utility.classifier, seed=seed))  # fmt: skip
+                second = [train_classifier(train.images, train.labels[:, cols], val.images, val.labels[:, cols],
+                                           replace(s.utility.classifier, seed=seed))[0]]  # fmt: skip
             names["baseline"] = f"real-trained seed {seed}, trained for this check with the TRTR recipe"
-        with stage(f"saliency: Grad-CAM maps ({len(rows)} real test images, 3 models)"):
+        models = [reference, *synthetic, *second]
+        with stage(f"saliency: Grad-CAM maps ({len(rows)} real test images, {len(models)} models)"):
             batch = cfg.batch_size
             targets = explained_class(labels, predict_logits(reference, images, batch))
-            maps = [gradcam_maps(m, images, targets, batch_size=batch) for m in (reference, synthetic, second)]
+            maps = [gradcam_maps(m, images, targets, batch_size=batch) for m in models]
     except DataError as exc:
         return SaliencyOutcome(skipped(exc))
     groups = explained_groups(labels, targets, run.classes)
-    syn_res = agreement(maps[0], maps[1], targets, groups, run.classes, cfg.top_fraction)
-    base_res = agreement(maps[0], maps[2], targets, groups, run.classes, cfg.top_fraction)
-    section = {"models": names, "layer": "the last ReLU, i.e. the last feature map before the global pool",
+    each = [agreement(maps[0], m, targets, groups, run.classes, cfg.top_fraction) for m in maps[1:]]
+    syn_each, base_each = each[: len(synthetic)], each[len(synthetic) :]
+    section = {"models": names, "model_seeds": {"synthetic": len(syn_each), "baseline": len(base_each)},
+               "seed_average": "per-image agreement averaged over the seeds of each side when there are several",
+               "layer": "the last ReLU, i.e. the last feature map before the global pool",
                "explained_class": "each image's first positive class; the reference model's top class when none",
                "groups": "images grouped by the class explained; images without a positive label apart",
-               **baseline_comparison(syn_res, base_res)}  # fmt: skip
+               **baseline_comparison(seed_average(syn_each), seed_average(base_each))}  # fmt: skip
+    syn_res, base_res = syn_each[0], base_each[0]  # the grid shows one model of each side, with its own numbers
     return SaliencyOutcome(section, syn_res, base_res, images)
 
 
