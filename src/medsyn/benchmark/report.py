@@ -138,6 +138,10 @@ def _level(level: str | None) -> str:
     return f'<span class="badge {"na" if level == "n/a" else level}">{LEVEL_TEXT.get(level, html.escape(level))}</span>'
 
 
+def _fixed(v: Any, digits: int) -> str:
+    return f"{v:.{digits}f}" if isinstance(v, int | float) and np.isfinite(v) else "n/a"
+
+
 def _ci3(t: Sequence[Any]) -> str:
     return f"{_cell(t[0])} [{_cell(t[1])}, {_cell(t[2])}]" if t and t[0] is not None else "n/a"
 
@@ -145,7 +149,7 @@ def _ci3(t: Sequence[Any]) -> str:
 def _train_text(r: Mapping[str, Any]) -> str:
     p = r.get("progress") or {}
     why = html.escape(str(p.get("stop_reason")))
-    text = f"{_cell(p.get('train_seconds'))} s, {p.get('steps', 'n/a')} steps ({why})"
+    text = f"{_fixed(p.get('train_seconds'), 0)} s, {p.get('steps', 'n/a')} steps ({why})"
     for s in p.get("stages") or []:  # ldm: the autoencoder and the denoiser
         text += f"<br><span class=muted>{html.escape(s['stage'])}: {s['steps']} steps, {s['train_seconds']:.0f} s"
         text += "</span>"
@@ -168,10 +172,10 @@ def write_compare_report(summary: Mapping[str, Any], out: Path) -> None:
         rows.append([
             f"<b>{html.escape(r['model'])}</b><br><span class=muted>{html.escape(r['family'])}</span>",
             _ci3(s["ratio"]), _ci3(s["trtr"]), _ci3(s["tstr"]), _cell(s["recall"]), _cell(s["coverage"]),
-            f"{_cell(s['fid'])} ({_cell(s['fid_real_vs_real'])})",
+            f"{_fixed(s['fid'], 2)} ({_fixed(s['fid_real_vs_real'], 2)})",
             " ".join(_level(s["verdicts"].get(k)) for k in ("useful", "realistic", "private")),
             *(_level(level.get(c)) for c in checks), _train_text(r),
-            f"{_cell(g['wall_s'])} s for {g['images']} images ({_cell(g['img_per_s'])} img/s{steps})",
+            f"{_fixed(g['wall_s'], 1)} s for {g['images']} images ({_fixed(g['img_per_s'], 1)} img/s{steps})",
         ])  # fmt: skip
     table = "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
     table += "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows) + "</table>"
@@ -185,7 +189,7 @@ def write_compare_report(summary: Mapping[str, Any], out: Path) -> None:
             grids += _figure(_png(r["reconstructions"]), f"{name} reconstructions",
                              "the autoencoder stage: real training images and their reconstructions")  # fmt: skip
         grids += f'<p class=muted>Full evaluation: <a href="{name}/evaluation/report.html">{name}/evaluation/report.html</a></p>'
-    loads = ", ".join(f"{html.escape(r['model'])} {_cell(r['train']['load_before'])} → {_cell(r['train']['load_after'])}"
+    loads = ", ".join(f"{html.escape(r['model'])} {_fixed(r['train']['load_before'], 2)} → {_fixed(r['train']['load_after'], 2)}"
                       for r in results)  # fmt: skip
     classifier = "small CNN" if cfg["quick"] else "DenseNet121"
     k = _cell(results[0]["summary"].get("prdc_k")) if results else "n/a"
