@@ -32,8 +32,10 @@ def _options(cfg: GANConfig) -> dict[str, Any]:
     sampled; on PneumoniaMNIST 'batch' raised recall 0.21 -> 0.26 and coverage 0.49 -> 0.55 and lowered FID
     3.3 -> 2.7 for the same weights (benchmarks/bench_collapse.py). A batch's images then depend a little on
     each other, as in training; draw batches of more than a few images.
-    `mbstd`: minibatch-stddev group size in D (Karras et al. 2018), 0 = off."""
-    defaults: dict[str, Any] = {"d_norm": "batch", "sample_bn": "batch", "mbstd": 0}
+    `mbstd`: minibatch-stddev group size in D (Karras et al. 2018; default 4, 0 = off as before issue 11): D
+    sees how alike a batch's images are, so a collapsed G is caught; on PneumoniaMNIST it raised recall
+    0.21 -> 0.58 and coverage 0.49 -> 0.59 (FID 3.3 -> 2.1) at the same steps and TSTR/TRTR."""
+    defaults: dict[str, Any] = {"d_norm": "batch", "sample_bn": "batch", "mbstd": 4}
     if cfg.name != "dcgan":
         defaults["embed_dim"] = 64
     opts = validate(cfg, defaults)
