@@ -5,7 +5,8 @@ Each variant is the old cgan default plus one change (or a named combination). P
 `medsyn` commands: `train` (same seed; a fixed number of steps, or --time-limit for a wall budget), `generate`
 --n images, `evaluate --quick`. The table reads recall / coverage / density (k=5 PRDC in the real classifier's
 feature space), TSTR/TRTR with its CI, and FID against the real-vs-real baseline from each metrics.json.
-Results are kept per variant under --work, so a rerun only measures what is missing.
+Results are kept per variant under --work, so a rerun only measures what is missing. Since issue 11 the cgan
+default is 'bn-batch+mbstd' (sample with batch BatchNorm statistics, minibatch-stddev in D).
 
     flock /tmp/medsyn-bench.lock taskset -c 0 env OMP_NUM_THREADS=1 \\
         .venv/bin/python benchmarks/bench_collapse.py --work out/bench-collapse [--variants a,b] [--steps 1800]
