@@ -54,6 +54,8 @@ _DCGAN_FAMILY = (
     Param("loss", choices=("ns", "hinge")),
     Param("r1_gamma", choices=(0.0, 0.01, 0.1, 1.0)),
     Param("extra.d_norm", choices=("batch", "spectral"), default="batch"),
+    Param("extra.mbstd", choices=(0, 4), default=4),  # minibatch-stddev group in D (0: off)
+    Param("extra.sample_bn", choices=("running", "batch"), default="batch"),  # G's BatchNorm statistics when sampling
 )
 _CONDITIONAL_DCGAN = (*_DCGAN_FAMILY, Param("extra.embed_dim", choices=(16, 32, 64, 128), default=64))
 _DIFFUSION_COMMON = (
