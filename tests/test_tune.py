@@ -35,7 +35,7 @@ CLASSIFIER = {"epochs": 1, "patience": 1, "batch_size": 32}
 
 def tiny(data: str, **kw: Any) -> TuneConfig:
     args: dict[str, Any] = dict(data=data, model="cgan", trials=3, steps=4, reports=2, size=16, base=BASE, n=48,
-                                classifier=CLASSIFIER, startup_trials=1, device="cpu")  # fmt: skip
+                                classifier=CLASSIFIER, startup_trials=3, device="cpu")  # fmt: skip
     args.update(kw)
     return TuneConfig(**args)
 
@@ -143,7 +143,7 @@ def test_median_pruner_stops_a_trial_below_the_median(
 ) -> None:
     scores = iter([0.9, 0.9, 0.2])  # trial 0: two stages at 0.9; trial 1: 0.2 at its first stage
     monkeypatch.setattr(Scorer, "tstr", lambda self, images, labels: next(scores))
-    run_tune(tiny(str(cache.path), trials=2), tmp_path, quiet=True)
+    run_tune(tiny(str(cache.path), trials=2, startup_trials=1), tmp_path, quiet=True)
     first, second = load(tmp_path).trials
     assert first.state == TrialState.COMPLETE and first.value == pytest.approx(0.9)
     assert second.state == TrialState.PRUNED and second.intermediate_values == {50: 0.2}
