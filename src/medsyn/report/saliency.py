@@ -39,7 +39,7 @@ def reading(group: str, e: Mapping[str, Any]) -> str:
             how = "somewhat less than two real-trained models agree, but not clearly so"
         text = (f"{group} ({n} images): the synthetic-trained model's maps agree with the real-trained model's at "
                 f"Spearman {_num(syn['spearman_mean'], 2)} (top-region IoU {_num(syn['iou_mean'], 2)}), against "
-                f"{_num(base['spearman_mean'], 2)} ({_num(base['iou_mean'], 2)}) for a second real-trained seed: "
+                f"{_num(base['spearman_mean'], 2)} ({_num(base['iou_mean'], 2)}) for the real-trained seed baseline: "
                 f"{how} (paired gap {gap:.2f}, p = {paired['spearman_pvalue']:.2g}, {paired['n']} images).")  # fmt: skip
     syn_flat, base_flat, ref_flat = n - syn["defined"], n - base["defined"], e.get("reference_undefined", 0)
     if ref_flat >= 0.5 * n:

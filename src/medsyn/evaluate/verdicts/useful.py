@@ -64,7 +64,7 @@ def saliency_verdict(section: Mapping[str, Any]) -> Verdict:
     def text(g: str, e: Mapping[str, Any]) -> str:
         pr = e["paired"]
         return (f"{g}: Spearman {_fmt(e['synthetic']['spearman_mean'])} vs {_fmt(e['baseline']['spearman_mean'])} "
-                f"for a second real-trained seed (paired gap {pr['spearman_gap']:.2f}, p = {pr['spearman_pvalue']:.2g}, "
+                f"for the real-trained seed baseline (paired gap {pr['spearman_gap']:.2f}, p = {pr['spearman_pvalue']:.2g}, "
                 f"{pr['n']} images)")  # fmt: skip
 
     below = [text(g, e) for g, (e, b) in judged.items() if b]
