@@ -754,8 +754,8 @@ def run_compare_step(data: Path, work: Path, smoke: bool, skip: Sequence[str] = 
         return recorded(f"compare {name}", todo[name], folder / "steps" / f"{name}.json", log, finish=parse)[0]
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        jobs = {name: pool.submit(one, name) for name in todo if name not in skip}
-        records = [jobs[n].result() if n in jobs else {**(_read_json(folder / "steps" / f"{n}.json") or {}),
+        futures = {name: pool.submit(one, name) for name in todo if name not in skip}
+        records = [futures[n].result() if n in futures else {**(_read_json(folder / "steps" / f"{n}.json") or {}),
                                                        "skipped": True} for n in todo]  # fmt: skip
     result = {"steps": dict(zip(todo, records, strict=True)),
               "medsyn": _read_json(folder / "medsyn" / "results.json"), "threads": COMPARE_THREADS,
