@@ -83,7 +83,7 @@ def test_unscorable_or_too_few_classes_are_refused(base: PreparedDataset) -> Non
             base, tiny(base, sweep="samples", classes=["Effusion"], utility={**QUICK, "min_test_positives": 500})
         )
     with pytest.raises(ConfigError, match="--sweep"):
-        tiny(base, sweep="resolution")
+        tiny(base, sweep="pixels")
     with pytest.raises(ConfigError, match="--augment"):
         tiny(base, augment="mixup")
     with pytest.raises(ConfigError, match="--budget"):
@@ -196,3 +196,35 @@ def test_sweep_trains_with_a_tuned_config(base: PreparedDataset, tmp_path: Path)
     res = CliRunner().invoke(app, ["benchmark", "--data", "phantom?n=60", "--compare", "cgan", "--budget", "1m",
                                    "--config", str(path), "--out", str(tmp_path / "c")])  # fmt: skip
     assert isinstance(res.exception, ConfigError) and "--config applies to the sweeps" in str(res.exception)
+
+
+def test_resolution_sweep_trains_each_size_on_the_same_patients(base: PreparedDataset, tmp_path: Path) -> None:
+    """--sweep resolution: each point prepares the same data set at its size (same images, patients and splits),
+    trains and scores there; results.csv names the size, per_class.csv and the report give TSTR/TRTR per class."""
+    with pytest.raises(ConfigError, match="image size 100 unsupported"):
+        tiny(base, sweep="resolution", points=[16, 100])
+    cfg = tiny(base, sweep="resolution", points=[32, 16])
+    assert cfg.points == [16, 32]
+    summary = run_sweep(cfg, tmp_path / "res", quiet=True)
+    assert [p["size"] for p in summary["points"]] == [16, 32]
+    caches = [PreparedDataset(tmp_path / f"res/points/size-{s:04d}/cache") for s in (16, 32)]
+    assert [c.size for c in caches] == [16, 32]
+    keys = ["source", "patient_id", "split"]
+    assert caches[0].index[keys].equals(caches[1].index[keys])
+    assert caches[1].index[keys].equals(base.index[keys].reset_index(drop=True))
+    assert TrainConfig.from_yaml(tmp_path / "res/points/size-0032/run/config.yaml").size == 32
+    rows = list(csv.DictReader((tmp_path / "res/results.csv").read_text().splitlines()))
+    assert [(r["point"], r["size"]) for r in rows] == [("16", "16"), ("32", "32")]
+    per_class = list(csv.DictReader((tmp_path / "res/per_class.csv").read_text().splitlines()))
+    assert {r["class"] for r in per_class} == set(summary["points"][0]["classes"])
+    for r in per_class:
+        p = summary["points"][[16, 32].index(int(r["point"]))]["utility"]
+        trtr, tstr = p["trtr"]["classes"][r["class"]]["auroc"], p["tstr"]["classes"][r["class"]]["auroc"]
+        assert float(r["ratio"]) == pytest.approx(tstr / trtr, abs=1e-4)
+        assert float(r["ratio_ci_low"]) <= float(r["ratio_ci_high"])  # a paired bootstrap interval per class
+    html = (tmp_path / "res/report.html").read_text()
+    assert "image size (px)" in html and "Relative performance per class" in html
+    moved = PreparedDataset(base.path)
+    moved.meta.pop("settings")
+    with pytest.raises(DataError, match="no preparation settings"):
+        sweep_mod.resized(moved, 32, tmp_path / "x", quiet=True)

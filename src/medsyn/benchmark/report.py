@@ -15,7 +15,8 @@ from medsyn.io import atomic_path, write_text_atomic
 from medsyn.report.figures import SETTING_COLORS, SETTING_NAMES, encode, plt
 from medsyn.report.html import CSS, LEVEL_TEXT
 
-AXIS = {"classes": "number of classes", "samples": "real training images per class (cap)"}
+AXIS = {"classes": "number of classes", "samples": "real training images per class (cap)",
+        "resolution": "image size (px)"}
 
 
 def _errorbar(ax: Any, x: np.ndarray, y: np.ndarray, lo: np.ndarray, hi: np.ndarray, **kw: Any) -> None:
@@ -23,10 +24,28 @@ def _errorbar(ax: Any, x: np.ndarray, y: np.ndarray, lo: np.ndarray, hi: np.ndar
     ax.errorbar(x, y, yerr=np.nan_to_num(yerr), marker="o", capsize=3, **kw)
 
 
+def _per_class_panel(ax: Any, x: np.ndarray, points: Sequence[Mapping[str, Any]]) -> None:
+    """TSTR/TRTR of each class per point (a class a point leaves out is a gap): the mean can hide a finding
+    whose detail the generator loses, e.g. at a higher resolution."""
+    classes = list(dict.fromkeys(c for p in points for c in p["utility"]["ratio"].get("per_class") or {}))
+    for c in classes:
+        e = [(p["utility"]["ratio"].get("per_class") or {}).get(c) or {} for p in points]
+        y, lo, hi = (np.array([v.get(k) if v.get(k) is not None else np.nan for v in e], float)
+                     for k in ("value", "ci_low", "ci_high"))  # fmt: skip
+        _errorbar(ax, x, y, lo, hi, label=c, alpha=0.85)
+    ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+    ax.set(ylabel="TSTR / TRTR", title="relative performance per class")
+
+
 def sweep_figure(points: Sequence[Mapping[str, Any]], sweep: str) -> str:
-    """Left: mean AUROC of TRTR / TSTR / augmented per point; right: TSTR/TRTR ratios. 95% CIs as bars."""
+    """Left: mean AUROC of TRTR / TSTR / augmented per point; middle: TSTR/TRTR ratios; right (when the results
+    have it): TSTR/TRTR per class. 95% CIs as bars."""
     x = np.array([p["point"] for p in points], dtype=float)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    per_class = any(p["utility"]["ratio"].get("per_class") for p in points)
+    fig, axes = plt.subplots(1, 3 if per_class else 2, figsize=(15 if per_class else 10, 3.8))
+    left, right = axes[0], axes[1]
+    if per_class:
+        _per_class_panel(axes[2], x, points)
     for setting in ("trtr", "tstr", "augmented"):
         u = [p["utility"][setting] for p in points]
         _errorbar(left, x, *(np.array([e[k] for e in u], float) for k in ("mean_auroc", "mean_ci_low", "mean_ci_high")),
@@ -45,10 +64,10 @@ def sweep_figure(points: Sequence[Mapping[str, Any]], sweep: str) -> str:
         right.set_ylim(max(-0.25, finite.min() - 0.05), min(2.0, max(1.05, finite.max() + 0.05)))
     right.axhline(1.0, color="grey", lw=0.8, ls=":")
     right.set(ylabel="synthetic / real", title="relative performance")
-    for ax in (left, right):
+    for ax in axes:
         ax.set_xlabel(AXIS[sweep])
-        if sweep == "samples" and len(x) > 1 and x.max() / x.min() >= 4:
-            ax.set_xscale("log")
+        if sweep in ("samples", "resolution") and len(x) > 1 and x.max() / x.min() >= 4:
+            ax.set_xscale("log", base=2 if sweep == "resolution" else 10)
         ax.set_xticks(x, [str(int(v)) for v in x])
         ax.minorticks_off()
         ax.legend(fontsize=8)
@@ -67,6 +86,23 @@ def _cell(v: Any) -> str:
 
 def _ci(entry: Mapping[str, Any], point: str) -> str:
     return f"{_cell(entry[point])} [{_cell(entry['ci_low'])}, {_cell(entry['ci_high'])}]"
+
+
+def _html_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    out = "<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"
+    return out + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows) + "</table>"
+
+
+def _per_class_table(points: Sequence[Mapping[str, Any]]) -> str:
+    """TSTR/TRTR per class (rows) and point (columns), as in per_class.csv; empty for older results."""
+    per = [p["utility"]["ratio"].get("per_class") or {} for p in points]
+    classes = list(dict.fromkeys(c for e in per for c in e))
+    if not classes:
+        return ""
+    rows = [[_cell(c)] + [_ci(e[c], "value") if c in e else "" for e in per] for c in classes]
+    return ("<h2>Relative performance per class</h2><p>TSTR/TRTR AUROC of each class [95% paired bootstrap CI]: "
+            "a class that falls behind the others as the point grows is one the generator does not keep.</p>"
+            + _html_table(["class"] + [_cell(p["point"]) for p in points], rows))  # fmt: skip
 
 
 def write_sweep_report(summary: Mapping[str, Any], out: Path) -> None:
@@ -88,11 +124,12 @@ def write_sweep_report(summary: Mapping[str, Any], out: Path) -> None:
             _ci(trtr, "v"), _ci(tstr, "v"), _ci(u["ratio"]["tstr_over_trtr"], "value"),
             _ci(u["ratio"]["tstr_over_trtr_above_chance"], "value"), _cell(u["augmentation_gain"]["mean"]),
         ])  # fmt: skip
-    table = "<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"
-    table += "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows) + "</table>"
+    table = _html_table(head, rows) + _per_class_table(points)
     clf = cfg["utility"]["classifier"]
     settings = (
-        f"data <code>{html.escape(summary['data']['spec'])}</code> at {cfg['size']} px; generator {cfg['model']} "
+        f"data <code>{html.escape(summary['data']['spec'])}</code> at "
+        + (", ".join(str(p["point"]) for p in points) if cfg["sweep"] == "resolution" else str(cfg["size"]))
+        + f" px; generator {cfg['model']} "
         f"(width {cfg['width']}, batch {cfg['batch']}, up to {cfg['steps']} steps"
         + (f" or {cfg['budget_s']:.0f} s of training" if cfg.get("budget_s") else "")
         + f" per point); classifier {clf['model']} (up to {clf['epochs']} epochs, early stopping on real val), "
@@ -103,7 +140,7 @@ def write_sweep_report(summary: Mapping[str, Any], out: Path) -> None:
     if any(p["generator"]["stopped_by"] == "budget" for p in points) and len(steps) > 1:
         settings += (
             " <b>Generator training was bounded by time (--budget), and the points reached different numbers of "
-            f"steps ({min(steps)} to {max(steps)}): larger sets and a busy machine train fewer steps in the same "
+            f"steps ({min(steps)} to {max(steps)}): larger sets or images and a busy machine train fewer steps in the same "
             "time. For equally trained generators, bound by --steps alone.</b>"
         )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>medsyn sweep: {cfg["sweep"]}</title>

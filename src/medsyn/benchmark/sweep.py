@@ -1,9 +1,12 @@
-"""The two benchmark sweeps of Schütte et al. 2021: how much of a real classifier's performance a synthetic
-training set keeps as the number of classes grows (`classes`), and as the real training set per class
-grows (`samples`).
+"""The three benchmark sweeps of Schütte et al. 2021: how much of a real classifier's performance a synthetic
+training set keeps as the number of classes grows (`classes`), as the real training set per class grows
+(`samples`), and as the image size grows (`resolution`: a finding whose fine detail the generator loses at
+higher resolution shows up in its per-class ratio TSTR/TRTR).
 
 At every point: a cache holding that point's training images (validation and test patients are the same
-at every point: the split is made once, on the whole data set), a generator trained on it, a synthetic set
+at every point: the split is made once, on the whole data set; a resolution point prepares the same data
+set at its size with the same split seed, and the patients' splits are checked to match), a generator
+trained on it, a synthetic set
 of the same size drawn with the training label distribution, and classifiers trained on real (TRTR), on
 synthetic (TSTR) and on both, all tested on the same real test patients. The figure of merit is the
 ratio TSTR / TRTR of mean AUROC, with a paired patient-bootstrap CI.
@@ -42,9 +45,10 @@ from medsyn.train.config import AUGMENTS
 from medsyn.train.data import cache_dir_for
 from medsyn.train.run import RUN_FILE
 
-SWEEPS = ("classes", "samples")
+SWEEPS = ("classes", "samples", "resolution")
+RESOLUTION_POINTS = (32, 64, 128)  # the resolution sweep's default image sizes
 CSV_COLUMNS = (
-    "point", "classes", "n_classes", "per_class_cap", "real_train_images", "synthetic_images", "test_images",
+    "point", "classes", "n_classes", "size", "per_class_cap", "real_train_images", "synthetic_images", "test_images",
     "test_patients", "generator_steps", "generator_train_s", "stopped_by", "trtr_auroc", "trtr_ci_low",
     "trtr_ci_high", "tstr_auroc", "tstr_ci_low", "tstr_ci_high", "ratio", "ratio_ci_low", "ratio_ci_high",
     "ratio_above_chance", "ratio_above_chance_ci_low", "ratio_above_chance_ci_high", "augmented_auroc",
@@ -54,8 +58,9 @@ CSV_COLUMNS = (
 
 @dataclass
 class SweepConfig:
-    """One sweep. `points`: numbers of classes (classes sweep) or training images per class (samples
-    sweep); None picks 2, 4, ... K classes, or 50, 100, 200, ... up to the largest class."""
+    """One sweep. `points`: numbers of classes (classes sweep), training images per class (samples sweep) or
+    image sizes in px (resolution sweep, where `size` is unused); None picks 2, 4, ... K classes, 50, 100,
+    200, ... up to the largest class, or 32, 64, 128 px."""
 
     data: str  # dataset spec or a prepared cache folder
     sweep: str = "samples"
@@ -86,6 +91,9 @@ class SweepConfig:
             self.points = sorted({int(p) for p in self.points})
             if not self.points or self.points[0] < 1:
                 raise ConfigError(f"sweep points must be positive integers, got {self.points}")
+        if self.sweep == "resolution":  # every size must suit the model before any point trains
+            for size in self.points or RESOLUTION_POINTS:
+                self.point_train_config(self.data, size)
         if self.budget_s is not None and not self.budget_s > 0:
             raise ConfigError(f"--budget must be positive, got {self.budget_s}")
         self.utility = coerce_config(UtilityConfig, self.utility)
@@ -103,10 +111,11 @@ class SweepConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def point_train_config(self, data: str) -> TrainConfig:
-        """The training config of one point: the train config's hyper-parameters, the sweep's data and schedule."""
+    def point_train_config(self, data: str, size: int | None = None) -> TrainConfig:
+        """The training config of one point: the train config's hyper-parameters, the sweep's data and schedule
+        (and the point's image size in a resolution sweep)."""
         steps = int(self.steps or _SWEEP_DEFAULTS["steps"])
-        point = {"data": data, "model": self.model, "augment": self.augment, "size": self.size, "steps": steps,
+        point = {"data": data, "model": self.model, "augment": self.augment, "size": size or self.size, "steps": steps,
                  "batch": self.batch, "width": self.width, "seed": self.seed, "device": self.device,
                  "sample_every": max(500, steps // 4), "ckpt_every": min(500, steps)}  # fmt: skip
         return TrainConfig.from_dict({**(self.train_config or {}), **point})
@@ -128,13 +137,14 @@ class Point:
     name: str
     classes: list[str]
     rows: np.ndarray
+    size: int | None = None  # a resolution point's image size (other sweeps: the base cache's)
 
 
 def _base_cache(cfg: SweepConfig, out: Path, quiet: bool) -> PreparedDataset:
     path = Path(cfg.data).expanduser()
     if (path / "meta.json").is_file():
         ds = PreparedDataset(path)
-        if ds.size != cfg.size:
+        if ds.size != cfg.size and cfg.sweep != "resolution":  # a resolution point prepares its own size
             raise ConfigError(f"{path} holds {ds.size} px images but the sweep runs at {cfg.size} px; pass --size")
         return ds
     tc = TrainConfig(data=cfg.data, size=cfg.size, split_seed=cfg.split_seed, cache=str(out / "cache"))
@@ -191,6 +201,9 @@ def plan_points(ds: PreparedDataset, cfg: SweepConfig) -> list[Point]:
     if not order:
         raise DataError(f"no class of {ds.path} has {need} positive and negative test images")
     kept, _ = select_classes(table, ds.classes, order) if len(order) < len(ds.classes) else (table, None)
+    if cfg.sweep == "resolution":
+        rows = with_heldout(kept["row"].to_numpy())
+        return [Point(s, f"size-{s:04d}", order, rows, size=s) for s in cfg.points or RESOLUTION_POINTS]
     largest = max(positives[c] for c in order)
     values = cfg.points or [n for n in (50 * 2**i for i in range(20)) if n < largest] + [largest]
     return [
@@ -199,6 +212,22 @@ def plan_points(ds: PreparedDataset, cfg: SweepConfig) -> list[Point]:
         )
         for n in values
     ]
+
+
+def resized(base: PreparedDataset, size: int, out: Path, quiet: bool) -> PreparedDataset:
+    """`base`'s data set prepared again at `size` px with the same settings (spec, split seed, classes, fit),
+    into `out`. The patient split does not depend on the size; that every image keeps its patient and split
+    is checked anyway, since the sweep's claim is "same patients at every size"."""
+    settings = dict(base.meta.get("settings") or {})
+    if not settings.get("spec"):
+        raise DataError(f"{base.path}: no preparation settings in meta.json; pass the data set spec to --data")
+    settings.pop("size", None)
+    ds = prepare(settings.pop("spec"), size, out, quiet=quiet, **settings)
+    keys = ["source", "patient_id", "split"]
+    if not ds.index[keys].reset_index(drop=True).equals(base.index[keys].reset_index(drop=True)):
+        raise DataError(f"{out}: preparing at {size} px gave other images or patient splits than at {base.size} px; "
+                        "did the source data change?")  # fmt: skip
+    return ds
 
 
 def _generator_state(run: Path) -> dict[str, Any]:
@@ -215,9 +244,14 @@ def _split(ds: PreparedDataset, split: str) -> LabeledImages:
 def run_point(point: Point, base: PreparedDataset, cfg: SweepConfig, folder: Path, quiet: bool) -> dict[str, Any]:
     """Cache -> generator (resumable, within the budget) -> equal-size synthetic set -> TRTR/TSTR/augmented."""
     start = time.perf_counter()
-    ds = subset(base, point.rows, point.classes, folder / "cache", quiet=quiet)
+    if point.size is not None and point.size != base.size:  # a resolution point keeping every row needs no copy
+        whole = len(point.rows) == len(base) and point.classes == base.classes
+        ds = resized(base, point.size, folder / ("cache" if whole else "prepared"), quiet)
+        ds = ds if whole else subset(ds, point.rows, point.classes, folder / "cache", quiet=quiet)
+    else:
+        ds = subset(base, point.rows, point.classes, folder / "cache", quiet=quiet)
     run = folder / "run"
-    tc = cfg.point_train_config(str(ds.path))
+    tc = cfg.point_train_config(str(ds.path), point.size)
     train(tc, run, resume=(run / RUN_FILE).is_file(), quiet=quiet, time_limit_s=cfg.budget_s)
     state = _generator_state(run)
     n_train = len(ds.rows("train"))
@@ -235,6 +269,7 @@ def run_point(point: Point, base: PreparedDataset, cfg: SweepConfig, folder: Pat
         "point": point.value,
         "sweep": cfg.sweep,
         "classes": point.classes,
+        "size": ds.size,
         "train_counts": {c: int((ds.index.loc[ds.index["split"] == "train", c] > 0).sum()) for c in ds.classes},
         "real_train_images": n_train,
         "synthetic_images": len(syn.images),
@@ -251,7 +286,7 @@ def _row(r: dict[str, Any]) -> dict[str, Any]:
     u = r["utility"]
     ratio, adj = u["ratio"]["tstr_over_trtr"], u["ratio"]["tstr_over_trtr_above_chance"]
     return {
-        "point": r["point"], "classes": ";".join(r["classes"]), "n_classes": len(r["classes"]),
+        "point": r["point"], "classes": ";".join(r["classes"]), "n_classes": len(r["classes"]), "size": r.get("size", ""),
         "per_class_cap": r["point"] if r["sweep"] == "samples" else "", "real_train_images": r["real_train_images"],
         "synthetic_images": r["synthetic_images"], "test_images": r["test_images"],
         "test_patients": r["test_patients"], "generator_steps": r["generator"]["steps"],
@@ -264,6 +299,26 @@ def _row(r: dict[str, Any]) -> dict[str, Any]:
         "ratio_above_chance_ci_high": adj["ci_high"], "augmented_auroc": u["augmented"]["mean_auroc"],
         "augmentation_gain": u["augmentation_gain"]["mean"], "point_wall_s": r["point_wall_s"],
     }  # fmt: skip
+
+
+PER_CLASS_COLUMNS = ("point", "size", "class", "train_positives", "trtr_auroc", "tstr_auroc", "ratio", "ratio_ci_low",
+                     "ratio_ci_high")  # fmt: skip
+
+
+def write_per_class_csv(results: Sequence[dict[str, Any]], path: Path) -> None:
+    """One row per point and class: its AUROCs and TSTR/TRTR with the paired bootstrap CI."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=PER_CLASS_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for r in results:
+        u = r["utility"]
+        for c, ratio in (u["ratio"].get("per_class") or {}).items():
+            row = {"point": r["point"], "size": r.get("size", ""), "class": c,
+                   "train_positives": r["train_counts"].get(c), "trtr_auroc": u["trtr"]["classes"][c]["auroc"],
+                   "tstr_auroc": u["tstr"]["classes"][c]["auroc"], "ratio": ratio["value"],
+                   "ratio_ci_low": ratio["ci_low"], "ratio_ci_high": ratio["ci_high"]}  # fmt: skip
+            writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
+    write_text_atomic(path, buf.getvalue())
 
 
 def write_csv(results: Sequence[dict[str, Any]], path: Path) -> None:
@@ -316,6 +371,7 @@ def run_sweep(cfg: SweepConfig, out: str | Path, quiet: bool = False) -> dict[st
             write_json_atomic(done, to_jsonable(run_point(point, base, cfg, folder, quiet)))  # NaN -> null
         results.append(json.loads(done.read_text()))
     write_csv(results, out / "results.csv")
+    write_per_class_csv(results, out / "per_class.csv")
     summary = {
         "medsyn_version": __version__,
         "config": cfg.to_dict(),

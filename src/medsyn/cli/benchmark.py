@@ -1,4 +1,4 @@
-"""`medsyn benchmark`: the classes / samples sweeps (`run_sweep`) and the model comparison (`run_compare`)."""
+"""`medsyn benchmark`: the classes / samples / resolution sweeps (`run_sweep`) and the model comparison (`run_compare`)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def register(app: typer.Typer) -> None:
     @app.command("benchmark")
     def benchmark_cmd(
         data: str = typer.Option(..., "--data", help="Dataset spec or prepared cache folder."),
-        sweep: str = typer.Option(None, "--sweep", help="classes | samples."),
+        sweep: str = typer.Option(None, "--sweep", help="classes | samples | resolution."),
         compare: str = typer.Option(
             None,
             "--compare",
@@ -48,7 +48,7 @@ def register(app: typer.Typer) -> None:
         guidance: float = typer.Option(None, "--guidance", help="--compare: guidance scale of diffusion models."),
         out: Path = typer.Option(..., "--out", "-o", help="Sweep folder (rerun the same command to resume)."),
         points: str = typer.Option(
-            None, help="Comma-separated points: numbers of classes, or training images per class."
+            None, help="Comma-separated points: numbers of classes, training images per class, or image sizes in px."
         ),
         classes: str = typer.Option(None, help="Comma-separated classes to use (and their order for 'classes')."),
         config: Path = typer.Option(
@@ -58,7 +58,7 @@ def register(app: typer.Typer) -> None:
         ),
         size: int = typer.Option(None, help="Image size in px (default: --config's, else 32)."),
         model: str = typer.Option(
-            None, help="Sweeps: dcgan | cgan | acgan | stylegan2 | ddpm (default: --config's, else cgan)."
+            None, help="Sweeps: dcgan | cgan | acgan | stylegan2 | ddpm | ldm (default: --config's, else cgan)."
         ),
         augment: str = typer.Option(
             None, help="none | diffaugment | ada: discriminator augmentation (default: --config's, else none)."
@@ -76,7 +76,7 @@ def register(app: typer.Typer) -> None:
         """Sweeps: a generator per point, TRTR vs TSTR on the same real test patients -> CSV, PNG, report.
         --compare: each model trained for --budget on the same split, generated and evaluated -> one table."""
         if (sweep is None) == (compare is None):
-            raise ConfigError("give either --sweep classes|samples or --compare MODEL,MODEL")
+            raise ConfigError("give either --sweep classes|samples|resolution or --compare MODEL,MODEL")
         dev = resolve_device(device)
         if compare is not None:
             if config is not None:

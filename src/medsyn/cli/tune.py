@@ -15,7 +15,7 @@ def register(app: typer.Typer) -> None:
     def tune_cmd(
         data: str = typer.Argument(..., help="Dataset spec or prepared cache folder (needs a validation split)."),
         out: Path = typer.Option(..., "--out", "-o", help="Study folder (rerun the same command to continue)."),
-        model: str = typer.Option(None, help="dcgan | cgan | acgan | stylegan2 | ddpm (default: --config's, or cgan)."),
+        model: str = typer.Option(None, help="dcgan | cgan | acgan | stylegan2 | ddpm | ldm (default: --config's, or cgan)."),
         trials: int = typer.Option(20, help="Trials in the study (finished ones count on a rerun)."),
         budget: str = typer.Option(None, help="Generator training time per trial, e.g. 90s, 10m."),
         steps: int = typer.Option(None, help="Generator steps per trial (with --budget: whichever ends first)."),

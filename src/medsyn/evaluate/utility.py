@@ -292,10 +292,15 @@ def _comparisons(point: np.ndarray, reps: np.ndarray, classes: list[str], level:
             continue
         lo, hi = percentile_ci(ratio(r_tstr, r_trtr, adjusted), level)
         ratios[key] = {"value": float(ratio(tstr, trtr, adjusted)), "ci_low": lo, "ci_high": hi}
-    gain = {}
+    gain, per_class = {}, {}
     for c, name in enumerate(classes):
         lo, hi = percentile_ci(r[:, 2, c] - r[:, 0, c], level)
         gain[name] = {"gain": float(p[2, c] - p[0, c]), "ci_low": lo, "ci_high": hi}
+        # a class whose detail the generator loses shows here while the mean hides it (the resolution sweep)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lo, hi = percentile_ci(r[:, 1, c] / r[:, 0, c], level)
+            per_class[name] = {"value": float(p[1, c] / p[0, c]), "ci_low": lo, "ci_high": hi}
+    ratios["per_class"] = per_class
     lo, hi = percentile_ci(r[:, 2, ev].mean(-1) - r_trtr, level)
     return {
         "ratio": ratios,

@@ -144,15 +144,18 @@ def _utility(m: Mapping[str, Any], fig: str | None, roc: str | None) -> str:
     out += ("<p>Three classifiers are trained — on real images (TRTR), on synthetic images only (TSTR), and on "
             "both — and all are tested on the same held-out real patients. Intervals resample patients.</p>")  # fmt: skip
     out += _img(fig, "per-class AUROC")
+    ratio = u["ratio"]
+    per_class = ratio.get("per_class")  # absent from metrics.json written before it existed
     rows = []
     for c in u["trtr"]["classes"]:
         gain = u["augmentation_gain"]["per_class"][c]
         rows.append([_e(c)] + [_ci(u[s]["classes"][c]) for s in ("trtr", "tstr", "augmented")]
-                    + [_ci(gain, "gain")])  # fmt: skip
+                    + [_ci(gain, "gain")] + ([_ci(per_class[c], "value")] if per_class else []))  # fmt: skip
     rows.append(["<b>mean</b>"] + [_ci(u[s], "mean_auroc", "mean_ci_low", "mean_ci_high") for s in ("trtr", "tstr", "augmented")]
-                + [_ci(u["augmentation_gain"], "mean", "mean_ci_low", "mean_ci_high")])  # fmt: skip
-    out += _table(["class", "TRTR AUROC (95% CI)", "TSTR AUROC", "real + synthetic", "gain from synthetic"], rows)
-    ratio = u["ratio"]
+                + [_ci(u["augmentation_gain"], "mean", "mean_ci_low", "mean_ci_high")]
+                + ([_ci(ratio["tstr_over_trtr"], "value")] if per_class else []))  # fmt: skip
+    out += _table(["class", "TRTR AUROC (95% CI)", "TSTR AUROC", "real + synthetic", "gain from synthetic"]
+                  + (["TSTR / TRTR"] if per_class else []), rows)  # fmt: skip
     out += _kv([
         ("TSTR / TRTR (mean AUROC)", _ci(ratio["tstr_over_trtr"], "value")),
         ("(TSTR − 0.5) / (TRTR − 0.5)", _ci(ratio["tstr_over_trtr_above_chance"], "value")),
