@@ -75,9 +75,17 @@ def register(app: typer.Typer) -> None:
             "--time-limit",
             help="Stop (with a checkpoint) after this much training time, e.g. 90m, 2h; kept by --resume.",
         ),
+        dp_epsilon: float = typer.Option(
+            None, "--dp-epsilon", help="Train with DP-SGD (Opacus) to this epsilon (cgan, acgan, ddpm; one process)."
+        ),
+        dp_delta: float = typer.Option(None, "--dp-delta", help="DP delta (default 0.1 / training images)."),
+        dp_max_grad_norm: float = typer.Option(
+            None, "--dp-max-grad-norm", help="DP per-sample gradient clipping norm C (default 1.0)."
+        ),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     ) -> None:
-        """Train a GAN; under torchrun it trains data-parallel on every process (rank 0 writes)."""
+        """Train a GAN or diffusion model; under torchrun it trains data-parallel on every process (rank 0 writes);
+        with --dp-epsilon, differentially private (the network that reads real images: DP-SGD)."""
         base = _base_config(spec, config, out, resume)
         given = {
             "model": model, "size": size, "steps": steps, "batch": batch, "width": width, "loss": loss,
@@ -87,6 +95,7 @@ def register(app: typer.Typer) -> None:
             "cache": str(cache) if cache is not None else None, "sample_every": sample_every,
             "ckpt_every": ckpt_every, "log_every": log_every, "workers": workers,
             "time_limit_s": parse_duration(time_limit, "--time-limit") if time_limit else None,
+            "dp_epsilon": dp_epsilon, "dp_delta": dp_delta, "dp_max_grad_norm": dp_max_grad_norm,
         }  # fmt: skip
         base.update({k: v for k, v in given.items() if v is not None})
         run = train(TrainConfig.from_dict(base), out, resume=resume, quiet=quiet)

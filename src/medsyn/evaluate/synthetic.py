@@ -109,6 +109,7 @@ class SyntheticSet:
             "generator": {k: manifest[k] for k in ("model", "mode", "seed", "generators", "medsyn_version")
                           if k in manifest} or None,
             "training": manifest.get("training"),  # steps / images seen / stop reason; None for older sets
+            "differential_privacy": manifest.get("differential_privacy"),  # epsilon, delta of DP training
             "negative_class": self.negative_class,
             "privacy_filter": manifest.get("privacy_filter"),
             "notes": self.notes,

@@ -123,6 +123,12 @@ def training_progress(meta: dict[str, Any], files: list[GeneratorFile]) -> dict[
     return run_progress(reached, [f.group for f in files], bool(meta["conditional"]))
 
 
+def dp_entry(training: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The differential-privacy record of a privately trained generator (epsilon spent, delta, settings:
+    train/privacy.py), from its training progress; None when it was not trained with --dp-epsilon."""
+    return (training or {}).get("privacy")
+
+
 def _batches(plan: Plan, gen_index: int, batch: int) -> Iterator[np.ndarray]:
     idx = np.flatnonzero(plan.generator == gen_index)
     for start in range(0, len(idx), batch):
@@ -205,6 +211,10 @@ def generate(
             _wait(pending, advance)
         layout.write_labels(tmp, out.name, paths, plan.labels)
         extra = {} if screen is None else {"privacy_filter": screen.manifest()}
+        training = training_progress(meta, files)
+        dp = dp_entry(training)
+        if dp and screen is not None:  # the filter picks images by their distance to training images
+            dp = {**dp, "holds_for_this_set": False, "why": "--privacy-filter read the training images"}
         write_json_atomic(tmp / "manifest.json", {
             "format": "medsyn-synthetic",
             "medsyn_version": __version__,
@@ -223,7 +233,8 @@ def generate(
             "layout": layout.kind,
             "labels_file": layout.labels_file,
             **({"notes": plan.notes} if plan.notes else {}),
-            "training": training_progress(meta, files),
+            "training": training,
+            **({"differential_privacy": dp} if dp else {}),
             **({"sampling": sampling} if sampling else {}),
             **extra,
         })  # fmt: skip
@@ -267,11 +278,13 @@ def export(run_dir: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path
     meta, files = generator_files(run_dir)
     out = Path(out)
     dirs = ["."] if meta["conditional"] else [g["dir"] for g in meta["groups"]]
+    reached = training_progress(meta, files)
+    dp = dp_entry(reached)
     with atomic_dir(out) as tmp:
         for file, rel in zip(files, dirs, strict=True):
-            save_generator(file.load(), tmp / rel)
+            save_generator(file.load(), tmp / rel, {"differential_privacy": dp} if dp else None)
         keep = ("model", "conditional", "config", "groups", "labels")
         origin = [{"group": f.group, "sha256": f.sha256()} for f in files]
-        trained = {"progress": training_progress(meta, files)}
+        trained = {"progress": reached, **({"differential_privacy": dp} if dp else {})}
         write_run_meta(tmp, {**{k: meta[k] for k in keep}, **trained, "exported_from": origin})
     return out

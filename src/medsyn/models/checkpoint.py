@@ -28,8 +28,9 @@ WEIGHTS_NAME = "generator.safetensors"
 META_NAME = "generator.json"
 
 
-def save_generator(G: Generator, out_dir: str | os.PathLike[str]) -> None:
-    """Write out_dir/generator.safetensors and out_dir/generator.json, each atomically."""
+def save_generator(G: Generator, out_dir: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> None:
+    """Write out_dir/generator.safetensors and out_dir/generator.json, each atomically. `extra`: further
+    JSON-ready entries for both (e.g. `differential_privacy`: how privately the weights were trained)."""
     G = getattr(G, "_orig_mod", G)  # unwrap torch.compile
     out = Path(out_dir)
     meta = {
@@ -37,6 +38,7 @@ def save_generator(G: Generator, out_dir: str | os.PathLike[str]) -> None:
         "format_version": FORMAT_VERSION,
         "medsyn_version": __version__,
         "config": G.cfg.to_dict(),
+        **(extra or {}),
     }
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in G.state_dict().items()}
     with atomic_path(out / WEIGHTS_NAME) as tmp:

@@ -7,6 +7,7 @@ width * min(8, S / 2r), i.e. the classic 64 px DCGAN (ngf*8 at 4x4 ... ngf at 32
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -19,13 +20,14 @@ from medsyn.models.base import Discriminator, Generator
 from medsyn.models.config import GANConfig, resolution_plan, stage_channels, validate
 from medsyn.models.stylegan2 import minibatch_stddev
 
-D_NORMS = ("batch", "spectral", "none")
+D_NORMS = ("batch", "group", "spectral", "none")
 SAMPLE_BN = ("running", "batch")
 
 
 def _options(cfg: GANConfig) -> dict[str, Any]:
     """extra options. `d_norm`: discriminator normalisation, 'batch' as in the paper, 'spectral' or 'none' for
-    gradient penalties (ill-defined with batch statistics). `embed_dim`: label embedding size (cgan/acgan).
+    gradient penalties (ill-defined with batch statistics), 'group' (GroupNorm: per image, what differentially
+    private training needs, as batch statistics mix the images whose gradients it clips one by one). `embed_dim`: label embedding size (cgan/acgan).
     `sample_bn`: which BatchNorm statistics G uses in eval mode (sampling, export): 'batch' (default: those of
     the batch drawn, as in training and in the PyTorch DCGAN recipe) or 'running' (the running averages, the
     behaviour before issue 11). The running averages are the raw G's, not those of the EMA weights that are
@@ -82,6 +84,11 @@ def _dcgan_init(module: nn.Module, label_layer: nn.Linear | None) -> None:
         nn.init.normal_(label_layer.weight, 0.0, 1.0)
 
 
+def _norm(kind: str, channels: int) -> nn.Module:
+    """D's normalisation layer: BatchNorm, or GroupNorm with Opacus' BatchNorm replacement's group count."""
+    return nn.BatchNorm2d(channels) if kind == "batch" else nn.GroupNorm(math.gcd(32, channels), channels)
+
+
 def _channels(cfg: GANConfig, res: int) -> int:
     return stage_channels(cfg.width, cfg.size, 2 * res, 8)
 
@@ -131,7 +138,7 @@ class DCGANDiscriminator(Discriminator):
         super().__init__(cfg)
         opts = _options(cfg)
         base, n = resolution_plan(cfg.size)
-        batch_norm = opts["d_norm"] == "batch"
+        normed = opts["d_norm"] in ("batch", "group")
         res = cfg.size // 2
         layers: list[nn.Module] = [
             nn.Conv2d(cfg.channels, _channels(cfg, res), 4, 2, 1),
@@ -139,9 +146,9 @@ class DCGANDiscriminator(Discriminator):
         ]
         for _ in range(n - 1):
             c_in, c_out = _channels(cfg, res), _channels(cfg, res // 2)
-            layers.append(nn.Conv2d(c_in, c_out, 4, 2, 1, bias=not batch_norm))
-            if batch_norm:
-                layers.append(nn.BatchNorm2d(_channels(cfg, res // 2)))
+            layers.append(nn.Conv2d(c_in, c_out, 4, 2, 1, bias=not normed))
+            if normed:
+                layers.append(_norm(opts["d_norm"], c_out))
             layers.append(nn.LeakyReLU(0.2, inplace=True))
             res //= 2
         feat = _channels(cfg, base)

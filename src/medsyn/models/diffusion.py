@@ -164,8 +164,9 @@ class DiffusionGenerator(Generator):
         self.sampler.set_timesteps(steps)
         return {"sampler": "ddim", "ddim_steps": steps, "eta": 0.0, "guidance": guidance}
 
-    def loss(self, x0: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        """Noise-prediction MSE at uniform random timesteps; a p_uncond share of rows gets the null label."""
+    def loss(self, x0: torch.Tensor, y: torch.Tensor | None, per_sample: bool = False) -> torch.Tensor:
+        """Noise-prediction MSE at uniform random timesteps; a p_uncond share of rows gets the null label.
+        `per_sample`: one mean per image (B,), which differentially private training clips image by image."""
         context = self._labels(y, x0.shape[0], x0)
         if context is not None and self.opts["p_uncond"] > 0:
             drop = torch.rand(x0.shape[0], 1, device=x0.device) < float(self.opts["p_uncond"])
@@ -173,6 +174,8 @@ class DiffusionGenerator(Generator):
         noise = self._noise(x0)
         t = torch.randint(0, self.train_scheduler.num_train_timesteps, (x0.shape[0],), device=x0.device)
         pred = self.inferer(x0, *self._models(), noise, t, condition=context)
+        if per_sample:
+            return (pred.float() - noise.float()).square().flatten(1).mean(dim=1)
         return nn.functional.mse_loss(pred.float(), noise.float())
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:

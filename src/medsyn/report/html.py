@@ -61,7 +61,8 @@ def _header(m: Mapping[str, Any]) -> str:
         "<h1>Synthetic data evaluation</h1>"
         f"<p class=sub>{_num(syn['images'])} synthetic images from <code>{_e(syn['location'])}</code> against "
         f"{_e(real['dataset'])} (<code>{_e(real['spec'])}</code>) at {real['size']} px · mode: {mode} · "
-        f"medsyn {_e(m['medsyn_version'])}</p><p class=sub>Generator training: {training_text(syn.get('training'))}</p>"
+        f"medsyn {_e(m['medsyn_version'])}</p><p class=sub>Generator training: {training_text(syn.get('training'))}"
+        f"{dp_text(syn.get('differential_privacy'))}</p>"
         + (f'<div class="verdict fail"><b>Warning</b> — {_e(warning)}</div>' if warning else "")
         + f"<div class=cards>{cards}</div>"
     )
@@ -82,6 +83,16 @@ def training_text(progress: Mapping[str, Any] | None) -> str:
     elif reason:
         text += f" ({_e(reason)})"
     return text
+
+
+def dp_text(dp: Mapping[str, Any] | None) -> str:
+    """' · trained with (ε, δ)-DP: ε = …, δ = …' for a generator trained with --dp-epsilon, else ''."""
+    if not dp:
+        return ""
+    voided = "" if dp.get("holds_for_this_set", True) else f" — not for this set: {_e(dp.get('why'))}"
+    return (f" · trained with (ε, δ)-DP: ε = {dp['epsilon']:.3g}, δ = {dp['delta']:.2g} (per training image; "
+            f"noise multiplier {dp['noise_multiplier']:.3g}, clipping norm {dp['max_grad_norm']:g}, "
+            f"{_num(dp['steps'])} steps at sampling rate {dp['sample_rate']:.3g}){voided}")
 
 
 def _data(m: Mapping[str, Any], real_images: bool) -> str:

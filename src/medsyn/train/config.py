@@ -39,6 +39,10 @@ RESUMABLE_CHANGES = frozenset(
 #: Models whose discriminator uses BatchNorm by default; a gradient penalty is ill-defined with batch
 #: statistics (Gulrajani et al. 2017), so wgan-gp switches their critic to no normalisation.
 _BATCHNORM_CRITICS = ("dcgan", "cgan", "acgan")
+#: Models `--dp-epsilon` trains privately (train/privacy.py): the network that reads real images is a DCGAN-family
+#: discriminator or the ddpm denoiser. stylegan2's discriminator (minibatch-stddev, R1 by default) and ldm (its
+#: autoencoder reads real images too) are refused rather than given a guarantee that would not hold.
+DP_MODELS = ("cgan", "acgan", "ddpm")
 
 
 @dataclass
@@ -76,6 +80,9 @@ class TrainConfig:
     log_every: int = 10
     workers: int | None = None  # DataLoader workers; None: 0 on CPU, up to 4 per GPU
     max_rollbacks: int = 3  # divergence guard: consecutive NaN/inf rollbacks before giving up
+    dp_epsilon: float | None = None  # differentially private training (DP-SGD) to this epsilon; None: off
+    dp_delta: float | None = None  # DP delta; None: 1 / (10 N) for N training images
+    dp_max_grad_norm: float | None = None  # per-sample gradient clipping norm C; None: 1.0 with DP
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -178,6 +185,44 @@ class TrainConfig:
                 raise ConfigError(f"{self.model} is a {info.family} model: {', '.join(given)} only apply to GANs")
         if self.classes is not None and not self.classes:
             raise ConfigError("classes: give at least one class name, or leave it out for all classes")
+        self._validate_dp()
+
+    def _validate_dp(self) -> None:
+        """DP settings (ranges) and what DP-SGD cannot make private here, each refused in one line."""
+        if self.dp_epsilon is None:
+            given = [k for k in ("dp_delta", "dp_max_grad_norm") if getattr(self, k) is not None]
+            if given:
+                raise ConfigError(f"{', '.join(given)} need dp_epsilon (--dp-epsilon) for private training")
+            return
+        for name, value in (("dp_epsilon", self.dp_epsilon), ("dp_max_grad_norm", self.dp_max_grad_norm)):
+            if value is not None and (not isinstance(value, int | float) or isinstance(value, bool) or
+                                      not 0 < value < float("inf")):  # fmt: skip
+                raise ConfigError(f"{name} must be a positive number, got {value!r}")
+        if self.dp_delta is not None and (
+            not isinstance(self.dp_delta, int | float) or isinstance(self.dp_delta, bool) or not 0 < self.dp_delta < 1
+        ):
+            raise ConfigError(f"dp_delta must be in (0, 1), got {self.dp_delta!r}")
+        if self.model not in DP_MODELS:
+            raise ConfigError(f"--dp-epsilon supports: {', '.join(DP_MODELS)}; not {self.model} ({_DP_REFUSED[self.model]})")
+        why = {
+            "augment ada": (self.augment == "ada", "ADA sets its strength from D's outputs on real images, "
+                            "a statistic DP-SGD does not privatise; use --augment diffaugment or none"),
+            f"r1_gamma {self.r1_gamma}": (bool(self.r1_gamma), "R1 differentiates D's input gradient, which "
+                                          "per-sample gradients (Opacus hooks) cannot"),
+            "loss wgan-gp": (self.loss == "wgan-gp", "the gradient penalty needs a double backward, which "
+                             "per-sample gradients (Opacus hooks) cannot; use ns or hinge"),
+            "precision fp16": (self.precision == "fp16", "fp16 loss scaling skips steps on overflow, a decision "
+                               "that depends on the data; use bf16 or fp32"),
+        }
+        refused = [f"{k}: {reason}" for k, (bad, reason) in why.items() if bad]
+        if refused:
+            raise ConfigError(f"--dp-epsilon cannot be combined with {refused[0]}")
+        mbstd = self.model_extra.get("mbstd", 0)
+        if mbstd:
+            raise ConfigError(
+                f"--dp-epsilon needs model_extra mbstd: 0 (got {mbstd!r}): the minibatch-stddev channel mixes the "
+                "images of a batch, so one image's gradient would depend on the others and could not be clipped alone"
+            )
 
     def resolved(self) -> TrainConfig:
         """A copy with the model's defaults filled in and absolute data paths (what config.yaml stores)."""
@@ -187,6 +232,9 @@ class TrainConfig:
         extra = dict(self.model_extra)
         if loss == "wgan-gp" and self.model in _BATCHNORM_CRITICS:
             extra.setdefault("d_norm", "none")
+        if self.dp_epsilon is not None and self.model in _BATCHNORM_CRITICS:
+            extra.setdefault("d_norm", "group")  # BatchNorm mixes a batch's images; GroupNorm is per image
+            extra.setdefault("mbstd", 0)  # so does the minibatch-stddev channel
         return replace(
             self,
             data=_absolute_data(self.data),
@@ -197,12 +245,20 @@ class TrainConfig:
             betas=tuple(self.betas) if self.betas is not None else tuple(info.betas),
             r1_gamma=self.r1_gamma if self.r1_gamma is not None else info.r1_gamma,
             model_extra=extra,
+            dp_max_grad_norm=self.dp_max_grad_norm if self.dp_epsilon is None or self.dp_max_grad_norm else 1.0,
         )
 
     def changes_against(self, other: TrainConfig) -> list[str]:
         """Names of settings that differ from `other` and would make resuming `other`'s checkpoint wrong."""
         a, b = self.resolved().to_dict(), other.resolved().to_dict()
         return [k for k in a if a[k] != b[k] and k not in RESUMABLE_CHANGES]
+
+
+_DP_REFUSED = {
+    "dcgan": "it trains one generator per class, and an image of several classes would pay the budget once per class",
+    "stylegan2": "its discriminator's minibatch-stddev layer, R1 penalty and equalised-LR layers are not per-sample",
+    "ldm": "its autoencoder reads the real images too and is not trained privately",
+}
 
 
 def _absolute_data(data: str) -> str:

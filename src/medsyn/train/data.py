@@ -11,12 +11,13 @@ import hashlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler, default_collate
 
 from medsyn.data.adapters import default_negative_class
 from medsyn.data.cache import CachedImages, PreparedDataset, prepare
@@ -184,6 +185,35 @@ class ShardedBatches(Sampler[list[int]]):
             yield [next(positions) for _ in range(self.batch)]
 
 
+class PoissonBatches(Sampler[list[int]]):
+    """Endless Poisson-sampled batches from step `start_step` on: each step every item is in the batch
+    independently with probability `rate`, so the batch size varies (and may be 0).
+
+    This is the sampling the privacy analysis of DP-SGD assumes (the sampled Gaussian mechanism); fixed-size
+    shuffled batches are not covered by it. Step s's draw depends only on (seed, s), so a resumed run repeats it.
+    """
+
+    def __init__(self, n: int, rate: float, seed: int, start_step: int = 0) -> None:
+        self.n, self.rate, self.seed, self.start_step = n, rate, seed, start_step
+
+    def __iter__(self) -> Iterator[list[int]]:
+        step = self.start_step
+        while True:
+            draw = np.random.default_rng([self.seed, POISSON_STREAM, step]).random(self.n)
+            yield np.flatnonzero(draw < self.rate).tolist()
+            step += 1
+
+
+POISSON_STREAM = 0x9015  # keeps Poisson draws apart from any other stream seeded with the same numbers
+
+
+def _collate(batch: list[tuple[torch.Tensor, torch.Tensor]], shape: tuple[int, ...], k: int) -> Any:
+    """default_collate, and an empty (0, ...) batch for the empty draws Poisson sampling can make."""
+    if not batch:
+        return torch.empty((0, *shape), dtype=torch.uint8), torch.empty((0, k), dtype=torch.float32)
+    return default_collate(batch)
+
+
 def make_loader(
     data: TrainData,
     rows: np.ndarray,
@@ -193,14 +223,24 @@ def make_loader(
     start: int,
     workers: int,
     pin_memory: bool,
+    poisson_rate: float | None = None,
 ) -> DataLoader:
-    """DataLoader over the memory-mapped cache: uint8 images and float labels (converted on the device)."""
+    """DataLoader over the memory-mapped cache: uint8 images and float labels (converted on the device).
+
+    `start` counts images drawn (fixed-size batches), or with `poisson_rate` (Poisson batches of that
+    sampling rate, for DP training, one process) steps taken."""
     if len(rows) == 0:
         raise DataError(f"{data.cache.path}: no training images for this group")
     dataset = CachedImages(data.cache.path, rows, data.labels)
+    if poisson_rate is None:
+        sampler: Sampler[list[int]] = ShardedBatches(len(rows), batch, info, seed, start)
+    else:
+        sampler = PoissonBatches(len(rows), poisson_rate, seed, start)
+    shape = (data.cache.channels, data.cache.size, data.cache.size)
     return DataLoader(
         dataset,
-        batch_sampler=ShardedBatches(len(rows), batch, info, seed, start),
+        batch_sampler=sampler,
+        collate_fn=partial(_collate, shape=shape, k=data.labels.shape[1]),
         num_workers=workers,
         pin_memory=pin_memory,
         persistent_workers=workers > 0,

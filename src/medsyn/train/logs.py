@@ -66,7 +66,7 @@ class LossLog:
         if not rows:
             return
         steps = np.array([int(r["step"]) for r in rows])
-        loss_cols = [c for c in self.columns[2:] if c not in ("img_per_s", "aug_p")]
+        loss_cols = [c for c in self.columns[2:] if c not in ("img_per_s", "aug_p", "epsilon")]
         fig = Figure(figsize=(8, 4.5), dpi=100)
         FigureCanvasAgg(fig)
         ax = fig.add_subplot(1, 1, 1)

@@ -36,9 +36,11 @@ from medsyn.train.config import TrainConfig
 from medsyn.train.data import Group, TrainData, make_loader
 from medsyn.train.diffusion import DiffusionObjective
 from medsyn.train.distributed import DistInfo, all_reduce_sum, broadcast_module, gather_objects
+from medsyn.train.dp_objectives import private_objective
 from medsyn.train.gan import GANObjective
 from medsyn.train.logs import LossLog, notice, save_grid, step_progress
 from medsyn.train.objective import Objective
+from medsyn.train.privacy import DPAccount
 from medsyn.train.progress import progress
 from medsyn.train.runtime import Runtime, derive_seed
 
@@ -73,8 +75,14 @@ class Trainer:
         k = len(data.classes) if self.conditional else 0
         self.gan_cfg = GANConfig(cfg.model, cfg.size, data.cache.channels, k, cfg.z_dim, cfg.width, cfg.model_extra)
         seed_everything(derive_seed(cfg.seed, index))  # identical initial weights on every rank
-        rule = objective or OBJECTIVES[MODELS[cfg.model].family]
-        self.objective: Objective = rule(cfg, self.gan_cfg, rt, info)
+        family = MODELS[cfg.model].family
+        self.dp: DPAccount | None = None  # differentially private training (train/privacy.py)
+        if cfg.dp_epsilon is not None and objective is None:
+            self.dp = DPAccount.for_run(cfg, len(self.rows))
+            pool = torch.from_numpy(data.labels[self.rows]) if self.conditional else None
+            self.objective: Objective = private_objective(cfg, self.gan_cfg, rt, info, family, self.dp, pool)
+        else:
+            self.objective = (objective or OBJECTIVES[family])(cfg, self.gan_cfg, rt, info)
         self.G = self.objective.G
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         broadcast_module(self.G_ema, info)
@@ -136,6 +144,7 @@ class Trainer:
                 "world": self.info.world,
                 "sampler_position": self.step * self.cfg.batch,  # images this rank has drawn
                 "runtime": self.rt.to_dict(),
+                **({"privacy": self.dp.state_dict()} if self.dp is not None else {}),
             }
         )
 
@@ -147,6 +156,8 @@ class Trainer:
             self.acc.copy_(ck["acc"])
             self.step, self.images_seen = int(ck["step"]), int(ck["images_seen"])
             self.train_seconds = float(ck.get("train_seconds", 0.0))  # absent in checkpoints before 0.2
+            if self.dp is not None:
+                self.dp.load_state_dict(ck["privacy"])
             rngs = ck["rng"]
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             why = " ".join(str(exc).split())[:200]
@@ -188,7 +199,10 @@ class Trainer:
                 "lower learning rates, or (GANs) another --loss"
             )
         path = checkpoint_file(self.ckpt_dir)
+        spent = self.dp.state_dict() if self.dp is not None else None
         self.load_state(load_checkpoint(path))
+        if self.dp is not None and spent is not None:
+            self.dp.load_state_dict(spent)  # rolled-back steps were taken: their privacy stays spent
         for opt in self.objective.optimizers():
             for group in opt.param_groups:
                 group["lr"] *= 0.5**self.failures
@@ -226,15 +240,19 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Fixed-size shuffled batches from the images drawn so far, or (DP) Poisson batches seeded by the
+        run's secret and the noisy steps taken (fresh draws after a rollback too)."""
+        dp = self.dp
         loader = make_loader(
             self.data,
             self.rows,
             self.cfg.batch,
             self.info,
-            derive_seed(self.cfg.seed, self.index),
-            self.step * self.cfg.batch,
+            derive_seed(self.cfg.seed, self.index) if dp is None else dp.sampling_seed(),
+            self.step * self.cfg.batch if dp is None else dp.steps,
             self.rt.workers,
             self.rt.device.type == "cuda",
+            poisson_rate=None if dp is None else dp.sample_rate,
         )
         return iter(loader)
 
@@ -253,7 +271,7 @@ class Trainer:
         """Train to `cfg.steps` (or until `time_limit_s` of training time, counted over resumed sessions
         too), from scratch or from the checkpoint `resume`; returns `progress(...)` of where it stopped."""
         cfg, info = self.cfg, self.info
-        per_step = cfg.batch * info.world
+        per_step = cfg.batch * info.world  # images per step (expected, with DP's Poisson batches)
         if resume is not None:
             self.load_state(resume)
         since, base = time.perf_counter(), self.train_seconds
@@ -262,16 +280,17 @@ class Trainer:
         if resume is None:
             self._write_checkpoint()  # step 0: the divergence guard always has a state to return to
         batches = self._batches()
+        stop = self._stop_step()
         with step_progress(label, cfg.steps, self.step, show_progress) as bar:
             mark_step, mark_time = self.step, time.perf_counter()
-            while self.step < cfg.steps:
+            while self.step < stop:
                 real, labels = next(batches)
                 terms = self.train_step(real, labels)
                 self.step += 1
-                self.images_seen += per_step
+                self.images_seen += len(real) * info.world
                 self._accumulate(terms)
                 out_of_time = self.step % cfg.log_every == 0 and self._out_of_time(time_limit_s, since, base)
-                last = self.step == cfg.steps or out_of_time
+                last = self.step == stop or out_of_time
                 due_log = last or self.step % cfg.log_every == 0
                 due_ckpt = last or self.step % cfg.ckpt_every == 0
                 due_sample = last or self.step % cfg.sample_every == 0
@@ -285,7 +304,7 @@ class Trainer:
                 }
                 if not torch.isfinite(totals[0]).all():
                     self._rollback(values)
-                    batches = self._batches()
+                    batches, stop = self._batches(), self._stop_step()
                     bar.update(self.step)
                     mark_step, mark_time = self.step, time.perf_counter()
                     continue
@@ -309,9 +328,16 @@ class Trainer:
                     break
         return progress(self.state_dict_summary(), cfg.steps, time_limit_s)
 
+    def _stop_step(self) -> int:
+        """The step training stops at: `cfg.steps`, or earlier where the next step would overspend the DP budget."""
+        if self.dp is None:
+            return self.cfg.steps
+        return self.step + self.dp.steps_left(self.cfg.steps - self.step)
+
     def state_dict_summary(self) -> dict[str, Any]:
         """The counters of `state_dict` that say how far training got (cheap: no weights, no collectives)."""
-        return {"step": self.step, "images_seen": self.images_seen, "train_seconds": self.train_seconds}
+        dp = {"privacy": self.dp.state_dict()} if self.dp is not None else {}
+        return {"step": self.step, "images_seen": self.images_seen, "train_seconds": self.train_seconds, **dp}
 
 
 def _match_param_layout(opt: torch.optim.Optimizer) -> None:

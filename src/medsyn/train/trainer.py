@@ -29,6 +29,7 @@ from medsyn.train.ldm import train_ldm
 from medsyn.train.logs import notice
 from medsyn.train.loop import Trainer
 from medsyn.train.precision import probe_cpu_precision
+from medsyn.train.privacy import check_private_model
 from medsyn.train.progress import progress, progress_line, run_progress, training_done
 from medsyn.train.run import RUN_FILE, read_run_meta, write_run_meta
 from medsyn.train.runtime import Runtime, derive_seed
@@ -64,8 +65,8 @@ def resolve_runtime(
     cuda = wants_cuda(cfg.device)
     device = torch.device("cuda", info.local_rank) if cuda else torch.device("cpu")
     precision, probe = cfg.precision, None
-    if precision == "auto" and cuda:
-        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision == "auto" and cuda:  # DP refuses fp16: its overflow skips depend on the data
+        precision = "bf16" if torch.cuda.is_bf16_supported() else ("fp16" if cfg.dp_epsilon is None else "fp32")
     elif precision == "auto" and previous and previous.get("device") == "cpu":
         precision, probe = str(previous["precision"]), previous.get("precision_probe")
     elif precision == "auto":
@@ -127,6 +128,11 @@ def train(
         cfg.validate()
     info = init_distributed(wants_cuda(cfg.device))
     try:
+        if cfg.dp_epsilon is not None and info.world > 1:
+            raise ConfigError(
+                "--dp-epsilon trains in one process: under torchrun each process would add its own noise to its "
+                "shard's gradients and the averaging would shrink it below what the privacy accounting assumes"
+            )
         data = open_train_data(cfg, out, info, quiet)
         conditional = MODELS[cfg.model].conditional
         groups = data.groups(per_class=not conditional)
@@ -139,6 +145,8 @@ def train(
         model = GANConfig(cfg.model, cfg.size, data.cache.channels, k, cfg.z_dim, cfg.width, cfg.model_extra)
         with torch.random.fork_rng(devices=[]):
             build_generator(model)  # an impossible model config is a one-line error before the run folder exists
+            if cfg.dp_epsilon is not None:
+                check_private_model(model)  # so are layers that cannot be trained privately
         previous = read_run_meta(out).get("runtime") if resume else None
         rt = resolve_runtime(cfg, info, model, previous)
         if rt.device.type == "cuda":
@@ -164,7 +172,8 @@ def train(
         stages = train_ldm if cfg.model == "ldm" else _train_generators  # ldm: two stages, train/ldm.py
         reached = stages(cfg, data, groups, out, rt, info, resume, info.main and not quiet)
         if info.main:
-            write_run_meta(out, {**meta, "progress": reached})
+            dp = {"differential_privacy": reached["privacy"]} if "privacy" in reached else {}
+            write_run_meta(out, {**meta, "progress": reached, **dp})
         barrier(info)  # no rank tears the process group down while another is still in a collective
     finally:
         shutdown(info)

@@ -1,0 +1,277 @@
+"""Differentially private training (DP-SGD, Abadi et al. 2016) with Opacus: the accountant and the mechanism.
+
+What is private: the one network that reads real images, a GAN's discriminator or a diffusion model's
+denoiser (train/dp_objectives.py says how each step uses it). Every step
+  1. draws a Poisson sample of the training images: each image independently with probability q = batch / N
+     (train/data.py `PoissonBatches`; the batch size varies), the sampling the analysis below assumes;
+  2. computes one gradient per image (Opacus' `GradSampleModule` hooks), clips each to norm C,
+  3. sums them, adds Gaussian noise N(0, (sigma C)^2) to every coordinate and divides by the expected batch q N,
+     as Opacus' `DPOptimizer` does, before the optimiser's step.
+The privacy loss of the whole run is the composition of these sampled Gaussian mechanisms, counted by Opacus'
+RDP accountant (its PRV accountant is tighter but takes ~1 s per evaluation, and the budget is evaluated at every
+log row and checkpoint); sigma is chosen (Opacus' `get_noise_multiplier`) so that the planned steps spend at
+most the target epsilon at delta. Everything computed from the private network's weights afterwards (the
+generator, its EMA, samples, exported weights, synthetic sets) is post-processing and keeps the guarantee.
+
+The Gaussian noise and the Poisson draws come from a generator seeded by a 128-bit secret drawn from the OS at the
+run's start (`secrets`), kept only in the checkpoint: the run's published seed (config.yaml, the synthetic
+manifest) does not reveal them, and a resumed run continues the same stream exactly. It is a seeded PRNG, not a
+cryptographic one (Opacus' secure_mode): keep the checkpoints as confidential as the data.
+
+Not covered: anything else computed from the real data: the loss values in losses.csv and the label statistics
+(class names and counts, run.json `labels`) which generation uses, and which are published as they are. The
+unit of privacy is one training image (one row), not one patient.
+"""
+
+from __future__ import annotations
+
+import secrets
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+from opacus import GradSampleModule
+from opacus.accountants import create_accountant
+from opacus.accountants.utils import get_noise_multiplier
+from opacus.validators import ModuleValidator
+from torch import nn
+
+from medsyn.errors import ConfigError
+from medsyn.models import MODELS, GANConfig, build_gan
+from medsyn.models.diffusion import DiffusionGenerator
+from medsyn.models.registry import build_generator
+from medsyn.train.config import TrainConfig
+
+CLIP_EPS = 1e-6  # Opacus' guard in the clipping factor C / (norm + eps)
+ACCOUNTANT = "rdp"  # Opacus' RDPAccountant (Mironov 2017; the sampled Gaussian mechanism of Mironov et al. 2019)
+DELTA_PER_IMAGE = 0.1  # default delta = 0.1 / N: well below the 1 / N at which releasing one image outright fits
+
+
+class DPAccount:
+    """The privacy budget of one generator's training: sigma, q, C, and the accountant's history of steps.
+
+    Stored in the checkpoint as plain numbers (`state_dict`), so a resumed run continues the same count and
+    `--resume` with more steps stops where the budget runs out instead of overspending it."""
+
+    def __init__(self, target_epsilon: float, delta: float, max_grad_norm: float, n_train: int, batch: int,
+                 noise_multiplier: float) -> None:  # fmt: skip
+        self.target_epsilon, self.delta, self.max_grad_norm = float(target_epsilon), float(delta), float(max_grad_norm)
+        self.n_train, self.expected_batch = int(n_train), int(batch)  # expected batch q N = batch
+        self.sample_rate, self.noise_multiplier = batch / n_train, float(noise_multiplier)
+        self.accountant = create_accountant(mechanism=ACCOUNTANT)
+        self.delta_default = False
+        self.secret = new_secret()  # seeds the noise and the Poisson draws; never published
+
+    def noise_seed(self) -> int:
+        """64-bit seed of the next noisy step's Gaussian noise: fresh for every step, also after a rollback,
+        since the accountant's step count never goes back."""
+        return _seed64(self.secret, NOISE_STREAM, self.steps)
+
+    def sampling_seed(self) -> int:
+        """Seed of the Poisson draws; `PoissonBatches` adds the step (started at `steps`) to it."""
+        return _seed64(self.secret, SAMPLING_STREAM)
+
+    @classmethod
+    def for_run(cls, cfg: TrainConfig, n_train: int) -> DPAccount:
+        """Calibrate sigma so that `cfg.steps` Poisson-sampled steps over `n_train` images spend the target epsilon."""
+        assert cfg.dp_epsilon is not None
+        if cfg.batch > n_train:
+            raise ConfigError(f"--dp-epsilon samples each image with probability batch / N: --batch {cfg.batch} "
+                              f"is larger than the {n_train} training images")  # fmt: skip
+        delta = cfg.dp_delta if cfg.dp_delta is not None else DELTA_PER_IMAGE / n_train
+        q = cfg.batch / n_train
+        try:
+            with _quiet():
+                sigma = get_noise_multiplier(target_epsilon=cfg.dp_epsilon, target_delta=delta, sample_rate=q,
+                                             steps=cfg.steps, accountant=ACCOUNTANT)  # fmt: skip
+        except ValueError as exc:  # Opacus: "The privacy budget is too low."
+            raise ConfigError(f"--dp-epsilon {cfg.dp_epsilon} at delta {delta:.3g} over {cfg.steps} steps needs more "
+                              f"noise than Opacus calibrates ({exc}); raise epsilon or train fewer steps") from None
+        account = cls(cfg.dp_epsilon, delta, cfg.dp_max_grad_norm or 1.0, n_train, cfg.batch, sigma)
+        account.delta_default = cfg.dp_delta is None
+        return account
+
+    # ------------------------------------------------------------------ counting
+    @property
+    def steps(self) -> int:
+        """Noisy steps taken (rolled-back steps included: their privacy was spent)."""
+        return sum(int(n) for _, _, n in self.accountant.history)
+
+    def step(self) -> None:
+        self.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate)
+
+    def epsilon(self, more_steps: int = 0) -> float:
+        """Epsilon spent at delta so far (or after `more_steps` further steps), by the accountant's own formula."""
+        history = list(self.accountant.history)
+        if more_steps > 0:
+            history.append((self.noise_multiplier, self.sample_rate, more_steps))
+        if not history:
+            return 0.0
+        fresh = create_accountant(mechanism=ACCOUNTANT)
+        fresh.history = history
+        with _quiet():
+            return float(fresh.get_epsilon(delta=self.delta))
+
+    def steps_left(self, wanted: int) -> int:
+        """The most further steps, up to `wanted`, that keep the epsilon spent within the target (bisection)."""
+        if wanted <= 0 or self.epsilon(wanted) <= self.target_epsilon:
+            return max(wanted, 0)
+        low, high = 0, wanted  # epsilon(low) within the target, epsilon(high) beyond it
+        while high - low > 1:
+            mid = (low + high) // 2
+            low, high = (mid, high) if self.epsilon(mid) <= self.target_epsilon else (low, mid)
+        return low
+
+    # ------------------------------------------------------------------ records
+    def state_dict(self) -> dict[str, Any]:
+        """Plain numbers and lists only (checkpoints load with weights_only=True)."""
+        return {
+            **self.summary(),
+            "history": [[float(s), float(q), int(n)] for s, q, n in self.accountant.history],
+            "secret": f"{self.secret:032x}",
+            "budget_exhausted": self.steps_left(1) == 0,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.noise_multiplier, self.sample_rate = float(state["noise_multiplier"]), float(state["sample_rate"])
+        self.delta, self.delta_default = float(state["delta"]), bool(state.get("delta_default", False))
+        self.accountant.history = [(float(s), float(q), int(n)) for s, q, n in state["history"]]
+        self.n_train = int(state["train_images"])
+        self.secret = int(state["secret"], 16)
+
+    def summary(self) -> dict[str, Any]:
+        """What run.json, the synthetic manifest, generator.json and the report record."""
+        return {
+            "mechanism": "DP-SGD (Opacus): Poisson sampling, per-sample clipping, Gaussian noise",
+            "epsilon": self.epsilon(),
+            "delta": self.delta,
+            "delta_default": self.delta_default,
+            "target_epsilon": self.target_epsilon,
+            "max_grad_norm": self.max_grad_norm,
+            "noise_multiplier": self.noise_multiplier,
+            "sample_rate": self.sample_rate,
+            "train_images": self.n_train,
+            "steps": self.steps,
+            "accountant": ACCOUNTANT,
+            "unit": "one training image",
+        }
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence two expected warnings: RDP's "optimal order is the largest alpha" (the bound is valid, only
+    not as tight as a wider alpha range could make it) and torch's full-backward-hook note for the images,
+    which need no gradient."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        yield
+
+
+def _seed64(*words: int) -> int:
+    return int(np.random.SeedSequence(list(words)).generate_state(1, np.uint64)[0])
+
+
+def new_secret() -> int:
+    """128 bits from the OS (tests replace this to compare two runs)."""
+    return secrets.randbits(128)
+
+
+# ---------------------------------------------------------------------- the mechanism
+NOISE_STREAM, SAMPLING_STREAM = 1, 2
+def check_dp_compatible(module: nn.Module, what: str, hint: str = "") -> None:
+    """One-line ConfigError when `module`'s layers cannot give per-sample gradients (Opacus' validators:
+    BatchNorm and other layers that mix a batch's samples, trainable layers with buffers such as spectral norm)."""
+    errors = [" ".join(str(e).split()) for e in ModuleValidator.validate(module, strict=False)]
+    errors += [" ".join(str(e).split()) for e in GradSampleModule.validate(module, strict=False)]
+    if errors:
+        first = errors[0].split(". ")[0].split("(")[0].strip()[:160]
+        more = f" (and {len(errors) - 1} more finding(s))" if len(errors) > 1 else ""
+        raise ConfigError(f"{what} is not DP-compatible: Opacus says '{first}'{more}{hint}")
+
+
+def check_private_model(model: GANConfig) -> None:
+    """Build the network DP training would make private (a GAN's discriminator, a denoiser) and check it."""
+    if MODELS[model.name].family == "gan":
+        hint = "; use model_extra d_norm: group (the default with --dp-epsilon) or none"
+        check_dp_compatible(build_gan(model)[1], f"{model.name}'s discriminator", hint)
+    else:
+        denoiser = build_generator(model)
+        assert isinstance(denoiser, DiffusionGenerator)
+        check_dp_compatible(denoiser.net, f"{model.name}'s denoiser")
+
+
+class PrivateGradients:
+    """Per-sample clipping and Gaussian noise for one network; Opacus' `GradSampleModule` computes the
+    per-sample gradients. Hooks are attached on the first step, after the trainer has copied its EMA
+    network, so no copy carries them."""
+
+    def __init__(self, module: nn.Module, account: DPAccount, what: str) -> None:
+        check_dp_compatible(module, what)
+        self.module, self.account, self.what = module, account, what
+        self._hooked: GradSampleModule | None = None
+
+    def _hooks(self) -> GradSampleModule:
+        if self._hooked is None:
+            for m in self.module.modules():  # in-place activations clash with Opacus' full backward hooks
+                if getattr(m, "inplace", False) is True:
+                    m.inplace = False
+            self._hooked = GradSampleModule(self.module, batch_first=True, loss_reduction="sum", strict=True)
+        return self._hooked
+
+    def enable(self, on: bool) -> None:
+        """Hooks on for the private network's own update, off when it only passes gradients on (G's step)."""
+        hooked = self._hooks()
+        hooked.enable_hooks() if on else hooked.disable_hooks()
+
+    def step(self, per_sample_loss: torch.Tensor | None, opt: torch.optim.Optimizer, fold: int = 1) -> None:
+        """One DP-SGD update of the module from its per-sample losses (None: an empty Poisson batch), whose
+        forward ran after `enable(True)` (hooks record the layers' inputs during the forward).
+
+        `fold`: the loss rows come in `fold` blocks of the batch size whose rows i belong to the same
+        training image (a GAN's real image i and the fake image paired with it), so their gradients are
+        summed before clipping: each training image then contributes one clipped gradient."""
+        self.enable(True)
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        opt.zero_grad(set_to_none=True)
+        if per_sample_loss is not None:
+            with _quiet():
+                per_sample_loss.sum().backward()
+        c, sigma = self.account.max_grad_norm, self.account.noise_multiplier
+        expected = self.account.expected_batch
+        if per_sample_loss is not None:
+            found = [_folded(p, fold) for p in params]
+            if all(g is None for g in found):
+                raise RuntimeError(f"{self.what}: no per-sample gradients; call enable(True) before the forward")
+            n = next(g for g in found if g is not None).shape[0]
+            grads = [g if g is not None else p.new_zeros((n, *p.shape), dtype=torch.float32)  # an unused layer
+                     for p, g in zip(params, found, strict=True)]  # fmt: skip
+            norms = torch.stack([g.flatten(1).norm(dim=1) for g in grads], dim=1).norm(dim=1)
+            factor = (c / (norms + CLIP_EPS)).clamp(max=1.0)
+            sums = [torch.einsum("i,i...->...", factor, g) for g in grads]
+        else:  # an empty Poisson batch: the update is noise alone
+            sums = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+        gen = torch.Generator(device=params[0].device).manual_seed(self.account.noise_seed())
+        for p, s in zip(params, sums, strict=True):
+            noise = torch.normal(0.0, sigma * c, size=p.shape, device=p.device, generator=gen)
+            p.grad = ((s + noise) / expected).to(p.dtype)
+            p.grad_sample = None
+        opt.step()
+        self.account.step()
+        self.enable(False)
+
+
+def _folded(p: nn.Parameter, fold: int) -> torch.Tensor | None:
+    """p's per-sample gradients (float32), with the `fold` blocks of one training image summed."""
+    gs = getattr(p, "grad_sample", None)
+    if gs is None:
+        return None
+    if isinstance(gs, list):  # several backward passes (not made here): their sum
+        gs = torch.stack(gs).sum(0)
+    gs = gs.float()
+    return gs.reshape(fold, gs.shape[0] // fold, *gs.shape[1:]).sum(0) if fold > 1 else gs
+
+

@@ -1,0 +1,248 @@
+"""Differentially private training (--dp-epsilon): the epsilon record, Opacus' own figures, exact resume, the
+budget stop, the mechanism (per-sample gradients, clipping, noise), one-line refusals and the synthetic manifest."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from opacus import GradSampleModule
+from opacus.accountants import RDPAccountant
+from opacus.accountants.utils import get_noise_multiplier
+from opacus.optimizers import DPOptimizer
+from train_helpers import kill_at_step, tiny
+
+from conftest import run_cli
+from medsyn.data.cache import prepare
+from medsyn.errors import ConfigError
+from medsyn.generate import export, generate
+from medsyn.models import GANConfig, build_gan
+from medsyn.report.html import dp_text
+from medsyn.train import TrainConfig, train
+from medsyn.train import trainer as trainer_module
+from medsyn.train.checkpoint import load_checkpoint
+from medsyn.train.data import PoissonBatches
+from medsyn.train.distributed import DistInfo
+from medsyn.train.privacy import DPAccount, PrivateGradients
+
+DDPM_TINY = {"mult": [1, 2], "attention": [False, True], "res_blocks": 1, "ddim_steps": 2}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return prepare("phantom?n=200&seed=0", 16, tmp_path_factory.mktemp("cache") / "phantom16", quiet=True).path
+
+
+@pytest.fixture(autouse=True)
+def fixed_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The noise seed is a fresh OS secret per run; two runs compared here share one instead."""
+    monkeypatch.setattr("medsyn.train.privacy.new_secret", lambda: 0x5EC7E7)
+
+
+def dp(cache: Path, **kw: object) -> TrainConfig:
+    return tiny(cache, **{"steps": 6, "ckpt_every": 3, "dp_epsilon": 4.0, "dp_delta": 1e-3, **kw})
+
+
+def rows(run: Path) -> list[dict[str, str]]:
+    with open(run / "losses.csv", newline="") as fh:
+        return [{k: v for k, v in r.items() if k != "img_per_s"} for r in csv.DictReader(fh)]
+
+
+def opacus_epsilon(sigma: float, q: float, steps: int, delta: float) -> float:
+    """Opacus' RDP accountant stepped as its DPOptimizer would step it."""
+    acc = RDPAccountant()
+    for _ in range(steps):
+        acc.step(noise_multiplier=sigma, sample_rate=q)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(acc.get_epsilon(delta=delta))
+
+
+@pytest.fixture(scope="module")
+def cgan_run(cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("medsyn.train.privacy.new_secret", lambda: 0x5EC7E7)
+        return train(dp(cache), tmp_path_factory.mktemp("dp") / "cgan", quiet=True)
+
+
+def test_dp_cgan_records_epsilon_everywhere_within_target(cgan_run: Path) -> None:
+    meta = json.loads((cgan_run / "run.json").read_text())
+    entry = meta["differential_privacy"]
+    assert entry == meta["progress"]["privacy"] and meta["progress"]["stop_reason"] == "completed"
+    assert 0 < entry["epsilon"] <= entry["target_epsilon"] == 4.0 and entry["delta"] == 1e-3 and entry["steps"] == 6
+    assert entry["train_images"] == 136 and entry["sample_rate"] == 8 / 136 and entry["max_grad_norm"] == 1.0
+    ck = load_checkpoint(cgan_run / "checkpoints" / "last.pt")  # weights_only=True: plain numbers only
+    assert ck["privacy"]["history"] == [[entry["noise_multiplier"], entry["sample_rate"], 6]]
+    assert ck["privacy"]["epsilon"] == entry["epsilon"] and "secret" not in json.dumps(meta)
+    eps = [float(r["epsilon"]) for r in rows(cgan_run)]
+    assert len(eps) == 6 and all(a < b for a, b in zip(eps, eps[1:], strict=False))
+    assert math.isclose(eps[-1], entry["epsilon"], rel_tol=1e-5)  # losses.csv keeps 6 significant digits
+    # the discriminator is per image: GroupNorm (no batch statistics) and no minibatch-stddev channel
+    config = meta["config"]
+    assert config["model_extra"] == {"d_norm": "group", "mbstd": 0} and config["dp_max_grad_norm"] == 1.0
+    assert not any("running_mean" in k for k in ck["D"])
+    # Poisson batches: the number of real images per step varies (q N = 8 on average)
+    seen = [0] + [int(r["images"]) for r in rows(cgan_run)]
+    assert len({b - a for a, b in zip(seen, seen[1:], strict=False)}) > 1 and seen[-1] == meta["progress"]["images_seen"]
+
+
+def test_epsilon_and_noise_are_opacus_own(cgan_run: Path) -> None:
+    """The recorded epsilon is what a fresh Opacus RDPAccountant gives for the same (sigma, q, steps), and sigma
+    is what Opacus' get_noise_multiplier calibrates for the target."""
+    entry = json.loads((cgan_run / "run.json").read_text())["differential_privacy"]
+    sigma, q = entry["noise_multiplier"], entry["sample_rate"]
+    assert entry["epsilon"] == pytest.approx(opacus_epsilon(sigma, q, 6, 1e-3), rel=1e-12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert sigma == get_noise_multiplier(target_epsilon=4.0, target_delta=1e-3, sample_rate=q, steps=6)
+    assert opacus_epsilon(sigma * 0.98, q, 6, 1e-3) > 4.0 - 0.05  # sigma is not needlessly large
+
+
+def test_resume_with_more_steps_stops_at_the_budget(cgan_run: Path, tmp_path: Path) -> None:
+    """sigma was calibrated for 6 steps, so --resume to 40 steps takes no step that would overspend epsilon."""
+    run = Path(shutil.copytree(cgan_run, tmp_path / "more"))
+    cfg = TrainConfig.from_dict({**json.loads((run / "run.json").read_text())["config"], "steps": 40})
+    train(cfg, run, resume=True, quiet=True)
+    prog = json.loads((run / "run.json").read_text())["progress"]
+    entry = prog["privacy"]
+    assert prog["stop_reason"] == "privacy-budget" and prog["steps"] == entry["steps"] >= 6
+    sigma, q, n = entry["noise_multiplier"], entry["sample_rate"], entry["steps"]
+    assert entry["epsilon"] <= 4.0 < opacus_epsilon(sigma, q, n + 1, 1e-3)  # one more step would overspend
+    # mid-run: an account calibrated for fewer steps stops where Opacus says the budget ends
+    account = DPAccount(4.0, 1e-3, 1.0, n_train=136, batch=8, noise_multiplier=2.0)
+    k = account.steps_left(10_000)
+    assert 0 < k < 10_000 and opacus_epsilon(2.0, 8 / 136, k, 1e-3) <= 4.0 < opacus_epsilon(2.0, 8 / 136, k + 1, 1e-3)
+
+
+def test_kill_and_resume_is_exact_with_the_same_epsilon(cache: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    cfg = dp(cache, model="acgan", steps=6, ckpt_every=4, augment="diffaugment")
+    whole = train(cfg, tmp_path / "whole", quiet=True)
+    kill_at_step(monkeypatch, 6)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "killed", quiet=True)
+    monkeypatch.undo()  # a fresh OS secret now: the resumed run must take the one in its checkpoint
+    resumed = train(None, tmp_path / "killed", resume=True, quiet=True)
+    assert rows(resumed) == rows(whole)
+    a, b = (load_checkpoint(r / "checkpoints" / "last.pt") for r in (whole, resumed))
+    for part in ("G", "D", "G_ema"):
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part])
+    assert a["privacy"] == b["privacy"] and a["images_seen"] == b["images_seen"]
+
+
+def test_private_step_is_opacus_dpoptimizer_step() -> None:
+    """Per-sample gradients of the GroupNorm discriminator, clipped at C and summed, equal Opacus' DPOptimizer
+    with no noise; the noise added to an empty Poisson batch has std sigma C / (q N)."""
+    torch.manual_seed(0)
+    _, D = build_gan(GANConfig("cgan", 16, 1, 3, 16, 8, {"d_norm": "group", "mbstd": 0}))
+    twin = GANConfig("cgan", 16, 1, 3, 16, 8, {"d_norm": "group", "mbstd": 0})
+    _, D2 = build_gan(twin)
+    D2.load_state_dict(D.state_dict())
+    x, y = torch.randn(6, 1, 16, 16), (torch.rand(6, 3) > 0.5).float()
+    account = DPAccount(4.0, 1e-3, 0.05, n_train=60, batch=6, noise_multiplier=0.0)
+    ours = PrivateGradients(D, account, "D")
+    sgd = torch.optim.SGD(D.parameters(), lr=1.0)
+    ours.enable(True)  # hooks before the forward, as the objectives do
+    ours.step(torch.relu(1 - D(x, y)[0]), sgd)
+    for m in D2.modules():
+        if getattr(m, "inplace", False) is True:
+            m.inplace = False
+    GradSampleModule(D2, loss_reduction="sum")
+    theirs = DPOptimizer(torch.optim.SGD(D2.parameters(), lr=1.0), noise_multiplier=0.0, max_grad_norm=0.05,
+                         expected_batch_size=6, loss_reduction="sum")  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's note that the images need no gradient
+        torch.relu(1 - D2(x, y)[0]).sum().backward()
+    theirs.step()  # "sum": Opacus does not divide by the batch; we do, as its "mean" does
+    for p, q in zip(D.parameters(), D2.parameters(), strict=True):
+        torch.testing.assert_close(p.grad * 6, q.grad, rtol=1e-5, atol=1e-7)
+    assert account.steps == 1
+    noisy = DPAccount(4.0, 1e-3, 2.0, n_train=60, batch=6, noise_multiplier=1.5)
+    ours.account = noisy
+    ours.step(None, sgd)
+    grads = torch.cat([p.grad.flatten() for p in D.parameters()])
+    assert grads.std().item() == pytest.approx(1.5 * 2.0 / 6, rel=0.05)
+
+
+def test_poisson_batches_vary_and_continue_after_a_resume() -> None:
+    stream = iter(PoissonBatches(1000, 0.05, seed=7))
+    batches = [next(stream) for _ in range(40)]
+    sizes = [len(b) for b in batches]
+    assert len(set(sizes)) > 5 and abs(np.mean(sizes) - 50) < 5 and all(b == sorted(set(b)) for b in batches)
+    later = iter(PoissonBatches(1000, 0.05, seed=7, start_step=30))
+    assert [next(later) for _ in range(10)] == batches[30:]
+    assert next(iter(PoissonBatches(10, 1e-9, seed=0))) == []  # an empty draw is a batch too
+
+
+def test_dp_ddpm_trains_its_denoiser_privately(cache: Path, tmp_path: Path) -> None:
+    run = train(dp(cache, model="ddpm", steps=3, model_extra=DDPM_TINY), tmp_path / "ddpm", quiet=True)
+    entry = json.loads((run / "run.json").read_text())["differential_privacy"]
+    assert entry["steps"] == 3 and 0 < entry["epsilon"] <= 4.0
+    assert entry["epsilon"] == pytest.approx(opacus_epsilon(entry["noise_multiplier"], 8 / 136, 3, 1e-3), rel=1e-12)
+    assert all(np.isfinite(float(r["loss"])) for r in rows(run))
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"dp_epsilon": 0.0}, "dp_epsilon must be a positive number"),
+    ({"dp_epsilon": float("inf")}, "dp_epsilon must be a positive number"),
+    ({"dp_delta": 1.0}, r"dp_delta must be in \(0, 1\)"),
+    ({"dp_delta": 0.0}, r"dp_delta must be in \(0, 1\)"),
+    ({"dp_max_grad_norm": 0.0}, "dp_max_grad_norm must be a positive number"),
+    ({"dp_epsilon": None, "dp_delta": 1e-5}, "need dp_epsilon"),
+    ({"model": "stylegan2"}, "--dp-epsilon supports: cgan, acgan, ddpm; not stylegan2"),
+    ({"model": "ldm"}, "--dp-epsilon supports: .*autoencoder reads the real images"),
+    ({"model": "dcgan"}, "--dp-epsilon supports: .*one generator per class"),
+    ({"model_extra": {"mbstd": 4}}, "mbstd: 0 .*mixes the images of a batch"),
+    ({"augment": "ada"}, "augment ada"),
+    ({"r1_gamma": 1.0}, "R1"),
+    ({"loss": "wgan-gp"}, "double backward"),
+    ({"precision": "fp16"}, "fp16"),
+    ({"model_extra": {"d_norm": "batch"}}, "discriminator is not DP-compatible: Opacus says 'BatchNorm cannot"),
+    ({"model_extra": {"d_norm": "spectral"}}, "discriminator is not DP-compatible: .*trainable layer with buffers"),
+    ({"batch": 200}, "larger than the 136 training images"),
+])  # fmt: skip
+def test_what_dp_cannot_train_is_refused_in_one_line(cache: Path, tmp_path: Path, kw: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match) as err:
+        train(dp(cache, **kw), tmp_path / "run", quiet=True)
+    assert "\n" not in str(err.value) and not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_dp_under_torchrun_is_refused(cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(trainer_module, "init_distributed", lambda cuda: DistInfo(rank=0, world=2))
+    with pytest.raises(ConfigError, match="one process"):
+        train(dp(cache), tmp_path / "run", quiet=True)
+
+
+def test_cli_flags_yaml_round_trip_and_one_line_error(cache: Path, tmp_path: Path) -> None:
+    cfg = dp(cache, dp_max_grad_norm=0.5).resolved()
+    (tmp_path / "c.yaml").write_text(cfg.to_yaml())
+    assert TrainConfig.from_yaml(tmp_path / "c.yaml") == cfg and cfg.dp_epsilon == 4.0
+    bad = run_cli("train", str(cache), "--size", "16", "--dp-epsilon", "-1", "--out", str(tmp_path / "x"))
+    assert bad.returncode == 2 and "dp_epsilon must be a positive number" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
+
+
+def test_synthetic_manifest_generator_json_and_report_carry_the_dp_entry(cgan_run: Path, tmp_path: Path) -> None:
+    entry = json.loads((cgan_run / "run.json").read_text())["differential_privacy"]
+    out = generate(cgan_run, 16, tmp_path / "syn", quiet=True)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["differential_privacy"] == entry == manifest["training"]["privacy"]
+    assert "secret" not in (out / "manifest.json").read_text()
+    exported = export(cgan_run, tmp_path / "export")
+    assert json.loads((exported / "generator.json").read_text())["differential_privacy"] == entry
+    assert json.loads((exported / "run.json").read_text())["differential_privacy"] == entry
+    again = json.loads((generate(exported, 16, tmp_path / "syn2", quiet=True) / "manifest.json").read_text())
+    assert again["differential_privacy"] == entry
+    text = dp_text(manifest["differential_privacy"])
+    assert f"trained with (ε, δ)-DP: ε = {entry['epsilon']:.3g}, δ = 0.001" in text and dp_text(None) == ""
+    # the privacy filter chooses images by their distance to training images: the guarantee no longer covers them
+    filtered = generate(cgan_run, 16, tmp_path / "filtered", quiet=True, privacy_filter=True)
+    dp_filtered = json.loads((filtered / "manifest.json").read_text())["differential_privacy"]
+    assert dp_filtered["holds_for_this_set"] is False and "not for this set" in dp_text(dp_filtered)
