@@ -25,7 +25,7 @@ from medsyn.errors import ConfigError
 from medsyn.generate import export, generate
 from medsyn.models import GANConfig, build_gan
 from medsyn.report.html import dp_text
-from medsyn.train import TrainConfig, train
+from medsyn.train import TrainConfig, dp_objectives, train
 from medsyn.train import trainer as trainer_module
 from medsyn.train.checkpoint import load_checkpoint
 from medsyn.train.data import PoissonBatches
@@ -135,6 +135,26 @@ def test_kill_and_resume_is_exact_with_the_same_epsilon(cache: Path, tmp_path: P
     for part in ("G", "D", "G_ema"):
         assert all(torch.equal(a[part][k], b[part][k]) for k in a[part])
     assert a["privacy"] == b["privacy"] and a["images_seen"] == b["images_seen"]
+
+
+def test_rolled_back_steps_stay_spent(cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    """A NaN at step 3 rolls back to the step-2 checkpoint; the discarded noisy step still counts, so the budget
+    calibrated for 4 steps ends one step early."""
+    real_loss, calls = dp_objectives.per_sample_d_loss, {"n": 0}
+
+    def nan_once_at_step_3(kind: str, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        return real_loss(kind, real, fake) * (float("nan") if calls["n"] == 3 else 1.0)
+
+    monkeypatch.setattr(dp_objectives, "per_sample_d_loss", nan_once_at_step_3)
+    run = train(dp(cache, steps=4, ckpt_every=2), tmp_path / "run", quiet=True)
+    assert "rolled back to step 2" in capsys.readouterr().err
+    prog = json.loads((run / "run.json").read_text())["progress"]
+    entry = prog["privacy"]
+    assert prog["stop_reason"] == "privacy-budget" and prog["steps"] == 3 and entry["steps"] == 4
+    assert entry["epsilon"] == pytest.approx(opacus_epsilon(entry["noise_multiplier"], 8 / 136, 4, 1e-3), rel=1e-12)
+    assert entry["epsilon"] <= 4.0
 
 
 def test_private_step_is_opacus_dpoptimizer_step() -> None:

@@ -215,6 +215,8 @@ class Trainer:
                 f"learning rates x{0.5**self.failures:g}, RNG reseeded "
                 f"(attempt {self.failures}/{self.cfg.max_rollbacks})[/]"
             )
+        if self.dp is not None:  # a kill now must not resume with the rolled-back steps' privacy forgotten
+            self._write_checkpoint()
 
     # ------------------------------------------------------------------ samples
     @torch.no_grad()
