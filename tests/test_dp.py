@@ -24,6 +24,7 @@ from medsyn.data.cache import prepare
 from medsyn.errors import ConfigError
 from medsyn.generate import export, generate
 from medsyn.models import GANConfig, build_gan
+from medsyn.models.registry import build_generator
 from medsyn.report.html import dp_text
 from medsyn.train import TrainConfig, dp_objectives, train
 from medsyn.train import trainer as trainer_module
@@ -141,13 +142,13 @@ def test_rolled_back_steps_stay_spent(cache: Path, tmp_path: Path, monkeypatch: 
                                       capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     """A NaN at step 3 rolls back to the step-2 checkpoint; the discarded noisy step still counts, so the budget
     calibrated for 4 steps ends one step early."""
-    real_loss, calls = dp_objectives.per_sample_d_loss, {"n": 0}
+    real_term, calls = dp_objectives.real_d_term, {"n": 0}
 
-    def nan_once_at_step_3(kind: str, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    def nan_once_at_step_3(kind: str, logits: torch.Tensor) -> torch.Tensor:
         calls["n"] += 1
-        return real_loss(kind, real, fake) * (float("nan") if calls["n"] == 3 else 1.0)
+        return real_term(kind, logits) * (float("nan") if calls["n"] == 3 else 1.0)
 
-    monkeypatch.setattr(dp_objectives, "per_sample_d_loss", nan_once_at_step_3)
+    monkeypatch.setattr(dp_objectives, "real_d_term", nan_once_at_step_3)
     run = train(dp(cache, steps=4, ckpt_every=2), tmp_path / "run", quiet=True)
     assert "rolled back to step 2" in capsys.readouterr().err
     prog = json.loads((run / "run.json").read_text())["progress"]
@@ -157,6 +158,7 @@ def test_rolled_back_steps_stay_spent(cache: Path, tmp_path: Path, monkeypatch: 
     assert entry["epsilon"] <= 4.0
 
 
+@pytest.mark.filterwarnings("ignore:Full backward hook")
 def test_private_step_is_opacus_dpoptimizer_step() -> None:
     """Per-sample gradients of the GroupNorm discriminator, clipped at C and summed, equal Opacus' DPOptimizer
     with no noise; the noise added to an empty Poisson batch has std sigma C / (q N)."""
@@ -184,6 +186,19 @@ def test_private_step_is_opacus_dpoptimizer_step() -> None:
     for p, q in zip(D.parameters(), D2.parameters(), strict=True):
         torch.testing.assert_close(p.grad * 6, q.grad, rtol=1e-5, atol=1e-7)
     assert account.steps == 1
+    # a term that reads no real image (a GAN's generated batch) adds its exact gradient, unclipped and unnoised
+    params, fake = list(D.parameters()), torch.randn(6, 1, 16, 16)
+    ours.enable(False)
+    public = torch.relu(1 + D(fake, y)[0]).mean()
+    expected = list(torch.autograd.grad(public, params, retain_graph=True))
+    for i in range(6):  # each real image's gradient on its own, clipped at C = 0.05, averaged over q N = 6
+        g = torch.autograd.grad(torch.relu(1 - D(x[i : i + 1], y[i : i + 1])[0]).sum(), params)
+        scale = min(1.0, 0.05 / (torch.cat([t.flatten() for t in g]).norm().item() + 1e-6))
+        expected = [e + t * scale / 6 for e, t in zip(expected, g, strict=True)]
+    ours.enable(True)
+    ours.step(torch.relu(1 - D(x, y)[0]), sgd, public_loss=public)
+    for p, e in zip(params, expected, strict=True):
+        torch.testing.assert_close(p.grad, e, rtol=1e-4, atol=1e-7)
     noisy = DPAccount(4.0, 1e-3, 2.0, n_train=60, batch=6, noise_multiplier=1.5)
     ours.account = noisy
     ours.step(None, sgd)
@@ -266,3 +281,23 @@ def test_synthetic_manifest_generator_json_and_report_carry_the_dp_entry(cgan_ru
     filtered = generate(cgan_run, 16, tmp_path / "filtered", quiet=True, privacy_filter=True)
     dp_filtered = json.loads((filtered / "manifest.json").read_text())["differential_privacy"]
     assert dp_filtered["holds_for_this_set"] is False and "not for this set" in dp_text(dp_filtered)
+
+
+@pytest.mark.filterwarnings("ignore:Full backward hook")
+def test_denoiser_per_sample_gradients_are_each_images_own() -> None:
+    """Opacus' per-sample gradients of the ddpm denoiser equal the gradient of each image's loss alone: no layer
+    mixes the images of a batch, so clipping one image's gradient bounds that image's influence."""
+    G = build_generator(GANConfig("ddpm", 16, 1, 3, 16, 8, DDPM_TINY)).train()
+    x, y = torch.randn(3, 1, 16, 16), (torch.rand(3, 3) > 0.5).float()
+    private = PrivateGradients(G.net, DPAccount(4.0, 1e-3, 1.0, n_train=30, batch=3, noise_multiplier=1.0), "net")
+    private.enable(True)
+    torch.manual_seed(1)
+    G.loss(x, y, per_sample=True).sum().backward()
+    params = [p for p in G.net.parameters() if p.requires_grad]
+    per_sample = [p.grad_sample.clone() for p in params]
+    private.enable(False)
+    for i in range(3):
+        torch.manual_seed(1)  # the same timesteps, noise and label dropout
+        alone = torch.autograd.grad(G.loss(x, y, per_sample=True)[i], params, allow_unused=True)
+        for ps, g in zip(per_sample, alone, strict=True):
+            torch.testing.assert_close(ps[i], torch.zeros_like(ps[i]) if g is None else g, rtol=1e-4, atol=1e-6)

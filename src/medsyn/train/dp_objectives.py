@@ -1,13 +1,16 @@
 """The update rules of differentially private training (`--dp-epsilon`): what each model family makes private.
 
 GANs (cgan, acgan): only the discriminator reads real images, so only its update is DP-SGD (train/privacy.py).
-Each Poisson-sampled real image i is paired with one fake image G(z_i, y_i) drawn for it, and the gradient of the
-pair's loss terms (real term + fake term, + the AC-GAN class terms) is clipped as one: each training image
-contributes exactly one clipped gradient, the fake half being data-independent randomness. The discriminator has
-GroupNorm instead of BatchNorm and no minibatch-stddev channel (both mix a batch's images, so one image's
-gradient would depend on the others). The generator never reads a real image: its step uses the discriminator's
-noised weights, fresh z and labels drawn from the training label distribution (published as is in run.json,
-see privacy.py), so the generator, its EMA and everything generated are post-processing of private outputs.
+Its loss has a real term (and, for acgan, the class loss on real images) and a fake term. Each Poisson-sampled real
+image's terms get one clipped gradient; the sum is noised. The fake term is computed on a fixed-size batch of
+generated images whose labels are drawn from the training label distribution (published in run.json, see
+privacy.py): it reads no real image, so its gradient is a function of the noised weights and public randomness
+(post-processing) and is added exactly, without clipping or noise. Fakes are not paired with real images: the
+generator's BatchNorm normalises over its batch, so a fake drawn for one real image's label would depend on the
+other images' labels and that image's gradient could not be bounded alone. The discriminator has GroupNorm
+instead of BatchNorm and no minibatch-stddev channel, for the same reason. The generator never reads a real image:
+its step goes through the discriminator's noised weights, so the generator, its EMA and everything generated
+are post-processing of private outputs.
 
 Diffusion (ddpm): the denoiser reads the real images; each image's noise-prediction loss (its own timestep,
 noise and label dropout) gets one clipped gradient per step.
@@ -31,12 +34,21 @@ from medsyn.train.privacy import DPAccount, PrivateGradients
 from medsyn.train.runtime import Runtime
 
 
-def per_sample_d_loss(kind: str, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    """`losses.d_loss` per pair (real i, fake i): its batch mean is the loss the non-private step minimises."""
+def real_d_term(kind: str, real_logits: torch.Tensor) -> torch.Tensor:
+    """The real-image half of `losses.d_loss`, per image (its batch mean is the non-private term)."""
     if kind == "ns":
-        return F.softplus(-real_logits) + F.softplus(fake_logits)
+        return F.softplus(-real_logits)
     if kind == "hinge":
-        return F.relu(1.0 - real_logits) + F.relu(1.0 + fake_logits)
+        return F.relu(1.0 - real_logits)
+    raise ValueError(f"loss {kind!r} has no per-sample form here")
+
+
+def fake_d_term(kind: str, fake_logits: torch.Tensor) -> torch.Tensor:
+    """The generated-image half of `losses.d_loss` (a batch mean)."""
+    if kind == "ns":
+        return F.softplus(fake_logits).mean()
+    if kind == "hinge":
+        return F.relu(1.0 + fake_logits).mean()
     raise ValueError(f"loss {kind!r} has no per-sample form here")
 
 
@@ -66,37 +78,40 @@ class PrivateGANObjective(GANObjective):
         """One DP-SGD discriminator update on the Poisson batch, then one generator update."""
         cfg, dev, b = self.cfg, self.rt.device, real.shape[0]
         terms: dict[str, torch.Tensor] = {}
-        self.D.requires_grad_(True)
-        self.private_d.enable(True)
-        per_pair = None
-        if b:
-            y = torch.nan_to_num(y_raw, nan=0.0) if y_raw is not None else None
-            z = torch.randn(b, cfg.z_dim, device=dev)
-            with self.rt.autocast():
-                with torch.no_grad():
-                    fake = self.G(z, y)
-                pair_y = torch.cat([y, y]) if y is not None else None
-                logits, cls = self.D(self._augment(torch.cat([real, fake.to(real.dtype)])), pair_y)
-            logits = logits.float()
-            per_pair = per_sample_d_loss(cfg.loss, logits[:b], logits[b:])
-            terms["d_loss"] = per_pair.mean().detach()
-            if cls is not None and y_raw is not None and y is not None:
-                cls_pair = per_sample_class_loss(cls[:b], y_raw) + per_sample_class_loss(cls[b:], y)
-                per_pair = per_pair + cls_pair
-                terms["cls_loss"] = cls_pair.mean().detach()
-        self.private_d.step(per_pair, self.opt_d, fold=2)  # D's rows: b real images, then their b fakes
-
-        self.D.requires_grad_(False)
-        y_g = None
+        y_fake = None
         if self.label_pool is not None:
-            y_g = self.label_pool[torch.randint(len(self.label_pool), (cfg.batch,), device=dev)]
+            y_fake = self.label_pool[torch.randint(len(self.label_pool), (cfg.batch,), device=dev)]
         z = torch.randn(cfg.batch, cfg.z_dim, device=dev)
+        self.D.requires_grad_(True)
+        self.private_d.enable(False)  # the generated batch: no per-sample gradients, no noise
         with self.rt.autocast():
-            logits, cls_logits = self.D(self._augment(self.G(z, y_g)), y_g)
+            fake = self.G(z, y_fake)
+            fake_logits, fake_cls = self.D(self._augment(fake.detach()), y_fake)
+        public = fake_d_term(cfg.loss, fake_logits.float())
+        fake_cls_loss = losses.class_loss(fake_cls, y_fake) if fake_cls is not None and y_fake is not None else None
+        if fake_cls_loss is not None:
+            public = public + fake_cls_loss
+        per_image = None
+        if b:  # the real images: one clipped gradient each
+            self.private_d.enable(True)
+            y = torch.nan_to_num(y_raw, nan=0.0) if y_raw is not None else None
+            with self.rt.autocast():
+                real_logits, real_cls = self.D(self._augment(real), y)
+            per_image = real_d_term(cfg.loss, real_logits.float())
+            terms["d_loss"] = (per_image.mean() + fake_d_term(cfg.loss, fake_logits.float())).detach()
+            if real_cls is not None and y_raw is not None and fake_cls_loss is not None:
+                real_cls_loss = per_sample_class_loss(real_cls, y_raw)
+                per_image = per_image + real_cls_loss
+                terms["cls_loss"] = (real_cls_loss.mean() + fake_cls_loss).detach()
+        self.private_d.step(per_image, self.opt_d, public_loss=public)
+
+        self.D.requires_grad_(False)  # G's step needs no discriminator weight gradients
+        with self.rt.autocast():
+            logits, cls_logits = self.D(self._augment(fake), y_fake)
         loss_g = losses.g_loss(cfg.loss, logits.float())
         terms["g_loss"] = loss_g.detach()
-        if cls_logits is not None and y_g is not None:
-            loss_g = loss_g + losses.class_loss(cls_logits, y_g)
+        if cls_logits is not None and y_fake is not None:
+            loss_g = loss_g + losses.class_loss(cls_logits, y_fake)
         optimise(self.opt_g, self.scaler_g, loss_g, self.G, self.info)
         return terms
 

@@ -227,23 +227,27 @@ class PrivateGradients:
         hooked = self._hooks()
         hooked.enable_hooks() if on else hooked.disable_hooks()
 
-    def step(self, per_sample_loss: torch.Tensor | None, opt: torch.optim.Optimizer, fold: int = 1) -> None:
-        """One DP-SGD update of the module from its per-sample losses (None: an empty Poisson batch), whose
-        forward ran after `enable(True)` (hooks record the layers' inputs during the forward).
+    def step(self, per_sample_loss: torch.Tensor | None, opt: torch.optim.Optimizer,
+             public_loss: torch.Tensor | None = None) -> None:  # fmt: skip
+        """One DP-SGD update of the module from its per-image losses (None: an empty Poisson batch), whose
+        forward ran after `enable(True)` (the hooks record the layers' inputs during the forward).
 
-        `fold`: the loss rows come in `fold` blocks of the batch size whose rows i belong to the same
-        training image (a GAN's real image i and the fake image paired with it), so their gradients are
-        summed before clipping: each training image then contributes one clipped gradient."""
-        self.enable(True)
+        `public_loss`: a term that reads no real image (a GAN's generated batch, computed with the hooks off):
+        its exact gradient is added to the noised one, as post-processing of the private weights."""
         params = [p for p in self.module.parameters() if p.requires_grad]
-        opt.zero_grad(set_to_none=True)
-        if per_sample_loss is not None:
+        self.enable(False)
+        public = [None] * len(params)
+        if public_loss is not None:
             with _quiet():
-                per_sample_loss.sum().backward()
+                public = list(torch.autograd.grad(public_loss, params, allow_unused=True))
+        self.enable(True)
+        opt.zero_grad(set_to_none=True)
         c, sigma = self.account.max_grad_norm, self.account.noise_multiplier
         expected = self.account.expected_batch
         if per_sample_loss is not None:
-            found = [_folded(p, fold) for p in params]
+            with _quiet():
+                per_sample_loss.sum().backward()
+            found = [_per_sample(p) for p in params]
             if all(g is None for g in found):
                 raise RuntimeError(f"{self.what}: no per-sample gradients; call enable(True) before the forward")
             n = next(g for g in found if g is not None).shape[0]
@@ -255,23 +259,19 @@ class PrivateGradients:
         else:  # an empty Poisson batch: the update is noise alone
             sums = [torch.zeros_like(p, dtype=torch.float32) for p in params]
         gen = torch.Generator(device=params[0].device).manual_seed(self.account.noise_seed())
-        for p, s in zip(params, sums, strict=True):
+        for p, s, pub in zip(params, sums, public, strict=True):
             noise = torch.normal(0.0, sigma * c, size=p.shape, device=p.device, generator=gen)
-            p.grad = ((s + noise) / expected).to(p.dtype)
+            grad = (s + noise) / expected
+            p.grad = (grad if pub is None else grad + pub.float()).to(p.dtype)
             p.grad_sample = None
         opt.step()
         self.account.step()
         self.enable(False)
 
 
-def _folded(p: nn.Parameter, fold: int) -> torch.Tensor | None:
-    """p's per-sample gradients (float32), with the `fold` blocks of one training image summed."""
+def _per_sample(p: nn.Parameter) -> torch.Tensor | None:
+    """p's per-sample gradients (float32: clipping norms are computed in full precision)."""
     gs = getattr(p, "grad_sample", None)
     if gs is None:
         return None
-    if isinstance(gs, list):  # several backward passes (not made here): their sum
-        gs = torch.stack(gs).sum(0)
-    gs = gs.float()
-    return gs.reshape(fold, gs.shape[0] // fold, *gs.shape[1:]).sum(0) if fold > 1 else gs
-
-
+    return (torch.stack(gs).sum(0) if isinstance(gs, list) else gs).float()
