@@ -157,6 +157,10 @@ def test_a_model_that_looks_where_the_real_ones_look_passes_and_never_makes_usef
     good = Verdict("utility (TSTR vs TRTR)", "pass", "TSTR keeps 95%")
     assert useful_overall(good, Verdict("feature importance (Grad-CAM)", "n/a", "off")).level == "pass"
     assert "about as much" in reading("A", section["per_group"]["A"])
+    chance = Verdict("utility (TSTR vs TRTR)", "n/a", "the classifier trained on real images reaches only 0.57")
+    unjudged = saliency_verdict(section, chance)  # a near-chance real-trained model's maps are no reference
+    assert unjudged.level == "n/a" and "no reference to agree with" in unjudged.reason and "0.57" in unjudged.reason
+    assert saliency_verdict(section, good).level == "pass"
 
 
 def test_too_few_defined_maps_are_not_assessed():

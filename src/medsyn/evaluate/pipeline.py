@@ -216,7 +216,7 @@ def _verdicts(metrics: dict[str, Any], rd: RealData, syn: SyntheticSet, feats: F
     div = metrics["diversity"]
     diversity = None if "skipped" in div else diversity_verdict(div)
     useful = useful_verdict(metrics["utility"], diversity)
-    saliency = saliency_verdict(metrics["saliency"])
+    saliency = saliency_verdict(metrics["saliency"], useful)
     metrics["saliency"]["verdict"] = saliency.to_dict()
     fidelity = realistic_verdict(metrics["fidelity"])
     metrics["utility"]["verdict"] = useful.to_dict()

@@ -46,11 +46,15 @@ def saliency_below_baseline(entry: Mapping[str, Any]) -> bool | None:
     return paired["spearman_gap"] >= SALIENCY_GAP and paired["spearman_pvalue"] < SALIENCY_P
 
 
-def saliency_verdict(section: Mapping[str, Any]) -> Verdict:
-    """Feature importance: does the synthetic-trained model look where real-trained models look?"""
+def saliency_verdict(section: Mapping[str, Any], reference: Verdict | None = None) -> Verdict:
+    """Feature importance: does the synthetic-trained model look where real-trained models look? `reference`,
+    the TSTR-vs-TRTR verdict: when it is not assessable (a real-trained classifier near chance), neither is
+    this: the maps of a model that cannot classify are no reference (on the NIH sample such maps "agreed")."""
     check = "feature importance (Grad-CAM)"
     if "skipped" in section:
         return Verdict(check, "n/a", section["skipped"])
+    if reference is not None and reference.level == "n/a":
+        return Verdict(check, "n/a", f"no reference to agree with: {reference.reason}")
     groups = {g: (e, saliency_below_baseline(e)) for g, e in section["per_group"].items()}
     judged = {g: v for g, v in groups.items() if v[1] is not None}
     if not judged:
