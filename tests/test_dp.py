@@ -140,22 +140,72 @@ def test_kill_and_resume_is_exact_with_the_same_epsilon(cache: Path, tmp_path: P
 
 def test_rolled_back_steps_stay_spent(cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                       capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
-    """A NaN at step 3 rolls back to the step-2 checkpoint; the discarded noisy step still counts, so the budget
-    calibrated for 4 steps ends one step early."""
-    real_term, calls = dp_objectives.real_d_term, {"n": 0}
+    """A NaN in a public quantity (the generator's loss on the generated batch) at step 3 rolls back to the step-2
+    checkpoint; the discarded noisy step still counts, so the budget calibrated for 4 steps ends one step early."""
+    g_loss, calls = dp_objectives.losses.g_loss, {"n": 0}
 
     def nan_once_at_step_3(kind: str, logits: torch.Tensor) -> torch.Tensor:
         calls["n"] += 1
-        return real_term(kind, logits) * (float("nan") if calls["n"] == 3 else 1.0)
+        return g_loss(kind, logits) * (float("nan") if calls["n"] == 3 else 1.0)
 
-    monkeypatch.setattr(dp_objectives, "real_d_term", nan_once_at_step_3)
+    monkeypatch.setattr(dp_objectives.losses, "g_loss", nan_once_at_step_3)
     run = train(dp(cache, steps=4, ckpt_every=2), tmp_path / "run", quiet=True)
-    assert "rolled back to step 2" in capsys.readouterr().err
+    assert "g_loss" not in (err := capsys.readouterr().err) and "rolled back to step 2" in err
+    assert "non-finite weights or generated-batch loss at step 3" in err
     prog = json.loads((run / "run.json").read_text())["progress"]
     entry = prog["privacy"]
     assert prog["stop_reason"] == "privacy-budget" and prog["steps"] == 3 and entry["steps"] == 4
     assert entry["epsilon"] == pytest.approx(opacus_epsilon(entry["noise_multiplier"], 8 / 136, 4, 1e-3), rel=1e-12)
     assert entry["epsilon"] <= 4.0
+
+
+def test_a_real_images_infinite_loss_neither_rolls_back_nor_spreads(cache: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    """One real image's infinite loss at step 3: its gradient is dropped, the noised update stays finite, and the
+    guard (public quantities only) does not roll back on the unnoised real-image loss."""
+    real_term, calls = dp_objectives.real_d_term, {"n": 0}
+
+    def inf_for_one_image_at_step_3(kind: str, logits: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        out = real_term(kind, logits)
+        if calls["n"] == 3:
+            out = out * torch.tensor([float("inf")] + [1.0] * (len(out) - 1))
+        return out
+
+    monkeypatch.setattr(dp_objectives, "real_d_term", inf_for_one_image_at_step_3)
+    run = train(dp(cache, steps=4, ckpt_every=2), tmp_path / "run", quiet=True)
+    assert "rolled back" not in capsys.readouterr().err
+    prog = json.loads((run / "run.json").read_text())["progress"]
+    assert prog["stop_reason"] == "completed" and prog["steps"] == prog["privacy"]["steps"] == 4
+    ck = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert all(torch.isfinite(v).all() for part in ("D", "G") for v in ck[part].values() if v.is_floating_point())
+    assert not np.isfinite(float(rows(run)[2]["d_loss"]))  # the unnoised log (not covered) shows it; nothing else
+
+
+@pytest.mark.filterwarnings("ignore:Full backward hook")
+def test_an_image_with_an_infinite_loss_is_dropped_from_the_sum() -> None:
+    """The clipped sum with one image's loss made infinite is finite and equals the sum over the other images:
+    its non-finite gradient cannot be bounded by C, so it contributes nothing (0 * inf would make it all NaN)."""
+    torch.manual_seed(0)
+    _, D = build_gan(GANConfig("cgan", 16, 1, 3, 16, 8, {"d_norm": "group", "mbstd": 0}))
+    x, y = torch.randn(5, 1, 16, 16), (torch.rand(5, 3) > 0.5).float()
+    private = PrivateGradients(D, DPAccount(4.0, 1e-3, 0.05, n_train=50, batch=5, noise_multiplier=0.0), "D")
+    sgd = torch.optim.SGD(D.parameters(), lr=0.0)  # lr 0: both steps start from the same weights
+
+    def update(images: torch.Tensor, labels: torch.Tensor, poison: float | None) -> torch.Tensor:
+        private.enable(True)
+        loss = torch.relu(1 - D(images, labels)[0])
+        if poison is not None:
+            loss = loss * torch.tensor([poison] + [1.0] * (len(loss) - 1))
+        private.step(loss, sgd)
+        return torch.cat([p.grad.flatten() for p in D.parameters()])
+
+    poisoned = update(x, y, float("inf"))
+    assert torch.isfinite(poisoned).all() and int(private.dropped) == 1
+    assert poisoned.norm().item() <= 4 * 0.05 / 5 * (1 + 1e-5)  # four clipped images over q N = 5
+    torch.testing.assert_close(poisoned, update(x[1:], y[1:], None), rtol=1e-5, atol=1e-9)
+    assert torch.isfinite(update(x, y, float("nan"))).all() and int(private.dropped) == 2
 
 
 @pytest.mark.filterwarnings("ignore:Full backward hook")

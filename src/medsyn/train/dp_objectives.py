@@ -61,6 +61,28 @@ def per_sample_class_loss(class_logits: torch.Tensor, labels: torch.Tensor) -> t
     return (per_label * known).sum(dim=1) / known.sum(dim=1).clamp(min=1)
 
 
+class PublicGuard:
+    """The divergence guard's evidence in a private run: only what DP already releases. The loss terms on real
+    images (d_loss, cls_loss, a denoiser's loss) are computed without noise, so rolling back (or aborting) on them
+    would let one image's gradient decide the run's course unclipped. What decides instead: whether the private
+    network's weights are finite after its noised step, the generator's weights (post-processing) and the losses
+    that read no real image (a GAN's generated batch, the generator's loss)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.bad = torch.zeros((), device=device)  # steps since the last check with a non-finite public quantity
+
+    def record(self, modules: list[torch.nn.Module], public: list[torch.Tensor]) -> None:
+        flags = [torch.isfinite(p).all() for m in modules for p in m.parameters()]
+        flags += [torch.isfinite(t).all() for t in public]
+        self.bad += (~torch.stack(flags).all()).float()  # no host sync: read at the loop's log steps
+
+    def take(self) -> bool:
+        """Whether a non-finite public quantity was seen since the last call (resets the count)."""
+        seen = bool(self.bad.item() > 0)
+        self.bad.zero_()
+        return seen
+
+
 class PrivateGANObjective(GANObjective):
     """A DCGAN-family GAN whose discriminator is trained with DP-SGD (the generator by post-processing)."""
 
@@ -71,6 +93,7 @@ class PrivateGANObjective(GANObjective):
         super().__init__(cfg, model, rt, info)
         self.account = account
         self.private_d = PrivateGradients(self.D, account, f"{cfg.model}'s discriminator")
+        self.guard = PublicGuard(rt.device)
         # the generator's labels: rows of the training label table (NaN = masked -> 0), drawn uniformly
         self.label_pool = None if label_pool is None else torch.nan_to_num(label_pool, nan=0.0).to(rt.device)
 
@@ -113,6 +136,7 @@ class PrivateGANObjective(GANObjective):
         if cls_logits is not None and y_fake is not None:
             loss_g = loss_g + losses.class_loss(cls_logits, y_fake)
         optimise(self.opt_g, self.scaler_g, loss_g, self.G, self.info)
+        self.guard.record([self.D, self.G], [public.detach(), loss_g.detach()])
         return terms
 
     def log_values(self) -> dict[str, float]:
@@ -129,6 +153,7 @@ class PrivateDiffusionObjective(DiffusionObjective):
         super().__init__(cfg, model, rt, info)
         self.account = account
         self.private = PrivateGradients(self.G.net, account, f"{cfg.model}'s denoiser")
+        self.guard = PublicGuard(rt.device)
 
     def train_step(self, real: torch.Tensor, y: torch.Tensor | None, step: int) -> dict[str, torch.Tensor]:
         per_image = None
@@ -139,6 +164,7 @@ class PrivateDiffusionObjective(DiffusionObjective):
                 per_image = self.G.loss(real, y, per_sample=True)
             terms["loss"] = per_image.mean().detach()
         self.private.step(per_image, self.opt)
+        self.guard.record([self.G.net], [])
         return terms
 
     def log_values(self) -> dict[str, float]:

@@ -187,11 +187,21 @@ class Trainer:
         if failed.item():  # every rank stops, not only the one that could not write
             raise error or CheckpointError("rank 0 could not write the checkpoint; see its error message")
 
+    def _diverged(self, totals: torch.Tensor, values: dict[str, float]) -> bool:
+        """Whether training diverged since the last check. A private run decides on public quantities only
+        (dp_objectives.PublicGuard): its loss terms on real images are not noised and must not steer it."""
+        if self.dp is None:
+            return not bool(torch.isfinite(totals[0]).all())
+        return self.objective.guard.take()  # type: ignore[attr-defined]
+
     def _rollback(self, bad: dict[str, float]) -> None:
         """Divergence guard: back to the last good checkpoint with lower learning rates and fresh noise."""
         bad_step = self.step
         self.failures += 1
-        what = ", ".join(f"{k}={v:g}" for k, v in bad.items() if not np.isfinite(v)) or "non-finite loss"
+        if self.dp is not None:  # what decided (values on real images, unnoised, are not named)
+            what = "non-finite weights or generated-batch loss"
+        else:
+            what = ", ".join(f"{k}={v:g}" for k, v in bad.items() if not np.isfinite(v)) or "non-finite loss"
         if self.failures > self.cfg.max_rollbacks:
             raise MedsynError(
                 f"training diverged: {what} at step {bad_step}, {self.failures} times in a row despite "
@@ -304,7 +314,7 @@ class Trainer:
                     k: (m if n > 0 else float("nan"))
                     for k, m, n in zip(self.keys, means, totals[1].tolist(), strict=True)
                 }
-                if not torch.isfinite(totals[0]).all():
+                if self._diverged(totals, values):
                     self._rollback(values)
                     batches, stop = self._batches(), self._stop_step()
                     bar.update(self.step)

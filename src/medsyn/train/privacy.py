@@ -213,6 +213,7 @@ class PrivateGradients:
         check_dp_compatible(module, what)
         self.module, self.account, self.what = module, account, what
         self._hooked: GradSampleModule | None = None
+        self.dropped = torch.zeros((), dtype=torch.long)  # images dropped for a non-finite gradient (kept private)
 
     def _hooks(self) -> GradSampleModule:
         if self._hooked is None:
@@ -245,6 +246,7 @@ class PrivateGradients:
         c, sigma = self.account.max_grad_norm, self.account.noise_multiplier
         expected = self.account.expected_batch
         if per_sample_loss is not None:
+            self.dropped = self.dropped.to(per_sample_loss.device)
             with _quiet():
                 per_sample_loss.sum().backward()
             found = [_per_sample(p) for p in params]
@@ -254,8 +256,14 @@ class PrivateGradients:
             grads = [g if g is not None else p.new_zeros((n, *p.shape), dtype=torch.float32)  # an unused layer
                      for p, g in zip(params, found, strict=True)]  # fmt: skip
             norms = torch.stack([g.flatten(1).norm(dim=1) for g in grads], dim=1).norm(dim=1)
-            factor = (c / (norms + CLIP_EPS)).clamp(max=1.0)
-            sums = [torch.einsum("i,i...->...", factor, g) for g in grads]
+            # an image whose gradient is not finite (an inf/NaN loss, an overflow) has no norm to clip to C:
+            # it is dropped (factor 0, its entries zeroed so that 0 * inf cannot make the sum NaN). Dropping
+            # changes the sum by that image's contribution, at most C, like any other image.
+            finite = torch.isfinite(norms)
+            factor = torch.where(finite, (c / (norms + CLIP_EPS)).clamp(max=1.0), torch.zeros_like(norms))
+            sums = [torch.einsum("i,i...->...", factor, torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0))
+                    for g in grads]  # fmt: skip
+            self.dropped += (~finite).sum()  # on the device, never published (it depends on the real images)
         else:  # an empty Poisson batch: the update is noise alone
             sums = [torch.zeros_like(p, dtype=torch.float32) for p in params]
         gen = torch.Generator(device=params[0].device).manual_seed(self.account.noise_seed())
