@@ -138,6 +138,22 @@ def test_kill_and_resume_is_exact_with_the_same_epsilon(cache: Path, tmp_path: P
     assert a["privacy"] == b["privacy"] and a["images_seen"] == b["images_seen"]
 
 
+def test_private_outputs_are_released_only_with_their_checkpoint(cache: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """A kill at step 5 (checkpoint at 3) leaves no loss row or sample grid of steps 4-5, which the resumed run
+    re-takes with the same noise; sample grids due at step 2 wait for the step-3 checkpoint."""
+    cfg = dp(cache, steps=6, ckpt_every=3, sample_every=2, log_every=1)
+    kill_at_step(monkeypatch, 5)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "run", quiet=True)
+    assert [r["step"] for r in rows(tmp_path / "run")] == ["1", "2", "3"]
+    assert sorted(p.name for p in (tmp_path / "run" / "samples").iterdir()) == ["step-0000003.png"]
+    monkeypatch.undo()
+    run = train(None, tmp_path / "run", resume=True, quiet=True)
+    assert [r["step"] for r in rows(run)] == [str(i) for i in range(1, 7)]
+    assert sorted(p.name for p in (run / "samples").iterdir()) == ["step-0000003.png", "step-0000006.png"]
+
+
 def test_rolled_back_steps_stay_spent(cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                       capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     """A NaN in a public quantity (the generator's loss on the generated batch) at step 3 rolls back to the step-2

@@ -95,6 +95,12 @@ class Trainer:
         self.images_seen = 0
         self.train_seconds = 0.0  # wall time spent in fit() over all sessions, for time-limited runs
         self.failures = 0
+        # a private run releases what its private network shaped (loss rows, sample grids) only once a checkpoint
+        # holds the steps behind them: a killed run resumes from its checkpoint and re-takes the later steps with
+        # the same noise, so anything released from those steps before the kill would be a second, differently
+        # computed release of the same noisy steps (device or precision may change on resume)
+        self._held_rows: list[tuple[int, int, dict[str, float]]] = []
+        self._sample_held = False
         self.sample_z = torch.randn(SAMPLE_COLUMNS, self.G.z_dim, generator=torch.Generator().manual_seed(cfg.seed))
         seed_everything(derive_seed(cfg.seed, index, info.rank))  # each rank draws its own z / noise / augmentation
 
@@ -180,12 +186,15 @@ class Trainer:
         if self.info.main:
             try:
                 save_checkpoint(state, self.ckpt_dir)
+                for row in self._held_rows:
+                    self.log.append(*row)
                 self.log.plot(self.out / "losses.png")
             except CheckpointError as exc:
                 error = exc
         failed = all_reduce_sum(torch.tensor([float(error is not None)], device=self.rt.device), self.info)
         if failed.item():  # every rank stops, not only the one that could not write
             raise error or CheckpointError("rank 0 could not write the checkpoint; see its error message")
+        self._held_rows = []
 
     def _diverged(self, totals: torch.Tensor, values: dict[str, float]) -> bool:
         """Whether training diverged since the last check. A private run decides on public quantities only
@@ -198,6 +207,7 @@ class Trainer:
         """Divergence guard: back to the last good checkpoint with lower learning rates and fresh noise."""
         bad_step = self.step
         self.failures += 1
+        self._held_rows, self._sample_held = [], False  # shaped by the discarded steps: never released
         if self.dp is not None:  # what decided (values on real images, unnoised, are not named)
             what = "non-finite weights or generated-batch loss"
         else:
@@ -306,6 +316,9 @@ class Trainer:
                 due_log = last or self.step % cfg.log_every == 0
                 due_ckpt = last or self.step % cfg.ckpt_every == 0
                 due_sample = last or self.step % cfg.sample_every == 0
+                if self.dp is not None:  # private: the grid waits for the next checkpoint (see __init__)
+                    self._sample_held = self._sample_held or due_sample
+                    due_sample = due_ckpt and self._sample_held
                 if not (due_log or due_ckpt or due_sample):
                     continue
                 totals = all_reduce_sum(self.acc, info)
@@ -323,17 +336,23 @@ class Trainer:
                 if due_log:
                     rate = (self.step - mark_step) * per_step / max(time.perf_counter() - mark_time, 1e-9)
                     values.update(img_per_s=rate, **self.objective.log_values())
-                    if info.main:
+                    if self.dp is not None:
+                        self._held_rows.append((self.step, self.images_seen, values))
+                    elif info.main:
                         self.log.append(self.step, self.images_seen, values)
                     self.acc.zero_()
                     shown = "  ".join(f"{k} {v:.3f}" for k, v in values.items() if k in self.keys and np.isfinite(v))
                     bar.update(self.step, f"{shown}  {rate:.0f} img/s")
-                if due_sample and info.main:
+                if due_sample and info.main and self.dp is None:
                     self._save_samples()
                 if due_ckpt:
                     self.train_seconds = base + time.perf_counter() - since
                     self._write_checkpoint()
                     self.failures = 0
+                if due_sample and self.dp is not None:  # after its checkpoint
+                    if info.main:
+                        self._save_samples()
+                    self._sample_held = False
                 bar.update(self.step)
                 mark_step, mark_time = self.step, time.perf_counter()
                 if out_of_time:
