@@ -26,12 +26,14 @@ from medsyn.generate import export, generate
 from medsyn.models import GANConfig, build_gan
 from medsyn.models.registry import build_generator
 from medsyn.report.html import dp_text
+from medsyn.report.markup import round_up
 from medsyn.train import TrainConfig, dp_objectives, train
 from medsyn.train import trainer as trainer_module
 from medsyn.train.checkpoint import load_checkpoint
 from medsyn.train.data import PoissonBatches
 from medsyn.train.distributed import DistInfo
 from medsyn.train.privacy import DPAccount, PrivateGradients
+from medsyn.train.progress import progress_line
 
 DDPM_TINY = {"mult": [1, 2], "attention": [False, True], "res_blocks": 1, "ddim_steps": 2}
 
@@ -342,11 +344,24 @@ def test_synthetic_manifest_generator_json_and_report_carry_the_dp_entry(cgan_ru
     again = json.loads((generate(exported, 16, tmp_path / "syn2", quiet=True) / "manifest.json").read_text())
     assert again["differential_privacy"] == entry
     text = dp_text(manifest["differential_privacy"])
-    assert f"trained with (ε, δ)-DP: ε = {entry['epsilon']:.3g}, δ = 0.001" in text and dp_text(None) == ""
+    shown = text.split("ε = ")[1].split(",")[0]
+    assert f"trained with (ε, δ)-DP: ε = {shown}, δ = 0.001" in text and dp_text(None) == ""
+    assert float(shown) >= entry["epsilon"] and float(shown) == pytest.approx(entry["epsilon"], rel=1e-2)
     # the privacy filter chooses images by their distance to training images: the guarantee no longer covers them
     filtered = generate(cgan_run, 16, tmp_path / "filtered", quiet=True, privacy_filter=True)
     dp_filtered = json.loads((filtered / "manifest.json").read_text())["differential_privacy"]
     assert dp_filtered["holds_for_this_set"] is False and "not for this set" in dp_text(dp_filtered)
+
+
+def test_spent_epsilon_is_printed_rounded_up() -> None:
+    """`:.3g` printed a spent epsilon of 1.2345 as 1.23, below what was spent; it is rounded up instead."""
+    assert [round_up(v) for v in (1.2345, 1.2301, 1.23, 3.999, 0.012341, 4.0)] == [
+        "1.24", "1.24", "1.23", "4", "0.0124", "4"]  # fmt: skip
+    spent = {"epsilon": 3.9901, "delta": 1e-5, "target_epsilon": 4.0, "noise_multiplier": 1.1, "max_grad_norm": 1.0,
+             "steps": 10, "sample_rate": 0.01}  # fmt: skip
+    assert "ε = 4," in dp_text(spent)
+    prog = {"steps": 10, "steps_planned": 10, "images_seen": 80, "train_seconds": 1.0, "stop_reason": "completed"}
+    assert "(4, 1e-05)-DP" in progress_line({**prog, "privacy": spent})
 
 
 @pytest.mark.filterwarnings("ignore:Full backward hook")

@@ -20,6 +20,7 @@ from medsyn.report.markup import (
     _sig,
     _table,
     _verdict_box,
+    round_up,
 )
 from medsyn.report.saliency import saliency_section
 
@@ -90,7 +91,7 @@ def dp_text(dp: Mapping[str, Any] | None) -> str:
     if not dp:
         return ""
     voided = "" if dp.get("holds_for_this_set", True) else f" — not for this set: {_e(dp.get('why'))}"
-    return (f" · trained with (ε, δ)-DP: ε = {dp['epsilon']:.3g}, δ = {dp['delta']:.2g} (per training image; "
+    return (f" · trained with (ε, δ)-DP: ε = {round_up(dp['epsilon'])}, δ = {dp['delta']:.2g} (per training image; "
             f"noise multiplier {dp['noise_multiplier']:.3g}, clipping norm {dp['max_grad_norm']:g}, "
             f"{_num(dp['steps'])} steps at sampling rate {dp['sample_rate']:.3g}){voided}")
 

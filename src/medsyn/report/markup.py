@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 LEVEL_TEXT = {"pass": "PASS", "warn": "WARN", "fail": "FAIL", "n/a": "NOT ASSESSED"}
@@ -12,6 +13,16 @@ LEVEL_TEXT = {"pass": "PASS", "warn": "WARN", "fail": "FAIL", "n/a": "NOT ASSESS
 
 def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
+
+
+def round_up(value: float, digits: int = 3) -> str:
+    """`value` at `digits` significant digits, rounded up, so that a spent privacy budget (epsilon) is never
+    printed below itself (`:.3g` rounds 1.2345 down to 1.23). Exact: the float's own decimal expansion is rounded."""
+    if not math.isfinite(value) or value <= 0:
+        return f"{value:.{digits}g}"
+    exact = Decimal(value)
+    up = exact.quantize(Decimal(1).scaleb(exact.adjusted() - digits + 1), rounding=ROUND_CEILING)
+    return f"{float(up):.{digits}g}"
 
 
 def _num(value: Any, digits: int = 3) -> str:

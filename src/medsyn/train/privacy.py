@@ -47,7 +47,7 @@ from medsyn.train.config import TrainConfig
 
 CLIP_EPS = 1e-6  # Opacus' guard in the clipping factor C / (norm + eps)
 ACCOUNTANT = "rdp"  # Opacus' RDPAccountant (Mironov 2017; the sampled Gaussian mechanism of Mironov et al. 2019)
-DELTA_PER_IMAGE = 0.1  # default delta = 0.1 / N: well below the 1 / N at which releasing one image outright fits
+DELTA_PER_IMAGE = 0.1  # default delta = 0.1 / N (N = training images)
 
 
 class DPAccount:

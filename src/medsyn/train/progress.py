@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from medsyn.report.markup import round_up
+
 
 def training_done(state: Mapping[str, Any], steps: int, time_limit_s: float | None = None) -> bool:
     """Whether a checkpoint has reached `steps`, or used up a time limit."""
@@ -53,7 +55,7 @@ def progress_line(prog: Mapping[str, Any]) -> str:
         "interrupted": "interrupted; resume with --resume",
     }[prog["stop_reason"]]
     dp = prog.get("privacy")
-    spent = f"; ({dp['epsilon']:.3g}, {dp['delta']:.3g})-DP (target epsilon {dp['target_epsilon']:g})" if dp else ""
+    spent = f"; ({round_up(dp['epsilon'])}, {dp['delta']:.3g})-DP (target epsilon {dp['target_epsilon']:g})" if dp else ""
     return (
         f"trained {prog['steps']:,} of {prog['steps_planned']:,} steps ({prog['images_seen']:,} images seen, "
         f"{prog['train_seconds']:.0f} s of training): {why}{spent}"
