@@ -29,6 +29,7 @@ from medsyn.models.config import GANConfig, validate
 
 #: The unconditional ("label dropped") context row; MONAI's inferer fills the CFG branch with this value.
 NULL_FILL = -1.0
+Draws = tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]  # label dropout, noise, timesteps (`draw`)
 
 DDPM_DEFAULTS: dict[str, Any] = {
     "mult": [1, 2, 2],  # channel multiplier per UNet level (width * mult); len - 1 downsamplings
@@ -164,19 +165,30 @@ class DiffusionGenerator(Generator):
         self.sampler.set_timesteps(steps)
         return {"sampler": "ddim", "ddim_steps": steps, "eta": 0.0, "guidance": guidance}
 
-    def loss(self, x0: torch.Tensor, y: torch.Tensor | None, per_sample: bool = False) -> torch.Tensor:
+    def loss(
+        self, x0: torch.Tensor, y: torch.Tensor | None, per_sample: bool = False, draws: Draws | None = None
+    ) -> torch.Tensor:
         """Noise-prediction MSE at uniform random timesteps; a p_uncond share of rows gets the null label.
-        `per_sample`: one mean per image (B,), which differentially private training clips image by image."""
+        `per_sample`: one mean per image (B,), which differentially private training clips image by image.
+        `draws`: the random choices (`draw`) to use instead of fresh ones (to rerun images of a batch alone)."""
         context = self._labels(y, x0.shape[0], x0)
-        if context is not None and self.opts["p_uncond"] > 0:
-            drop = torch.rand(x0.shape[0], 1, device=x0.device) < float(self.opts["p_uncond"])
+        drop, noise, t = draws if draws is not None else self.draw(x0, context is not None)
+        if context is not None and drop is not None:
             context = torch.where(drop, torch.full_like(context, NULL_FILL), context)
-        noise = self._noise(x0)
-        t = torch.randint(0, self.train_scheduler.num_train_timesteps, (x0.shape[0],), device=x0.device)
         pred = self.inferer(x0, *self._models(), noise, t, condition=context)
         if per_sample:
             return (pred.float() - noise.float()).square().flatten(1).mean(dim=1)
         return nn.functional.mse_loss(pred.float(), noise.float())
+
+    def draw(self, x0: torch.Tensor, conditional: bool) -> Draws:
+        """The training loss's random choices per image: label dropout (None: no label or p_uncond 0), noise,
+        timestep."""
+        drop = None
+        if conditional and self.opts["p_uncond"] > 0:
+            drop = torch.rand(x0.shape[0], 1, device=x0.device) < float(self.opts["p_uncond"])
+        noise = self._noise(x0)
+        t = torch.randint(0, self.train_scheduler.num_train_timesteps, (x0.shape[0],), device=x0.device)
+        return drop, noise, t
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if z.ndim != 2 or z.shape[1] != self.z_dim:
