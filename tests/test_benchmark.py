@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import re
 from pathlib import Path
 
@@ -228,3 +229,18 @@ def test_resolution_sweep_trains_each_size_on_the_same_patients(base: PreparedDa
     moved.meta.pop("settings")
     with pytest.raises(DataError, match="no preparation settings"):
         sweep_mod.resized(moved, 32, tmp_path / "x", quiet=True)
+
+
+def test_sweep_reads_the_classifier_settings_file(base: PreparedDataset, tmp_path: Path) -> None:
+    """--settings reaches a sweep's classifiers (a small set needs more epochs than the quick default)."""
+    settings = tmp_path / "s.yaml"
+    settings.write_text("classifier: {epochs: 2, patience: 1, batch_size: 32}\nutility: {n_bootstrap: 20}\n")
+    args = ["benchmark", "--data", str(base.path), "--sweep", "samples", "--points", "10", "--size", "16",
+            "--steps", "3", "--width", "8", "--batch", "16", "--device", "cpu", "--quiet", "--settings", str(settings)]
+    res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "sw")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    stored = json.loads((tmp_path / "sw/config.json").read_text())["utility"]
+    assert stored["classifier"]["epochs"] == 2 and stored["n_bootstrap"] == 20
+    settings.write_text("classifier: {epochz: 2}\n")
+    res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "bad")])
+    assert isinstance(res.exception, ConfigError) and "epochz" in str(res.exception)

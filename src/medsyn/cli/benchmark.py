@@ -43,7 +43,7 @@ def register(app: typer.Typer) -> None:
             help="Models trained with the same --budget each, e.g. cgan,ddpm or cgan:32,ddpm:16 (width).",
         ),
         n: int = typer.Option(None, "--n", help="--compare: synthetic images per model (default: real training size)."),
-        settings: Path = typer.Option(None, "--settings", help="--compare: YAML overrides of the evaluation settings."),
+        settings: Path = typer.Option(None, "--settings", help="YAML overrides of the evaluation settings (sweeps read its classifier and utility sections)."),
         ddim_steps: int = typer.Option(None, "--ddim-steps", help="--compare: DDIM steps of diffusion models."),
         guidance: float = typer.Option(None, "--guidance", help="--compare: guidance scale of diffusion models."),
         out: Path = typer.Option(..., "--out", "-o", help="Sweep folder (rerun the same command to resume)."),
@@ -93,7 +93,7 @@ def register(app: typer.Typer) -> None:
             console.print((out / "compare.md").read_text())
             console.print(f"results: {out / 'results.json'}  table: {out / 'compare.md'}")
             return
-        utility = EvalSettings.make(not full, seed, dev, not quiet).utility
+        utility = EvalSettings.make(not full, seed, dev, not quiet, _read_settings(settings)).utility
         cfg = SweepConfig(
             data=data, sweep=sweep, points=_ints(points, "--points"),
             classes=[c.strip() for c in classes.split(",") if c.strip()] if classes else None, size=size,
