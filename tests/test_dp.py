@@ -225,6 +225,20 @@ def test_dp_ddpm_trains_its_denoiser_privately(cache: Path, tmp_path: Path) -> N
     assert all(np.isfinite(float(r["loss"])) for r in rows(run))
 
 
+def test_patient_level_dp_draws_whole_patients_and_counts_patients(cache: Path, tmp_path: Path) -> None:
+    """--dp-unit patient: each of the 34 training patients (4 images each) is drawn with q = batch / N and brings
+    all their images; the accountant and the default delta count patients."""
+    run = train(dp(cache, steps=3, dp_unit="patient", dp_delta=None), tmp_path / "run", quiet=True)
+    meta = json.loads((run / "run.json").read_text())
+    entry = meta["differential_privacy"]
+    assert entry["unit"] == "one patient (all of their images)" and entry["train_patients"] == 34
+    assert entry["train_images"] == 136 and entry["sample_rate"] == 8 / 136 and entry["delta"] == 0.1 / 34
+    assert entry["epsilon"] == pytest.approx(opacus_epsilon(entry["noise_multiplier"], 8 / 136, 3, 0.1 / 34), rel=1e-12)
+    seen = [0] + [int(r["images"]) for r in rows(run)]
+    assert all((b - a) % 4 == 0 for a, b in zip(seen, seen[1:], strict=False)) and seen[-1] > 0
+    assert meta["config"]["dp_unit"] == "patient" and "per patient;" in dp_text(entry)
+
+
 @pytest.mark.parametrize("kw,match", [
     ({"dp_epsilon": 0.0}, "dp_epsilon must be a positive number"),
     ({"dp_epsilon": float("inf")}, "dp_epsilon must be a positive number"),
@@ -232,6 +246,8 @@ def test_dp_ddpm_trains_its_denoiser_privately(cache: Path, tmp_path: Path) -> N
     ({"dp_delta": 0.0}, r"dp_delta must be in \(0, 1\)"),
     ({"dp_max_grad_norm": 0.0}, "dp_max_grad_norm must be a positive number"),
     ({"dp_epsilon": None, "dp_delta": 1e-5}, "need dp_epsilon"),
+    ({"dp_epsilon": None, "dp_unit": "patient"}, "need dp_epsilon"),
+    ({"dp_unit": "study"}, "dp_unit must be image or patient"),
     ({"model": "stylegan2"}, "--dp-epsilon supports: cgan, acgan, ddpm; not stylegan2"),
     ({"model": "ldm"}, "--dp-epsilon supports: .*autoencoder reads the real images"),
     ({"model": "dcgan"}, "--dp-epsilon supports: .*one generator per class"),

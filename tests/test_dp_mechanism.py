@@ -7,6 +7,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from opacus import GradSampleModule
@@ -19,6 +20,7 @@ from medsyn.models.registry import build_generator
 from medsyn.report.html import dp_text
 from medsyn.report.markup import round_up
 from medsyn.train import dp_objectives
+from medsyn.train.data import PoissonBatches
 from medsyn.train.distributed import DistInfo
 from medsyn.train.privacy import DPAccount, PrivateGradients
 from medsyn.train.progress import progress_line
@@ -106,12 +108,15 @@ def test_private_step_is_opacus_dpoptimizer_step() -> None:
 
 
 @pytest.mark.filterwarnings("ignore:Full backward hook")
-@pytest.mark.parametrize("name", ["cgan", "acgan", "ddpm"])
-def test_one_replaced_image_moves_the_update_by_at_most_2c_over_b(cache: Path, name: str) -> None:
+@pytest.mark.parametrize("name,unit", [("cgan", "image"), ("acgan", "image"), ("ddpm", "image"), ("cgan", "patient"),
+                                       ("ddpm", "patient")])  # fmt: skip
+def test_one_replaced_image_moves_the_update_by_at_most_2c_over_b(cache: Path, name: str, unit: str) -> None:
     """End to end through the objective's train_step, noise off (sigma 0) and C = 1e-3: replacing one real image
     and its labels by an extreme one changes the gradient the private optimiser receives by at most 2C / (q N)
-    (the public generated-batch term is the same in both: same weights and seeds)."""
+    (the public generated-batch term is the same in both: same weights and seeds). Patient-level: replacing both
+    images of one patient (of four, two images each) moves it by at most 2C / (q P)."""
     c, b = 1e-3, 8
+    units = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]) if unit == "patient" else None
     extra = DDPM_TINY if name == "ddpm" else {}
     cfg = tiny(cache, model=name, batch=b, dp_epsilon=4.0, dp_delta=1e-3, dp_max_grad_norm=c, model_extra=extra)
     cfg = cfg.resolved()
@@ -121,12 +126,15 @@ def test_one_replaced_image_moves_the_update_by_at_most_2c_over_b(cache: Path, n
     x, y = torch.rand(b, 1, 16, 16) * 2 - 1, (torch.rand(b, 3) > 0.5).float()
     pool = (torch.rand(40, 3) > 0.5).float()
     extreme_x, extreme_y = x.clone(), y.clone()
-    extreme_x[0], extreme_y[0] = 1e4 * torch.sign(torch.randn(1, 16, 16)), 1.0 - y[0]
+    replaced = [0, 1] if unit == "patient" else [0]
+    extreme_x[replaced], extreme_y[replaced] = 1e4 * torch.sign(torch.randn(1, 16, 16)), 1.0 - y[replaced]
 
     def update(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         torch.manual_seed(1)  # the same initial weights, generated batch, timesteps and noise
-        account = DPAccount(4.0, 1e-3, c, n_train=10 * b, batch=b, noise_multiplier=0.0)
+        account = DPAccount(4.0, 1e-3, c, n_train=10 * b, batch=b, noise_multiplier=0.0,
+                            n_patients=None if units is None else 5 * b)  # fmt: skip
         obj = dp_objectives.private_objective(cfg, model, rt, DistInfo(), MODELS[name].family, account, pool)
+        obj.units = units
         opt, private = (obj.opt, obj.private) if name == "ddpm" else (obj.opt_d, obj.private_d)
         seen: list[torch.Tensor] = []
         grads = lambda: torch.cat([p.grad.flatten() for p in private.module.parameters() if p.requires_grad])  # noqa: E731
@@ -137,7 +145,49 @@ def test_one_replaced_image_moves_the_update_by_at_most_2c_over_b(cache: Path, n
         return seen[0]
 
     moved = (update(x, y) - update(extreme_x, extreme_y)).norm().item()
-    assert 0.1 * c / b < moved <= 2 * c / b * (1 + 1e-4)
+    expected = b if units is None else 0.1 * 5 * b  # q N images, or q P patients, per step
+    assert 0.1 * c / expected < moved <= 2 * c / expected * (1 + 1e-4)
+
+
+@pytest.mark.filterwarnings("ignore:Full backward hook")
+def test_patient_level_clips_the_sum_of_a_patients_gradients() -> None:
+    """With `units`, the update is the sum over patients of (sum of that patient's image gradients, clipped to C),
+    over the expected patient count q P; a patient with a non-finite image is dropped whole."""
+    torch.manual_seed(0)
+    _, D = build_gan(GANConfig("cgan", 16, 1, 3, 16, 8, {"d_norm": "group", "mbstd": 0}))
+    x, y, units = torch.randn(5, 1, 16, 16), (torch.rand(5, 3) > 0.5).float(), torch.tensor([3, 3, 7, 9, 9])
+    account = DPAccount(4.0, 1e-3, 0.05, n_train=50, batch=5, noise_multiplier=0.0, n_patients=20)
+    assert account.expected_batch == pytest.approx(2.0)  # q P = 5 / 50 * 20
+    private, params = PrivateGradients(D, account, "D"), list(D.parameters())
+    sgd = torch.optim.SGD(params, lr=0.0)
+    clipped = []  # each patient's summed gradient, clipped to C, over q P
+    for patient in ([0, 1], [2], [3, 4]):
+        g = torch.autograd.grad(torch.relu(1 - D(x[patient], y[patient])[0]).sum(), params)
+        scale = min(1.0, 0.05 / (torch.cat([t.flatten() for t in g]).norm().item() + 1e-6))
+        clipped.append([t * scale / 2.0 for t in g])
+    private.enable(True)
+    private.step(torch.relu(1 - D(x, y)[0]), sgd, units=units)
+    for i, p in enumerate(params):
+        torch.testing.assert_close(p.grad, sum(c[i] for c in clipped), rtol=1e-4, atol=1e-8)
+    private.enable(True)
+    loss = torch.relu(1 - D(x, y)[0]) * torch.tensor([1.0, float("inf"), 1.0, 1.0, 1.0])
+    private.step(loss, sgd, units=units)  # patient 3's second image is infinite: patient 3 is left out
+    assert int(private.dropped) == 1
+    for i, p in enumerate(params):
+        torch.testing.assert_close(p.grad, clipped[1][i] + clipped[2][i], rtol=1e-4, atol=1e-8)
+
+
+def test_poisson_batches_of_patients_bring_all_their_images() -> None:
+    units = np.repeat(np.arange(100), 3)  # 100 patients, 3 items each
+    stream = iter(PoissonBatches(300, 0.1, seed=3, units=units))
+    batches = [next(stream) for _ in range(40)]
+    for batch in batches:
+        drawn = set(units[batch].tolist())
+        assert sorted(batch) == [i for i in range(300) if units[i] in drawn]
+    assert abs(np.mean([len(set(units[b].tolist())) for b in batches]) - 10) < 2  # q P = 10 patients per step
+    same = iter(PoissonBatches(300, 0.1, seed=3, units=np.arange(300)))  # each item its own unit: the image stream
+    plain = iter(PoissonBatches(300, 0.1, seed=3))
+    assert [next(same) for _ in range(5)] == [next(plain) for _ in range(5)]
 
 
 def test_spent_epsilon_is_printed_rounded_up() -> None:

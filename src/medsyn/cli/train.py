@@ -82,6 +82,9 @@ def register(app: typer.Typer) -> None:
         dp_max_grad_norm: float = typer.Option(
             None, "--dp-max-grad-norm", help="DP per-sample gradient clipping norm C (default 1.0)."
         ),
+        dp_unit: str = typer.Option(
+            None, "--dp-unit", help="What DP protects: image (default) or patient (all of a patient's images)."
+        ),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     ) -> None:
         """Train a GAN or diffusion model; under torchrun it trains data-parallel on every process (rank 0 writes);
@@ -96,6 +99,7 @@ def register(app: typer.Typer) -> None:
             "ckpt_every": ckpt_every, "log_every": log_every, "workers": workers,
             "time_limit_s": parse_duration(time_limit, "--time-limit") if time_limit else None,
             "dp_epsilon": dp_epsilon, "dp_delta": dp_delta, "dp_max_grad_norm": dp_max_grad_norm,
+            "dp_unit": dp_unit,
         }  # fmt: skip
         base.update({k: v for k, v in given.items() if v is not None})
         run = train(TrainConfig.from_dict(base), out, resume=resume, quiet=quiet)

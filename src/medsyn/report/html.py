@@ -91,7 +91,8 @@ def dp_text(dp: Mapping[str, Any] | None) -> str:
     if not dp:
         return ""
     voided = "" if dp.get("holds_for_this_set", True) else f" — not for this set: {_e(dp.get('why'))}"
-    return (f" · trained with (ε, δ)-DP: ε = {round_up(dp['epsilon'])}, δ = {dp['delta']:.2g} (per training image; "
+    unit = "patient" if dp.get("train_patients") else "training image"
+    return (f" · trained with (ε, δ)-DP: ε = {round_up(dp['epsilon'])}, δ = {dp['delta']:.2g} (per {unit}; "
             f"noise multiplier {dp['noise_multiplier']:.3g}, clipping norm {dp['max_grad_norm']:g}, "
             f"{_num(dp['steps'])} steps at sampling rate {dp['sample_rate']:.3g}){voided}")
 

@@ -83,6 +83,7 @@ class TrainConfig:
     dp_epsilon: float | None = None  # differentially private training (DP-SGD) to this epsilon; None: off
     dp_delta: float | None = None  # DP delta; None: 1 / (10 N) for N training images
     dp_max_grad_norm: float | None = None  # per-sample gradient clipping norm C; None: 1.0 with DP
+    dp_unit: str | None = None  # what DP protects: "image" (one training image) or "patient"; None: image with DP
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -190,7 +191,7 @@ class TrainConfig:
     def _validate_dp(self) -> None:
         """DP settings (ranges) and what DP-SGD cannot make private here, each refused in one line."""
         if self.dp_epsilon is None:
-            given = [k for k in ("dp_delta", "dp_max_grad_norm") if getattr(self, k) is not None]
+            given = [k for k in ("dp_delta", "dp_max_grad_norm", "dp_unit") if getattr(self, k) is not None]
             if given:
                 raise ConfigError(f"{', '.join(given)} need dp_epsilon (--dp-epsilon) for private training")
             return
@@ -202,6 +203,8 @@ class TrainConfig:
             not isinstance(self.dp_delta, int | float) or isinstance(self.dp_delta, bool) or not 0 < self.dp_delta < 1
         ):
             raise ConfigError(f"dp_delta must be in (0, 1), got {self.dp_delta!r}")
+        if self.dp_unit not in (None, "image", "patient"):
+            raise ConfigError(f"dp_unit must be image or patient, got {self.dp_unit!r}")
         if self.model not in DP_MODELS:
             raise ConfigError(f"--dp-epsilon supports: {', '.join(DP_MODELS)}; not {self.model} ({_DP_REFUSED[self.model]})")
         why = {
@@ -246,6 +249,7 @@ class TrainConfig:
             r1_gamma=self.r1_gamma if self.r1_gamma is not None else info.r1_gamma,
             model_extra=extra,
             dp_max_grad_norm=self.dp_max_grad_norm if self.dp_epsilon is None or self.dp_max_grad_norm else 1.0,
+            dp_unit=self.dp_unit if self.dp_epsilon is None or self.dp_unit else "image",
         )
 
     def changes_against(self, other: TrainConfig) -> list[str]:

@@ -67,6 +67,11 @@ class TrainData:
             meta.get("negative_class") or default_negative_class(self.source_format, meta.get("source_info", {}))
         )
 
+    def patients(self, rows: np.ndarray) -> np.ndarray:
+        """(len(rows),) int: each row's patient as a number 0..P-1 (P patients among `rows`)."""
+        ids = self.cache.index["patient_id"].astype(str).to_numpy()[rows]
+        return np.unique(ids, return_inverse=True)[1].astype(np.int64)
+
     def positives(self) -> np.ndarray:
         """(len(rows), K) bool: NaN (masked) labels count as negative, as in conditioning."""
         return np.nan_to_num(self.labels[self.rows], nan=0.0) > 0
@@ -191,26 +196,43 @@ class PoissonBatches(Sampler[list[int]]):
 
     This is the sampling the privacy analysis of DP-SGD assumes (the sampled Gaussian mechanism); fixed-size
     shuffled batches are not covered by it. Step s's draw depends only on (seed, s), so a resumed run repeats it.
+    `units`: the unit (patient) of each item, 0..U-1: each unit is drawn with probability `rate` and brings all
+    its items (patient-level DP); None: each item is its own unit.
     """
 
-    def __init__(self, n: int, rate: float, seed: int, start_step: int = 0) -> None:
-        self.n, self.rate, self.seed, self.start_step = n, rate, seed, start_step
+    def __init__(self, n: int, rate: float, seed: int, start_step: int = 0, units: np.ndarray | None = None) -> None:
+        self.n, self.rate, self.seed, self.start_step, self.units = n, rate, seed, start_step, units
 
     def __iter__(self) -> Iterator[list[int]]:
         step = self.start_step
+        count = self.n if self.units is None else int(self.units.max()) + 1
         while True:
-            draw = np.random.default_rng([self.seed, POISSON_STREAM, step]).random(self.n)
-            yield np.flatnonzero(draw < self.rate).tolist()
+            chosen = np.random.default_rng([self.seed, POISSON_STREAM, step]).random(count) < self.rate
+            yield np.flatnonzero(chosen if self.units is None else chosen[self.units]).tolist()
             step += 1
+
+
+class WithUnits(torch.utils.data.Dataset):
+    """A dataset's items with each item's unit (patient number) appended, for patient-level DP."""
+
+    def __init__(self, dataset: CachedImages, units: np.ndarray) -> None:
+        self.dataset, self.units = dataset, torch.from_numpy(units)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return (*self.dataset[i], self.units[i])
 
 
 POISSON_STREAM = 0x9015  # keeps Poisson draws apart from any other stream seeded with the same numbers
 
 
-def _collate(batch: list[tuple[torch.Tensor, torch.Tensor]], shape: tuple[int, ...], k: int) -> Any:
+def _collate(batch: list[tuple[torch.Tensor, ...]], shape: tuple[int, ...], k: int, units: bool) -> Any:
     """default_collate, and an empty (0, ...) batch for the empty draws Poisson sampling can make."""
     if not batch:
-        return torch.empty((0, *shape), dtype=torch.uint8), torch.empty((0, k), dtype=torch.float32)
+        empty = torch.empty((0, *shape), dtype=torch.uint8), torch.empty((0, k), dtype=torch.float32)
+        return (*empty, torch.empty(0, dtype=torch.long)) if units else empty
     return default_collate(batch)
 
 
@@ -224,23 +246,27 @@ def make_loader(
     workers: int,
     pin_memory: bool,
     poisson_rate: float | None = None,
+    units: np.ndarray | None = None,
 ) -> DataLoader:
     """DataLoader over the memory-mapped cache: uint8 images and float labels (converted on the device).
 
     `start` counts images drawn (fixed-size batches), or with `poisson_rate` (Poisson batches of that
-    sampling rate, for DP training, one process) steps taken."""
+    sampling rate, for DP training, one process) steps taken. `units` (with `poisson_rate`): each row's patient
+    number; whole patients are drawn and each batch carries its rows' patient numbers as a third tensor."""
     if len(rows) == 0:
         raise DataError(f"{data.cache.path}: no training images for this group")
-    dataset = CachedImages(data.cache.path, rows, data.labels)
+    dataset: torch.utils.data.Dataset = CachedImages(data.cache.path, rows, data.labels)
+    if units is not None:
+        dataset = WithUnits(dataset, units)
     if poisson_rate is None:
         sampler: Sampler[list[int]] = ShardedBatches(len(rows), batch, info, seed, start)
     else:
-        sampler = PoissonBatches(len(rows), poisson_rate, seed, start)
+        sampler = PoissonBatches(len(rows), poisson_rate, seed, start, units)
     shape = (data.cache.channels, data.cache.size, data.cache.size)
     return DataLoader(
         dataset,
         batch_sampler=sampler,
-        collate_fn=partial(_collate, shape=shape, k=data.labels.shape[1]),
+        collate_fn=partial(_collate, shape=shape, k=data.labels.shape[1], units=units is not None),
         num_workers=workers,
         pin_memory=pin_memory,
         persistent_workers=workers > 0,

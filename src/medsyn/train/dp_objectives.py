@@ -87,6 +87,7 @@ class PrivateGANObjective(GANObjective):
     """A DCGAN-family GAN whose discriminator is trained with DP-SGD (the generator by post-processing)."""
 
     columns = ["aug_p", "epsilon"]
+    units: torch.Tensor | None = None  # patient-level DP: this step's images' patient numbers (set by the loop)
 
     def __init__(self, cfg: TrainConfig, model: GANConfig, rt: Runtime, info: DistInfo, account: DPAccount,
                  label_pool: torch.Tensor | None) -> None:  # fmt: skip
@@ -126,7 +127,7 @@ class PrivateGANObjective(GANObjective):
                 real_cls_loss = per_sample_class_loss(real_cls, y_raw)
                 per_image = per_image + real_cls_loss
                 terms["cls_loss"] = (real_cls_loss.mean() + fake_cls_loss).detach()
-        self.private_d.step(per_image, self.opt_d, public_loss=public)
+        self.private_d.step(per_image, self.opt_d, public_loss=public, units=self.units)
 
         self.D.requires_grad_(False)  # G's step needs no discriminator weight gradients
         with self.rt.autocast():
@@ -147,6 +148,7 @@ class PrivateDiffusionObjective(DiffusionObjective):
     """A denoiser trained with DP-SGD: one clipped gradient per training image and step."""
 
     columns = ["epsilon"]
+    units: torch.Tensor | None = None  # patient-level DP: this step's images' patient numbers (set by the loop)
 
     def __init__(self, cfg: TrainConfig, model: GANConfig, rt: Runtime, info: DistInfo, account: DPAccount,
                  label_pool: torch.Tensor | None) -> None:  # fmt: skip
@@ -163,7 +165,7 @@ class PrivateDiffusionObjective(DiffusionObjective):
             with self.rt.autocast():
                 per_image = self.G.loss(real, y, per_sample=True)
             terms["loss"] = per_image.mean().detach()
-        self.private.step(per_image, self.opt)
+        self.private.step(per_image, self.opt, units=self.units)
         self.guard.record([self.G.net], [])
         return terms
 

@@ -78,7 +78,9 @@ class Trainer:
         family = MODELS[cfg.model].family
         self.dp: DPAccount | None = None  # differentially private training (train/privacy.py)
         if cfg.dp_epsilon is not None and objective is None:
-            self.dp = DPAccount.for_run(cfg, len(self.rows))
+            self.units = data.patients(self.rows) if cfg.dp_unit == "patient" else None  # patient-level DP
+            n_patients = None if self.units is None else int(self.units.max()) + 1
+            self.dp = DPAccount.for_run(cfg, len(self.rows), n_patients)
             pool = torch.from_numpy(data.labels[self.rows]) if self.conditional else None
             self.objective: Objective = private_objective(cfg, self.gan_cfg, rt, info, family, self.dp, pool)
         else:
@@ -275,6 +277,7 @@ class Trainer:
             self.rt.workers,
             self.rt.device.type == "cuda",
             poisson_rate=None if dp is None else dp.sample_rate,
+            units=None if dp is None else self.units,
         )
         return iter(loader)
 
@@ -306,7 +309,9 @@ class Trainer:
         with step_progress(label, cfg.steps, self.step, show_progress) as bar:
             mark_step, mark_time = self.step, time.perf_counter()
             while self.step < stop:
-                real, labels = next(batches)
+                real, labels, *units = next(batches)
+                if units:  # patient-level DP: the images' patients, for clipping per patient
+                    self.objective.units = units[0]  # type: ignore[attr-defined]
                 terms = self.train_step(real, labels)
                 self.step += 1
                 self.images_seen += len(real) * info.world

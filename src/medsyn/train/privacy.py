@@ -20,7 +20,8 @@ cryptographic one (Opacus' secure_mode): keep the checkpoints as confidential as
 
 Not covered: anything else computed from the real data: the loss values in losses.csv and the label statistics
 (class names and counts, run.json `labels`) which generation uses, and which are published as they are. The
-unit of privacy is one training image (one row), not one patient.
+unit of privacy is one training image (one row), or with `--dp-unit patient` one patient: whole patients are
+Poisson-sampled and the sum of each patient's per-image gradients is clipped to C (`PrivateGradients.step` units).
 """
 
 from __future__ import annotations
@@ -57,10 +58,15 @@ class DPAccount:
     `--resume` with more steps stops where the budget runs out instead of overspending it."""
 
     def __init__(self, target_epsilon: float, delta: float, max_grad_norm: float, n_train: int, batch: int,
-                 noise_multiplier: float) -> None:  # fmt: skip
+                 noise_multiplier: float, n_patients: int | None = None) -> None:  # fmt: skip
+        """`n_patients`: patient-level DP over that many patients (each drawn with q = batch / n_train, so the
+        expected image batch is still `batch`); None: image-level."""
         self.target_epsilon, self.delta, self.max_grad_norm = float(target_epsilon), float(delta), float(max_grad_norm)
-        self.n_train, self.expected_batch = int(n_train), int(batch)  # expected batch q N = batch
-        self.sample_rate, self.noise_multiplier = batch / n_train, float(noise_multiplier)
+        self.n_train, self.sample_rate, self.noise_multiplier = int(n_train), batch / n_train, float(noise_multiplier)
+        self.n_patients = None if n_patients is None else int(n_patients)
+        self.expected_batch: float = int(batch)  # expected units per step, q N = batch (images) or q P (patients)
+        if self.n_patients is not None:
+            self.expected_batch = self.sample_rate * self.n_patients
         self.accountant = create_accountant(mechanism=ACCOUNTANT)
         self.delta_default = False
         self.secret = new_secret()  # seeds the noise and the Poisson draws; never published
@@ -75,13 +81,15 @@ class DPAccount:
         return _seed64(self.secret, SAMPLING_STREAM)
 
     @classmethod
-    def for_run(cls, cfg: TrainConfig, n_train: int) -> DPAccount:
-        """Calibrate sigma so that `cfg.steps` Poisson-sampled steps over `n_train` images spend the target epsilon."""
+    def for_run(cls, cfg: TrainConfig, n_train: int, n_patients: int | None = None) -> DPAccount:
+        """Calibrate sigma so that `cfg.steps` Poisson-sampled steps over `n_train` images (or, with `n_patients`,
+        over patients) spend the target epsilon."""
         assert cfg.dp_epsilon is not None
         if cfg.batch > n_train:
             raise ConfigError(f"--dp-epsilon samples each image with probability batch / N: --batch {cfg.batch} "
                               f"is larger than the {n_train} training images")  # fmt: skip
-        delta = cfg.dp_delta if cfg.dp_delta is not None else DELTA_PER_IMAGE / n_train
+        units = n_train if n_patients is None else n_patients
+        delta = cfg.dp_delta if cfg.dp_delta is not None else DELTA_PER_IMAGE / units
         q = cfg.batch / n_train
         try:
             with _quiet():
@@ -90,7 +98,7 @@ class DPAccount:
         except ValueError as exc:  # Opacus: "The privacy budget is too low."
             raise ConfigError(f"--dp-epsilon {cfg.dp_epsilon} at delta {delta:.3g} over {cfg.steps} steps needs more "
                               f"noise than Opacus calibrates ({exc}); raise epsilon or train fewer steps") from None
-        account = cls(cfg.dp_epsilon, delta, cfg.dp_max_grad_norm or 1.0, n_train, cfg.batch, sigma)
+        account = cls(cfg.dp_epsilon, delta, cfg.dp_max_grad_norm or 1.0, n_train, cfg.batch, sigma, n_patients)
         account.delta_default = cfg.dp_delta is None
         return account
 
@@ -140,6 +148,9 @@ class DPAccount:
         self.delta, self.delta_default = float(state["delta"]), bool(state.get("delta_default", False))
         self.accountant.history = [(float(s), float(q), int(n)) for s, q, n in state["history"]]
         self.n_train = int(state["train_images"])
+        self.n_patients = int(state["train_patients"]) if "train_patients" in state else None
+        if self.n_patients is not None:
+            self.expected_batch = self.sample_rate * self.n_patients
         self.secret = int(state["secret"], 16)
 
     def summary(self) -> dict[str, Any]:
@@ -156,7 +167,8 @@ class DPAccount:
             "train_images": self.n_train,
             "steps": self.steps,
             "accountant": ACCOUNTANT,
-            "unit": "one training image",
+            "unit": "one training image" if self.n_patients is None else "one patient (all of their images)",
+            **({"train_patients": self.n_patients} if self.n_patients is not None else {}),
         }
 
 
@@ -229,12 +241,14 @@ class PrivateGradients:
         hooked.enable_hooks() if on else hooked.disable_hooks()
 
     def step(self, per_sample_loss: torch.Tensor | None, opt: torch.optim.Optimizer,
-             public_loss: torch.Tensor | None = None) -> None:  # fmt: skip
+             public_loss: torch.Tensor | None = None, units: torch.Tensor | None = None) -> None:  # fmt: skip
         """One DP-SGD update of the module from its per-image losses (None: an empty Poisson batch), whose
         forward ran after `enable(True)` (the hooks record the layers' inputs during the forward).
 
         `public_loss`: a term that reads no real image (a GAN's generated batch, computed with the hooks off):
-        its exact gradient is added to the noised one, as post-processing of the private weights."""
+        its exact gradient is added to the noised one, as post-processing of the private weights.
+        `units` (patient-level DP): each image's patient number; a patient's per-image gradients are summed and
+        the sum is clipped to C, so one patient, whatever their image count, moves the sum by at most C."""
         params = [p for p in self.module.parameters() if p.requires_grad]
         self.enable(False)
         public = [None] * len(params)
@@ -255,6 +269,10 @@ class PrivateGradients:
             n = next(g for g in found if g is not None).shape[0]
             grads = [g if g is not None else p.new_zeros((n, *p.shape), dtype=torch.float32)  # an unused layer
                      for p, g in zip(params, found, strict=True)]  # fmt: skip
+            if units is not None:  # one gradient per patient: the sum of their images' (non-finite stays so)
+                inverse = torch.unique(units.to(grads[0].device), return_inverse=True)[1]
+                m = int(inverse.max()) + 1
+                grads = [g.new_zeros((m, *g.shape[1:])).index_add_(0, inverse, g) for g in grads]
             norms = torch.stack([g.flatten(1).norm(dim=1) for g in grads], dim=1).norm(dim=1)
             # an image whose gradient is not finite (an inf/NaN loss, an overflow) has no norm to clip to C:
             # it is dropped (factor 0, its entries zeroed so that 0 * inf cannot make the sum NaN). Dropping
