@@ -21,7 +21,7 @@ from medsyn.models import GANConfig
 from medsyn.train import Trainer, train
 from medsyn.train import precision as precision_module
 from medsyn.train import trainer as trainer_module
-from medsyn.train.checkpoint import load_checkpoint
+from medsyn.train.checkpoint import checkpoint_file, load_checkpoint
 from medsyn.train.precision import probe_cpu_precision
 from medsyn.train.run import read_run_meta
 from medsyn.train.trainer import progress_line
@@ -95,7 +95,8 @@ def test_kill_9_then_resume_stops_on_time(tmp_path: Path, cache: Path) -> None:
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode() if proc.stderr else ""
-    killed_at = load_checkpoint(run / "checkpoints" / "last.pt")
+    # a SIGKILL between the two renames of a checkpoint write leaves only previous.pt, which resume uses too
+    killed_at = load_checkpoint(checkpoint_file(run / "checkpoints"))
     assert killed_at["train_seconds"] < 20
     resumed = subprocess.run([sys.executable, "-m", "medsyn", "train", "--resume", "--quiet", "--out", str(run)],
                              capture_output=True, text=True, timeout=240)  # fmt: skip
