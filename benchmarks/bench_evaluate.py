@@ -37,6 +37,7 @@ from medsyn.report.summary import summary_rows
 GROUPS = {  # benchmark stage -> prefixes of the pipeline's stage names
     "load (real cache + synthetic PNGs)": ("real data", "synthetic data"),
     "classifier training (utility + feature net)": ("utility", "features: domain"),
+    "saliency (second real classifier + Grad-CAM)": ("saliency",),
     "features (classifier + pixels)": ("features: smallcnn", "features: densenet", "features: pixels"),
     "FID / KID / PRDC / per-class / intensity": ("fidelity",),
     "diversity (synthetic self-distances)": ("diversity",),
@@ -58,6 +59,7 @@ def scaling(group: str, n_real: int, n_syn: int, size: int, t_real: int, t_syn: 
     laws = {
         "load (real cache + synthetic PNGs)": (images * px, "images x pixels"),
         "classifier training (utility + feature net)": (images * px, "images x pixels per epoch"),
+        "saliency (second real classifier + Grad-CAM)": (t_real / n_real * px, "real images x pixels per epoch"),
         "features (classifier + pixels)": (images * px, "images x pixels"),
         "FID / KID / PRDC / per-class / intensity": (pairs, "PRDC k-NN: N^2 (FID/KID fixed cost)"),
         "diversity (synthetic self-distances)": (1.0, "fixed: at most 2000 images per side"),
