@@ -305,29 +305,31 @@ PER_CLASS_COLUMNS = ("point", "size", "class", "train_positives", "trtr_auroc", 
                      "ratio_ci_high")  # fmt: skip
 
 
-def write_per_class_csv(results: Sequence[dict[str, Any]], path: Path) -> None:
-    """One row per point and class: its AUROCs and TSTR/TRTR with the paired bootstrap CI."""
+def _write_rows(rows: Sequence[dict[str, Any]], columns: Sequence[str], path: Path) -> None:
+    """`rows` as CSV with `columns`, floats to 4 decimals, written atomically."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=PER_CLASS_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
-    for r in results:
-        u = r["utility"]
-        for c, ratio in (u["ratio"].get("per_class") or {}).items():
-            row = {"point": r["point"], "size": r.get("size", ""), "class": c,
-                   "train_positives": r["train_counts"].get(c), "trtr_auroc": u["trtr"]["classes"][c]["auroc"],
-                   "tstr_auroc": u["tstr"]["classes"][c]["auroc"], "ratio": ratio["value"],
-                   "ratio_ci_low": ratio["ci_low"], "ratio_ci_high": ratio["ci_high"]}  # fmt: skip
-            writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
+    for row in rows:
+        writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in row.items()})
     write_text_atomic(path, buf.getvalue())
+
+
+def _per_class_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per class of a point: its AUROCs and TSTR/TRTR with the paired bootstrap CI."""
+    u = r["utility"]
+    return [{"point": r["point"], "size": r.get("size", ""), "class": c, "train_positives": r["train_counts"].get(c),
+             "trtr_auroc": u["trtr"]["classes"][c]["auroc"], "tstr_auroc": u["tstr"]["classes"][c]["auroc"],
+             "ratio": ratio["value"], "ratio_ci_low": ratio["ci_low"], "ratio_ci_high": ratio["ci_high"]}
+            for c, ratio in (u["ratio"].get("per_class") or {}).items()]  # fmt: skip
+
+
+def write_per_class_csv(results: Sequence[dict[str, Any]], path: Path) -> None:
+    _write_rows([row for r in results for row in _per_class_rows(r)], PER_CLASS_COLUMNS, path)
 
 
 def write_csv(results: Sequence[dict[str, Any]], path: Path) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for r in results:
-        writer.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in _row(r).items()})
-    write_text_atomic(path, buf.getvalue())
+    _write_rows([_row(r) for r in results], CSV_COLUMNS, path)
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
