@@ -305,7 +305,7 @@ PER_CLASS_COLUMNS = ("point", "size", "class", "train_positives", "trtr_auroc", 
                      "ratio_ci_high")  # fmt: skip
 
 
-def _write_rows(rows: Sequence[dict[str, Any]], columns: Sequence[str], path: Path) -> None:
+def write_rows(rows: Sequence[dict[str, Any]], columns: Sequence[str], path: Path) -> None:
     """`rows` as CSV with `columns`, floats to 4 decimals, written atomically."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
@@ -325,11 +325,11 @@ def _per_class_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def write_per_class_csv(results: Sequence[dict[str, Any]], path: Path) -> None:
-    _write_rows([row for r in results for row in _per_class_rows(r)], PER_CLASS_COLUMNS, path)
+    write_rows([row for r in results for row in _per_class_rows(r)], PER_CLASS_COLUMNS, path)
 
 
 def write_csv(results: Sequence[dict[str, Any]], path: Path) -> None:
-    _write_rows([_row(r) for r in results], CSV_COLUMNS, path)
+    write_rows([_row(r) for r in results], CSV_COLUMNS, path)
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
