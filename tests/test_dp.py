@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from opacus.accountants import RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
-from train_helpers import kill_at_step, tiny
+from train_helpers import kill_at_step, opacus_epsilon, tiny
 
 from conftest import run_cli
 from medsyn.data.cache import prepare
@@ -62,16 +61,6 @@ def assert_secret_unpublished(folder: Path, *expected: str) -> None:
 def rows(run: Path) -> list[dict[str, str]]:
     with open(run / "losses.csv", newline="") as fh:
         return [{k: v for k, v in r.items() if k != "img_per_s"} for r in csv.DictReader(fh)]
-
-
-def opacus_epsilon(sigma: float, q: float, steps: int, delta: float) -> float:
-    """Opacus' RDP accountant stepped as its DPOptimizer would step it."""
-    acc = RDPAccountant()
-    for _ in range(steps):
-        acc.step(noise_multiplier=sigma, sample_rate=q)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return float(acc.get_epsilon(delta=delta))
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ from medsyn.data.phantom import PHANTOM_CLASSES, render_phantom
 from medsyn.errors import ConfigError, DataError
 from medsyn.evaluate.pipeline import TRTR_ORIGIN, EvalSettings, evaluate, open_real
 from medsyn.evaluate.privacy.reid import load_reid
+from medsyn.evaluate.privacy_stage import NO_RUN
 from medsyn.evaluate.real import members
 from medsyn.evaluate.synthetic import align_labels, load_synthetic, open_synthetic
 from medsyn.generate.layout import Layout
@@ -171,11 +172,14 @@ def _levels(metrics: dict) -> dict[str, str]:
 def test_copies_of_training_images_fail_every_privacy_check(copies):
     levels = _levels(copies)
     assert levels == {"dcr": "fail", "dcr feature": "fail", "membership inference": "fail", "re-identification": "fail",
+                      "membership inference, density ratio": "fail",
                       # copies of 200 training images spread over many patients: no one patient stands out
                       "nearest-patient concentration": "pass", "nearest-patient concentration feature": "pass"}
     p = copies["privacy"]
     assert p["dcr"]["pixel"]["fraction_below_p1"] > 0.9
     assert p["membership_inference"]["pixel"]["auroc"] > 0.65
+    assert p["membership_inference"]["density pixel"]["auroc"] > 0.65  # DOMIAS: reference = validation patients
+    assert p["membership_inference"]["model"] == {"not_applicable": True, "skipped": NO_RUN}  # no --run given
     assert p["reidentification"]["matching"]["gallery_calibrated"]["0.05"]["synthetic"]["fraction"] > 0.9
     assert copies["verdicts"]["private"]["level"] == "fail"
 
@@ -188,6 +192,7 @@ def test_independent_unseen_patients_pass_privacy(independent):
     p = metrics["privacy"]
     assert p["dcr"]["pixel"]["fraction_below_p1"] < 0.05
     assert abs(p["membership_inference"]["pixel"]["auroc"] - 0.5) < 0.1
+    assert abs(p["membership_inference"]["density pixel"]["auroc"] - 0.5) < 0.15
     assert p["reidentification"]["matching"]["gallery_calibrated"]["0.05"]["synthetic"]["fraction"] < 0.15
     # Utility skipped: the feature backbone (and the saved classifier) is trained once with the TRTR recipe.
     assert "skipped" in metrics["utility"] and "utility was skipped" in " ".join(metrics["timings"])

@@ -23,6 +23,7 @@ from medsyn.evaluate.privacy import (
     nearest_patient_shares,
     precedence_test,
 )
+from medsyn.evaluate.privacy.density import density_ratio_inference
 from medsyn.evaluate.verdicts import Verdict, concentration_context, concentration_verdict, dcr_verdict, mia_verdict
 
 SPACE = FeatureSpace("test-features", "random arrays")
@@ -293,8 +294,25 @@ def test_membership_inference_copies_vs_independent(phantom_sets: dict[str, np.n
     assert safe.ci_low < 0.5 < safe.ci_high and mia_verdict(safe).level == "pass"
     # The point estimate is sklearn's AUROC on -distance.
     y = np.r_[np.ones(300), np.zeros(200)]
-    score = -np.r_[safe.member_distances, safe.non_member_distances]
+    score = np.r_[safe.member_scores, safe.non_member_scores]
     assert safe.auroc == roc_auc_score(y, score)
+
+
+def test_density_ratio_attack_copies_vs_independent(phantom_sets: dict[str, np.ndarray]) -> None:
+    """DOMIAS: reference = half of the held-out images, non-members = the other half."""
+    s = phantom_sets
+    ref, non = s["holdout"][:100], s["holdout"][100:]
+    leaky = density_ratio_inference(s["copies"], s["train"], non, ref, SPACE, n_bootstrap=200)
+    assert leaky.attack == "density ratio" and leaky.n_synthetic == 300 and leaky.n_non_members == 100
+    assert leaky.auroc > 0.75 and leaky.ci_low > 0.7 and mia_verdict(leaky).level == "fail"  # measured 0.839
+    assert mia_verdict(leaky).check == "membership inference, density ratio (test-features)"
+    safe = density_ratio_inference(s["independent"], s["train"], non, ref, SPACE, n_bootstrap=200)
+    assert safe.ci_low < 0.5 < safe.ci_high and mia_verdict(safe).level == "pass"
+    # the score is log p_syn - log p_ref: the same images give the same AUROC whatever their order
+    again = density_ratio_inference(s["independent"][::-1], s["train"], non, ref, SPACE, n_bootstrap=200)
+    assert again.auroc == pytest.approx(safe.auroc, abs=1e-9)
+    with pytest.raises(DataError, match="at least 10 reference"):
+        density_ratio_inference(s["copies"], s["train"], non, ref[:5], SPACE)
 
 
 def test_privacy_input_errors(phantom_sets: dict[str, np.ndarray]) -> None:

@@ -1,10 +1,13 @@
-"""Helpers shared by the training tests: a tiny run config, a kill at a given step, a fake 1 s-per-step clock."""
+"""Helpers shared by the training tests: a tiny run config, a kill at a given step, a fake 1 s-per-step clock,
+Opacus' own epsilon for a DP-SGD run."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
+from opacus.accountants import RDPAccountant
 
 from medsyn.train import TrainConfig, Trainer
 
@@ -42,3 +45,13 @@ def one_second_per_step(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr("medsyn.train.loop.time.perf_counter", lambda: clock["t"])
     monkeypatch.setattr(Trainer, "train_step", timed)
+
+
+def opacus_epsilon(sigma: float, q: float, steps: int, delta: float) -> float:
+    """Opacus' RDP accountant stepped as its DPOptimizer would step it."""
+    acc = RDPAccountant()
+    for _ in range(steps):
+        acc.step(noise_multiplier=sigma, sample_rate=q)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(acc.get_epsilon(delta=delta))

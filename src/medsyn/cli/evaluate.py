@@ -86,6 +86,10 @@ def register(app: typer.Typer) -> None:
         reader_study: Path = typer.Option(
             None, "--reader-study", help="A 'medsyn reader-study' file: its analysis becomes a section of the report."
         ),
+        run: Path = typer.Option(
+            None, "--run", help="The generator's training run folder: adds the membership attack that reads the "
+            "trained model (discriminator score, or denoising loss for diffusion models).",
+        ),  # fmt: skip
         quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
     ) -> None:
         """Is the synthetic set useful, realistic and private? Writes OUT/metrics.json and OUT/report.html."""
@@ -93,5 +97,6 @@ def register(app: typer.Typer) -> None:
             real, synthetic, out, quick=quick, seed=seed, device=device, feature_weights=features, size=size,
             classes=[c.strip() for c in classes.split(",") if c.strip()] if classes else None, cache=cache,
             real_images=not no_real_images, settings=_read_settings(settings), quiet=quiet, reader_study=reader_study,
+            run=run,
         )  # fmt: skip
         print_summary(metrics, out, "medsyn evaluate")

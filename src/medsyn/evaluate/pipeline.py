@@ -11,7 +11,8 @@ The steps, each a typed stage of `medsyn.evaluate.stages` (docs/ARCHITECTURE.md 
 4. features: the backbone (the first-seed TRTR classifier, or `--features` weights) and raw pixels;
 5. fidelity (FID with its same-N real baseline, KID, PRDC, per-class FID, intensities) and the synthetic
    set's own diversity;
-6. privacy: DCR and nearest-patient concentration, membership inference, re-identification;
+6. privacy: DCR and nearest-patient concentration, membership inference (distance and density-ratio attacks;
+   with `run`, the attack that reads the trained model), re-identification;
 7. verdicts (`verdicts`: every rule and threshold), OUT/models, OUT/report.html and OUT/metrics.json.
 
 A stage the data cannot support is recorded as skipped with its reason and its verdict says "not
@@ -33,15 +34,14 @@ from rich.console import Console
 
 from medsyn import __version__
 from medsyn.evaluate.backbone import TRTR_ORIGIN, SavedModels, external_features
+from medsyn.evaluate.privacy_stage import PrivacyOutcome, privacy_stage
 from medsyn.evaluate.real import RealData, open_real, open_real_data
 from medsyn.evaluate.settings import EvalSettings, resolve_device
 from medsyn.evaluate.stages import (
     Features,
-    PrivacyOutcome,
     diversity_stage,
     features_stage,
     fidelity_stage,
-    privacy_stage,
     saliency_stage,
     utility_stage,
 )
@@ -64,6 +64,7 @@ from medsyn.evaluate.verdicts import (
 )
 from medsyn.io import to_jsonable, write_json_atomic
 from medsyn.report import ReportAssets, write_report
+from medsyn.train.run import read_run_meta
 
 __all__ = ["TRTR_ORIGIN", "EvalSettings", "evaluate", "open_real", "resolve_device"]  # what callers import from here
 
@@ -128,6 +129,7 @@ def evaluate(
     settings: Mapping[str, Any] | None = None,
     quiet: bool = False,
     reader_study: str | Path | None = None,
+    run: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate `synthetic` against `real` (a spec or a prepared cache); writes OUT/metrics.json and
     OUT/report.html and returns the metrics.
@@ -136,13 +138,16 @@ def evaluate(
     images' own). `classes`: evaluate on these real classes only. `cache`: where a spec is prepared.
     `real_images=False` leaves real images out of the report (so it can be shared where the real data
     may not). `settings`: overrides of the quick/full defaults (see `EvalSettings.make`). `reader_study`: a
-    `medsyn reader-study` file whose analysis becomes the report's reader-study section.
+    `medsyn reader-study` file whose analysis becomes the report's reader-study section. `run`: the generator's
+    training run folder, for the model-based membership attack (discriminator score or denoising loss).
     """
     readers = None
     if reader_study is not None:  # read first: a wrong file is an error before hours of evaluation
         from medsyn.readerstudy.analyze import reader_study_section  # the reader study reads evaluate's inputs
 
         readers = reader_study_section(reader_study)
+    if run is not None:
+        read_run_meta(run)  # a wrong folder is a one-line error before the evaluation starts
     out = Path(out_dir)
     stage = Stages(quiet)
     s = EvalSettings.make(quick, seed, resolve_device(device), not quiet, settings)
@@ -161,7 +166,7 @@ def evaluate(
                 fit=str(rd.ds.meta.get("fit", "pad")), known=list(rd.ds.classes),
             )  # fmt: skip
         scratch.mkdir(parents=True, exist_ok=True)
-        metrics, assets, models = _run(rd, syn, s, external, stage, real_images, scratch)
+        metrics, assets, models = _run(rd, syn, s, external, stage, real_images, scratch, run)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     with stage("models: save"):
@@ -180,7 +185,8 @@ def evaluate(
 
 
 def _run(
-    rd: RealData, syn: SyntheticSet, s: EvalSettings, external: Any, stage: Stages, real_images: bool, scratch: Path
+    rd: RealData, syn: SyntheticSet, s: EvalSettings, external: Any, stage: Stages, real_images: bool, scratch: Path,
+    run: str | Path | None,
 ) -> tuple[dict[str, Any], ReportAssets, SavedModels]:
     """The stages in order, then the verdicts; returns metrics, what the report draws, the models to keep."""
     metrics: dict[str, Any] = {
@@ -198,7 +204,7 @@ def _run(
     fid = fidelity_stage(rd, syn, feats, s, stage, util.section)
     metrics["fidelity"] = fid.section
     metrics["diversity"], diversity = diversity_stage(feats, s, stage)
-    priv = privacy_stage(rd, syn, feats, s, stage)
+    priv = privacy_stage(rd, syn, feats, s, stage, run)
     metrics["privacy"] = priv.section
     _verdicts(metrics, rd, syn, feats, priv)
     train = rd.splits["train"]
@@ -238,9 +244,10 @@ def _verdicts(metrics: dict[str, Any], rd: RealData, syn: SyntheticSet, feats: F
             checks.append(filtered(concentration, screen, pixel=key == "pixel", reid=False))
     for key, entry in priv.section["membership_inference"].items():
         if key in priv.mias:
-            checks.append(filtered(mia_verdict(priv.mias[key]), screen, pixel=key == "pixel", reid=False))
+            pixel = key in ("pixel", "density pixel")
+            checks.append(filtered(mia_verdict(priv.mias[key]), screen, pixel=pixel, reid=False))
         elif not entry.get("not_applicable"):
-            checks.append(Verdict(f"membership inference ({key} space)", "n/a", entry["skipped"]))
+            checks.append(Verdict(f"membership inference ({key})", "n/a", entry["skipped"]))
     checks.append(filtered(reid_verdict(priv.section["reidentification"]), screen, pixel=False, reid=True))
     if rd.split_mismatch:
         checks.append(Verdict("training split", "n/a", rd.split_mismatch))

@@ -1,6 +1,6 @@
 """The evaluation's stages, each a function from typed inputs to a typed outcome (see `pipeline.evaluate`).
 
-    utility -> saliency -> features -> fidelity, diversity -> privacy (DCR, membership inference, re-identification)
+    utility -> saliency -> features -> fidelity, diversity -> privacy (`privacy_stage.py`)
 
 A stage whose data cannot support it (too few test positives, no patient with two images, ...) raises
 `DataError` inside; the stage records it as skipped with that reason and the verdict says "not assessed".
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +26,6 @@ from medsyn.evaluate.diversity import DiversityResult, self_diversity
 from medsyn.evaluate.features import FeatureExtractor, PixelFeatures
 from medsyn.evaluate.fidelity import compute_fid, compute_kid, compute_prdc, per_class_fid
 from medsyn.evaluate.intensity import HistogramDivergence, histogram_divergence
-from medsyn.evaluate.privacy import DCRResult, MIAResult, distance_to_closest_record, membership_inference
-from medsyn.evaluate.privacy.linkage import match_synthetic
-from medsyn.evaluate.privacy.reid import ReidModel, train_reid
-from medsyn.evaluate.privacy.verification import verification_auroc
 from medsyn.evaluate.real import RealData, Split
 from medsyn.evaluate.saliency import (
     SaliencyResult,
@@ -270,71 +266,3 @@ def diversity_stage(f: Features, s: EvalSettings, stage: Stage) -> tuple[dict[st
         except DataError as exc:
             return skipped(exc), None
     return res.to_dict(), res
-
-
-# ------------------------------------------------------------------------------------------------ privacy
-
-
-@dataclass
-class PrivacyOutcome:
-    section: dict[str, Any]  # metrics.json "privacy" (without the verdicts, added by the pipeline)
-    dcrs: dict[str, DCRResult] = field(default_factory=dict)  # per space key ("pixel", "feature")
-    mias: dict[str, MIAResult] = field(default_factory=dict)
-    reid_scores: np.ndarray | None = None  # each synthetic image's best re-identification score
-    reid_model: ReidModel | None = None
-
-
-def privacy_stage(real: RealData, syn: SyntheticSet, f: Features, s: EvalSettings, stage: Stage) -> PrivacyOutcome:
-    """DCR per feature space, membership inference (pixel space, and an external feature space; not in the
-    trained classifier's, whose own training images are closer together whatever the generator did), and
-    the re-identification attack; members are the training images the generator saw (`RealData.members`)."""
-    seen = real.member_info.seen
-    spaces = [("pixel", f.pixel, f.pixel_space)] + ([("feature", f.learned, f.space)] if f.space is not None else [])
-    if seen is not None:
-        spaces = [(key, {**feats, "train": np.asarray(feats["train"])[seen]}, sp) for key, feats, sp in spaces]
-    external = f.backbone.get("trained_on") != "real training split"
-    out = PrivacyOutcome({"dcr": {}, "membership_inference": {}})
-    progress, members = s.utility.classifier.progress, real.members
-    for key, feats, sp in spaces:
-        with stage(f"privacy: DCR ({sp.name})"):
-            try:
-                out.dcrs[key] = distance_to_closest_record(
-                    feats["syn"], feats["train"], feats["held"], sp, n_closest=s.n_closest, device=s.device,
-                    progress=progress, train_patient_ids=members.patient_ids,
-                )  # fmt: skip
-                out.section["dcr"][key] = out.dcrs[key].to_dict()
-            except DataError as exc:
-                out.section["dcr"][key] = skipped(exc)
-        if key != "pixel" and not external:
-            out.section["membership_inference"][key] = {"not_applicable": True, "skipped": (
-                "not run in the feature space of a classifier trained on the member images: its own training "
-                "images are closer together whatever the generator did, which would fake leakage")}  # fmt: skip
-            continue
-        with stage(f"privacy: membership inference ({sp.name})"):
-            try:
-                out.mias[key] = membership_inference(
-                    feats["syn"], feats["train"], feats["held"], sp, member_ids=members.patient_ids,
-                    non_member_ids=real.held.patient_ids, n_bootstrap=max(1, s.utility.n_bootstrap), seed=s.seed,
-                    device=s.device, progress=progress,
-                )  # fmt: skip
-                out.section["membership_inference"][key] = out.mias[key].to_dict()
-            except DataError as exc:
-                out.section["membership_inference"][key] = skipped(exc)
-    with stage("privacy: re-identification (siamese)"):
-        try:
-            out.section["reidentification"], out.reid_scores, out.reid_model = _reid(real, syn, s)
-        except DataError as exc:
-            out.section["reidentification"] = skipped(exc)
-    return out
-
-
-def _reid(real: RealData, syn: SyntheticSet, s: EvalSettings) -> tuple[dict[str, Any], np.ndarray, ReidModel]:
-    train, val, test = real.members, real.splits["val"], real.splits["test"]
-    model = train_reid(train.images, train.patient_ids, s.reid, val_images=val.images, val_patient_ids=val.patient_ids)
-    ver = verification_auroc(model, test.images, test.patient_ids, n_bootstrap=s.utility.n_bootstrap, seed=s.seed)
-    match = match_synthetic(model, syn.images, train.images, train.patient_ids, ver, heldout_images=test.images)
-    scores = match.pop("best_score")
-    for key in ("best_patient", "best_train_index", "matched"):
-        match.pop(key)
-    history = {k: v for k, v in model.history.items() if k != "config"}
-    return {"training": history, "verification": ver, "matching": match}, scores, model

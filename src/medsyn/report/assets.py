@@ -102,8 +102,8 @@ class ReportAssets:
         for key, res in dcrs.items():
             title = f"{key} space ({res.space})"
             assets.distances[title] = (res.synthetic_distances, res.holdout_distances, res.threshold_p1, res.threshold_p5)
-        for key, res in mias.items():
-            assets.mia[f"{key} ({res.space})"] = (res.member_distances, res.non_member_distances, res.auroc)
+        for res in mias.values():
+            assets.mia[f"{res.attack} ({res.space})"] = (res.member_scores, res.non_member_scores, res.auroc)
         if hist is not None:
             assets.intensity = (hist.real_histogram, hist.synthetic_histogram)
         if reid_scores is not None and "matching" in reid:

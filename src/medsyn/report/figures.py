@@ -151,14 +151,14 @@ def distance_histograms(panels: Mapping[str, tuple[np.ndarray, np.ndarray, float
 
 
 def roc_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray, float]]) -> str | None:
-    """Membership-inference ROC: training members vs held-out non-members, score = -distance to the
-    nearest synthetic image. `curves`: name -> (member distances, non-member distances, AUROC)."""
+    """Membership-inference ROC of each attack: training members vs held-out non-members.
+    `curves`: name -> (member scores, non-member scores (higher = "member"), AUROC)."""
     if not curves:
         return None
     fig, ax = plt.subplots(figsize=(4.2, 4.0))
     for name, (members, non_members, auc) in curves.items():
         y = np.concatenate([np.ones(len(members)), np.zeros(len(non_members))])
-        fpr, tpr, _ = roc_curve(y, -np.concatenate([members, non_members]))
+        fpr, tpr, _ = roc_curve(y, np.concatenate([members, non_members]))
         ax.plot(fpr, tpr, label=f"{name} (AUROC {auc:.3f})")
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="chance")
     ax.set_xlabel("false positive rate (held-out flagged as member)")

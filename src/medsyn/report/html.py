@@ -278,17 +278,22 @@ def _privacy(m: Mapping[str, Any], figs: Mapping[str, str | None], real_images: 
             "copying; look for near-identical pairs (memorised copies), not for red labels.")
     else:
         out += "<h3>Closest pairs</h3><p class=muted>Left out: the report was made without real images.</p>"
-    out += "<h3>Membership inference</h3>"
+    out += ("<h3>Membership inference</h3><p class=muted>Each attack scores every real image and tries to tell the "
+            "generator's training images (members) from held-out patients' images: distance (to the nearest synthetic "
+            "image), density ratio (DOMIAS: synthetic density over the density of validation patients' images) and, "
+            "with <code>evaluate --run</code>, the trained model's own score (discriminator logit or denoising loss). "
+            "AUROC 0.5 is chance; TPR at 1% FPR is the share of members caught while 1% of non-members are flagged."
+            "</p>")  # fmt: skip
     rows = []
     for key, r in p["membership_inference"].items():
         if "skipped" in r:
             rows.append([_e(key), "–", "–", "–", _e(r["skipped"])])
-        else:
-            rows.append([_e(f"{key} ({r['space']})"), _ci(r), _pct(r.get("tpr_at_1pct_fpr")),
+        else:  # results from before the attack field were the distance attack
+            score = r.get("score", f"-distance to the nearest of {r['n_synthetic']} synthetic images")
+            rows.append([_e(f"{r.get('attack', 'distance')} ({r['space']})"), _ci(r), _pct(r.get("tpr_at_1pct_fpr")),
                          _e(f"{r['n_members']} / {r['n_non_members']}"),
-                         _e("; ".join([f"distance to the nearest of {r['n_synthetic']} synthetic images; CI resamples "
-                                       f"{r['resampling']}", *r.get("notes", [])]))])  # fmt: skip
-    out += _table(["space", "AUROC (95% CI)", "TPR at 1% FPR", "members / non-members", "details"], rows)
+                         _e("; ".join([f"score: {score}; CI resamples {r['resampling']}", *r.get("notes", [])]))])  # fmt: skip
+    out += _table(["attack (space)", "AUROC (95% CI)", "TPR at 1% FPR", "members / non-members", "details"], rows)
     out += _img(figs["mia_roc"], "membership inference ROC")
     out += "<h3>Re-identification</h3>"
     reid = p["reidentification"]

@@ -69,8 +69,9 @@ THRESHOLDS: dict[str, list[str]] = {
         f"s meets that rule (s >= {CONCENTRATION_MIN_SHARE}, s > {CONCENTRATION_WARN_RATIO:g}h, p < "
         f"{CONCENTRATION_WARN_P}): far matches, reported as a possible hub effect, naming a collapse (diversity "
         f"FAIL) or a lack of resemblance (precision or coverage < {CONCENTRATION_NO_RESEMBLANCE}) when found",
-        f"membership inference: FAIL if AUROC >= {MIA_FAIL_AUROC} with its 95% CI above 0.5; WARN if the CI "
-        "excludes 0.5 on either side",
+        f"membership inference (each attack: distance, density ratio, and with --run the model's own score): FAIL "
+        f"if AUROC >= {MIA_FAIL_AUROC} with its 95% CI above 0.5 (the discriminator attack: WARN, the discriminator "
+        "is not shared); WARN if the CI excludes 0.5 on either side",
         f"re-identification: at the threshold that links {100 * REID_FPR:g}% of held-out patients' images to a "
         f"training patient, FAIL if the synthetic share is > {REID_FAIL_RATIO:g}x the held-out share and its 95% "
         "CI lies above the held-out share's 95% Wilson interval (over held-out patients), WARN likewise at "
