@@ -193,63 +193,93 @@ def _train_text(r: Mapping[str, Any]) -> str:
     return text
 
 
+#: The columns every comparison page shows for a side, after its own leading columns.
+SIDE_HEAD = ["TSTR/TRTR [95% CI]", "TRTR AUROC [95% CI]", "TSTR AUROC [95% CI]", "recall", "coverage",
+             "FID (real vs real)", "useful / realistic / private"]  # fmt: skip
+
+
+def _side_cells(r: Mapping[str, Any]) -> list[str]:
+    s = r["summary"]
+    return [
+        _ci3(s["ratio"]), _ci3(s["trtr"]), _ci3(s["tstr"]), _cell(s["recall"]), _cell(s["coverage"]),
+        f"{_fixed(s['fid'], 2)} ({_fixed(s['fid_real_vs_real'], 2)})",
+        " ".join(_level(s["verdicts"].get(k)) for k in ("useful", "realistic", "private")),
+    ]  # fmt: skip
+
+
+def _checks(results: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Every privacy check any side has, in order (one column each)."""
+    return list(dict.fromkeys(c["check"] for r in results for c in r["summary"]["privacy_checks"]))
+
+
+def _check_cells(r: Mapping[str, Any], checks: Sequence[str]) -> list[str]:
+    level = {c["check"]: c["level"] for c in r["summary"]["privacy_checks"]}
+    return [_level(level.get(c)) for c in checks]
+
+
+def _sampling_text(r: Mapping[str, Any]) -> str:
+    g, sampling = r["generate"], r["generate"].get("sampling") or {}
+    steps = f", {sampling['ddim_steps']} DDIM steps, guidance {sampling['guidance']:g}" if sampling else ""
+    return f"{_fixed(g['wall_s'], 1)} s for {g['images']} images ({_fixed(g['img_per_s'], 1)} img/s{steps})"
+
+
+def _grids(results: Sequence[Mapping[str, Any]], titles: Sequence[str]) -> str:
+    """Each side's last training sample grid (and ldm's reconstructions) and a link to its evaluation report."""
+    out = ""
+    for r, title in zip(results, titles, strict=True):
+        name, folder = html.escape(title), html.escape(r.get("name", r["model"]))  # results before `name`: the model
+        out += f"<h3>{name}</h3>" + _figure(_png(r.get("samples")), f"{name} samples",
+                                            "the EMA generator's last training sample grid, one row per label "
+                                            "group, the same noise in every row")  # fmt: skip
+        if r.get("reconstructions"):
+            out += _figure(_png(r["reconstructions"]), f"{name} reconstructions",
+                           "the autoencoder stage: real training images and their reconstructions")  # fmt: skip
+        out += f'<p class=muted>Full evaluation: <a href="{folder}/evaluation/report.html">{folder}/evaluation/report.html</a></p>'
+    return out
+
+
+def _metrics_note(results: Sequence[Mapping[str, Any]]) -> str:
+    k = _cell(results[0]["summary"].get("prdc_k")) if results else "n/a"
+    return (
+        "TSTR/TRTR: the share of the real-data classifier's AUROC that training on the synthetic set keeps (95% "
+        "paired bootstrap over test patients). Recall / coverage: the share of real images the synthetic set "
+        f"reaches in the real classifier's feature space (PRDC, k = {k}); low values mean mode collapse. FID beside "
+        "its real-vs-real baseline at the same N: a model is only as far from the real set as that baseline allows. "
+        "Privacy checks: FAIL means synthetic images sit closer to training patients than held-out patients' "
+        "images do."
+    )
+
+
+def _page(title: str, body: str) -> str:
+    return (f'<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>\n'
+            f"<style>{CSS}</style></head><body><main>\n{body}\n</main></body></html>\n")  # fmt: skip
+
+
 def write_compare_report(summary: Mapping[str, Any], out: Path) -> None:
     """compare.html: one row per model (utility with CIs, recall/coverage, FID against real-vs-real, every
     privacy check, verdicts, train and sample time), then each model's sample grid, in the report's style."""
     results, cfg = summary["models"], summary["config"]
-    checks = list(dict.fromkeys(c["check"] for r in results for c in r["summary"]["privacy_checks"]))
-    head = ["model", "TSTR/TRTR [95% CI]", "TRTR AUROC [95% CI]", "TSTR AUROC [95% CI]", "recall", "coverage",
-            "FID (real vs real)", "useful / realistic / private", *checks, "training", "sampling"]  # fmt: skip
-    rows = []
-    for r in results:
-        s, g = r["summary"], r["generate"]
-        level = {c["check"]: c["level"] for c in s["privacy_checks"]}
-        sampling = g.get("sampling") or {}
-        steps = f", {sampling['ddim_steps']} DDIM steps, guidance {sampling['guidance']:g}" if sampling else ""
-        rows.append([
-            f"<b>{html.escape(r['model'])}</b><br><span class=muted>{html.escape(r['family'])}</span>",
-            _ci3(s["ratio"]), _ci3(s["trtr"]), _ci3(s["tstr"]), _cell(s["recall"]), _cell(s["coverage"]),
-            f"{_fixed(s['fid'], 2)} ({_fixed(s['fid_real_vs_real'], 2)})",
-            " ".join(_level(s["verdicts"].get(k)) for k in ("useful", "realistic", "private")),
-            *(_level(level.get(c)) for c in checks), _train_text(r),
-            f"{_fixed(g['wall_s'], 1)} s for {g['images']} images ({_fixed(g['img_per_s'], 1)} img/s{steps})",
-        ])  # fmt: skip
-    table = "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
-    table += "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows) + "</table>"
-    grids = ""
-    for r in results:
-        name = html.escape(r["model"])
-        grids += f"<h3>{name}</h3>" + _figure(_png(r.get("samples")), f"{name} samples",
-                                              "the EMA generator's last training sample grid, one row per label "
-                                              "group, the same noise in every row")  # fmt: skip
-        if r.get("reconstructions"):
-            grids += _figure(_png(r["reconstructions"]), f"{name} reconstructions",
-                             "the autoencoder stage: real training images and their reconstructions")  # fmt: skip
-        grids += f'<p class=muted>Full evaluation: <a href="{name}/evaluation/report.html">{name}/evaluation/report.html</a></p>'
+    checks = _checks(results)
+    head = ["model", *SIDE_HEAD, *checks, "training", "sampling"]
+    rows = [[f"<b>{html.escape(r['model'])}</b><br><span class=muted>{html.escape(r['family'])}</span>",
+             *_side_cells(r), *_check_cells(r, checks), _train_text(r), _sampling_text(r)]
+            for r in results]  # fmt: skip
     loads = ", ".join(f"{html.escape(r['model'])} {_fixed(r['train']['load_before'], 2)} → {_fixed(r['train']['load_after'], 2)}"
                       for r in results)  # fmt: skip
     classifier = "small CNN" if cfg["quick"] else "DenseNet121"
-    k = _cell(results[0]["summary"].get("prdc_k")) if results else "n/a"
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>medsyn benchmark: model comparison</title>
-<style>{CSS}</style></head><body><main>
-<h1>GAN or diffusion on this data?</h1>
+    body = f"""<h1>GAN or diffusion on this data?</h1>
 <p class=sub>{len(results)} models, each trained for {cfg["budget_s"]:.0f} s on the same real training split at
 {cfg["size"]} px, then a synthetic set drawn and evaluated the same way (classifier {classifier}, seed {cfg["seed"]}, device {html.escape(cfg["device"])}).</p>
-{table}
-<p class=muted>TSTR/TRTR: the share of the real-data classifier's AUROC that training on the synthetic set keeps
-(95% paired bootstrap over test patients). Recall / coverage: the share of real images the synthetic set
-reaches in the real classifier's feature space (PRDC, k = {k}); low values mean mode collapse. FID beside its real-vs-real baseline at the same N: a model is only as
-far from the real set as that baseline allows. Privacy checks: FAIL means synthetic images sit closer to training
-patients than held-out patients' images do. Training time is wall time on the machine as it was (1-minute load
+{_html_table([html.escape(h) for h in head], rows)}
+<p class=muted>{_metrics_note(results)} Training time is wall time on the machine as it was (1-minute load
 before → after training: {loads}).</p>
 <h2>Samples</h2>
-{grids}
-</main></body></html>
-"""
-    write_text_atomic(out / "compare.html", page)
+{_grids(results, [r["model"] for r in results])}"""
+    write_text_atomic(out / "compare.html", _page("medsyn benchmark: model comparison", body))
 
 
 def _figure(b64: str | None, alt: str, caption: str) -> str:
     if not b64:
         return f"<p class=muted>({html.escape(alt)}: no image)</p>"
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}"><p class=muted>{caption}</p>'
+
