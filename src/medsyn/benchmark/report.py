@@ -1,5 +1,6 @@
 """Benchmark pages, self-contained HTML in the evaluation report's style: the sweep's figure (sweep.png) and
-report.html, and the model comparison's compare.html."""
+report.html, the model comparison's compare.html, and the epsilon sweep's epsilon.png and epsilon.html (the
+comparison page's columns with the privacy figures in front)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import numpy as np
 from medsyn.io import atomic_path, write_text_atomic
 from medsyn.report.figures import SETTING_COLORS, SETTING_NAMES, encode, plt
 from medsyn.report.html import CSS, LEVEL_TEXT
+from medsyn.report.markup import round_up
 
 AXIS = {"classes": "number of classes", "samples": "real training images per class (cap)",
         "resolution": "image size (px)"}
@@ -283,3 +285,107 @@ def _figure(b64: str | None, alt: str, caption: str) -> str:
         return f"<p class=muted>({html.escape(alt)}: no image)</p>"
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}"><p class=muted>{caption}</p>'
 
+
+# ---------------------------------------------------------------------- the --sweep epsilon page
+NO_DP = "∞ (no DP)"
+
+
+def epsilon_label(target: float | None) -> str:
+    """A point's target epsilon as the table and the figure show it (None: trained without DP)."""
+    return NO_DP if target is None else f"{target:g}"
+
+
+def attack_keys(results: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Membership-inference attacks with an AUROC at any point, in the evaluation's order (one column each)."""
+    return list(dict.fromkeys(k for r in results for k, e in r["summary"].get("membership", {}).items() if "auroc" in e))
+
+
+def epsilon_figure(results: Sequence[Mapping[str, Any]]) -> str:
+    """Three panels over the target epsilon (log axis, no DP at the right end): TSTR/TRTR with its CI, recall
+    and coverage, and every membership-inference attack's AUROC with its CI beside the 0.5 of chance."""
+    targets = [r["side"]["dp_epsilon"] for r in results]
+    finite = [t for t in targets if t is not None]
+    right = max(finite) * 10**0.75 if finite else 1.0  # no DP: three quarters of a decade right of the largest epsilon
+    x = np.array([right if t is None else t for t in targets], float)
+    order = np.argsort(x)
+    x, res = x[order], [results[i]["summary"] for i in order]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    _errorbar(axes[0], x, *np.array([e["ratio"] for e in res], float).T, color=SETTING_COLORS["tstr"],
+              label="TSTR / TRTR")  # fmt: skip
+    axes[0].axhline(1.0, color="grey", lw=0.8, ls=":")
+    axes[0].set(ylabel="synthetic / real", title="utility: TSTR / TRTR")
+    for key in ("recall", "coverage"):
+        axes[1].plot(x, np.array([e[key] for e in res], float), marker="o", label=key)
+    axes[1].set(ylabel="share of real images reached", title="diversity: recall and coverage", ylim=(-0.02, 1.02))
+    for key in attack_keys(results):
+        mia = [e.get("membership", {}).get(key) or {} for e in res]
+        _errorbar(axes[2], x, *np.array([[m.get(f) for f in ("auroc", "ci_low", "ci_high")] for m in mia], float).T,
+                  label=key)  # fmt: skip
+    axes[2].axhline(0.5, color="grey", lw=0.8, ls=":", label="chance")
+    axes[2].set(ylabel="AUROC members vs held-out", title="membership inference")
+    labels = [epsilon_label(targets[i]) for i in order]
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xticks(x, labels)
+        ax.minorticks_off()
+        if finite and len(finite) < len(targets):  # a gap between the largest epsilon and no DP
+            ax.axvline(max(finite) * 10**0.375, color="grey", lw=0.6, ls="--")
+        ax.set_xlabel("target ε (log scale)")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return encode(fig)
+
+
+def _dp_cells(r: Mapping[str, Any]) -> list[str]:
+    """Target epsilon, epsilon spent (rounded up, never printed below itself), delta and the noise multiplier."""
+    dp = r.get("differential_privacy")
+    label = html.escape(epsilon_label(r["side"]["dp_epsilon"]))
+    if not dp:
+        return [f"<b>{label}</b>", "none", "", ""]
+    return [f"<b>{label}</b>", round_up(dp["epsilon"]), f"{dp['delta']:.2g}", _fixed(dp["noise_multiplier"], 3)]
+
+
+def _attack_cell(e: Mapping[str, Any] | None) -> str:
+    if not e:
+        return "n/a"
+    if "auroc" not in e:
+        return f"<span class=muted title=\"{html.escape(str(e.get('skipped')))}\">skipped</span>"
+    tpr = f"<br><span class=muted>TPR@1%FPR {_cell(e['tpr_at_1pct_fpr'])}</span>"
+    return _ci3([e["auroc"], e["ci_low"], e["ci_high"]]) + tpr
+
+
+def write_epsilon_report(summary: Mapping[str, Any], out: Path) -> None:
+    """epsilon.png and epsilon.html: the privacy/utility curve, one row per target epsilon (what DP spent, the
+    utility and diversity kept, every membership attack, every privacy check), then each point's samples."""
+    results, cfg = summary["points"], summary["config"]
+    b64 = epsilon_figure(results)
+    with atomic_path(out / "epsilon.png") as tmp:
+        tmp.write_bytes(base64.b64decode(b64))
+    checks, attacks = _checks(results), attack_keys(results)
+    head = ["target ε", "ε spent", "δ", "noise σ", *SIDE_HEAD, *(f"membership inference: {a}" for a in attacks),
+            *checks, "training", "sampling"]  # fmt: skip
+    rows = [[*_dp_cells(r), *_side_cells(r), *(_attack_cell(r["summary"].get("membership", {}).get(a)) for a in attacks),
+             *_check_cells(r, checks), _train_text(r), _sampling_text(r)] for r in results]  # fmt: skip
+    short = [f"{r['name']} ({(r.get('progress') or {}).get('steps')} steps, {(r.get('progress') or {}).get('stop_reason')})"
+             for r in results if (r.get("progress") or {}).get("steps") != cfg["steps"]]  # fmt: skip
+    warning = (f"<p><b>Not every point trained the planned {cfg['steps']} steps: {html.escape(', '.join(short))}. "
+               "Their utility is not comparable with the others'; rerun with a larger --budget (or none).</b></p>"
+               if short else "")  # fmt: skip
+    dp = (f"δ = {cfg['dp_delta']:g}" if cfg["dp_delta"] else "δ = 0.1 / training units",
+          f"clipping norm {cfg['dp_max_grad_norm'] or 1:g}", f"per {cfg['dp_unit'] or 'image'}")  # fmt: skip
+    classifier = "small CNN" if cfg["quick"] else "DenseNet121"
+    body = f"""<h1>Privacy/utility curve: what does differential privacy cost on this data?</h1>
+<p class=sub>{len(results)} {html.escape(cfg["model"])} generators (width {cfg["width"]}, batch {cfg["batch"]}), each
+trained for {cfg["steps"]} steps on the same real training split at {cfg["size"]} px with DP-SGD to its target ε
+({', '.join(dp)}); {NO_DP}: the same network trained without DP. Every synthetic set is drawn and evaluated the same way
+(classifier {classifier}, seed {cfg["seed"]}, device {html.escape(cfg["device"])}).</p>
+{warning}<img src="data:image/png;base64,{b64}" alt="privacy/utility curve" style="max-width:100%">
+{_html_table([html.escape(h) for h in head], rows)}
+<p class=muted>ε spent: the RDP accountant's count after the steps taken, rounded up (at most the target).
+Noise σ: the noise multiplier DP-SGD calibrated so that the planned steps spend the target. Membership inference:
+AUROC of telling the generator's training images from held-out ones by each attack [95% bootstrap CI], 0.5 =
+chance; the TPR at 1% FPR is what an attacker who may rarely be wrong achieves. {_metrics_note(results)}</p>
+<h2>Samples</h2>
+{_grids(results, [f"ε = {epsilon_label(r['side']['dp_epsilon'])}" for r in results])}"""
+    write_text_atomic(out / "epsilon.html", _page("medsyn benchmark: privacy/utility curve", body))

@@ -1,4 +1,5 @@
-"""`medsyn benchmark`: the classes / samples / resolution sweeps (`run_sweep`) and the model comparison (`run_compare`)."""
+"""`medsyn benchmark`: the classes / samples / resolution sweeps (`run_sweep`), the model comparison
+(`run_compare`) and the privacy/utility curve (`--sweep epsilon`, `run_epsilon_sweep`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from rich.console import Console
 
 from medsyn.benchmark import SweepConfig, run_sweep
 from medsyn.benchmark.compare import CompareConfig, parse_models, run_compare
+from medsyn.benchmark.epsilon import EpsilonConfig, parse_points, run_epsilon_sweep
 from medsyn.cli.evaluate import _read_settings
 from medsyn.cli.options import parse_duration
 from medsyn.errors import ConfigError
@@ -36,19 +38,27 @@ def register(app: typer.Typer) -> None:
     @app.command("benchmark")
     def benchmark_cmd(
         data: str = typer.Option(..., "--data", help="Dataset spec or prepared cache folder."),
-        sweep: str = typer.Option(None, "--sweep", help="classes | samples | resolution."),
+        sweep: str = typer.Option(None, "--sweep", help="classes | samples | resolution | epsilon."),
         compare: str = typer.Option(
             None,
             "--compare",
             help="Models trained with the same --budget each, e.g. cgan,ddpm or cgan:32,ddpm:16 (width).",
         ),
-        n: int = typer.Option(None, "--n", help="--compare: synthetic images per model (default: real training size)."),
+        n: int = typer.Option(
+            None, "--n", help="--compare, --sweep epsilon: synthetic images per model (default: real training size)."
+        ),
         settings: Path = typer.Option(None, "--settings", help="YAML overrides of the evaluation settings (sweeps read its classifier and utility sections)."),
-        ddim_steps: int = typer.Option(None, "--ddim-steps", help="--compare: DDIM steps of diffusion models."),
-        guidance: float = typer.Option(None, "--guidance", help="--compare: guidance scale of diffusion models."),
+        ddim_steps: int = typer.Option(
+            None, "--ddim-steps", help="--compare, --sweep epsilon: DDIM steps of diffusion models."
+        ),
+        guidance: float = typer.Option(
+            None, "--guidance", help="--compare, --sweep epsilon: guidance scale of diffusion models."
+        ),
         out: Path = typer.Option(..., "--out", "-o", help="Sweep folder (rerun the same command to resume)."),
         points: str = typer.Option(
-            None, help="Comma-separated points: numbers of classes, training images per class, or image sizes in px."
+            None,
+            help="Comma-separated points: numbers of classes, training images per class, image sizes in px, or "
+            "target epsilons (inf = no DP, e.g. inf,10,3,1).",
         ),
         classes: str = typer.Option(None, help="Comma-separated classes to use (and their order for 'classes')."),
         config: Path = typer.Option(
@@ -71,13 +81,43 @@ def register(app: typer.Typer) -> None:
         split_seed: int = typer.Option(0, "--split-seed", help="Seed of the patient split (made once)."),
         full: bool = typer.Option(False, "--full", help="DenseNet121 and 3 seeds instead of the quick small CNN."),
         device: str = typer.Option("auto", help="auto | cpu | cuda."),
+        dp_delta: float = typer.Option(None, "--dp-delta", help="--sweep epsilon: DP delta (default 0.1 / training images)."),
+        dp_max_grad_norm: float = typer.Option(
+            None, "--dp-max-grad-norm", help="--sweep epsilon: per-sample gradient clipping norm C (default 1.0)."
+        ),
+        dp_unit: str = typer.Option(
+            None, "--dp-unit", help="--sweep epsilon: what DP protects, image (default) or patient."
+        ),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
     ) -> None:
         """Sweeps: a generator per point, TRTR vs TSTR on the same real test patients -> CSV, PNG, report.
-        --compare: each model trained for --budget on the same split, generated and evaluated -> one table."""
+        --compare: each model trained for --budget on the same split, generated and evaluated -> one table.
+        --sweep epsilon: one generator per target epsilon, --steps each, evaluated as --compare -> the privacy/utility curve."""
         if (sweep is None) == (compare is None):
-            raise ConfigError("give either --sweep classes|samples|resolution or --compare MODEL,MODEL")
+            raise ConfigError("give either --sweep classes|samples|resolution|epsilon or --compare MODEL,MODEL")
         dev = resolve_device(device)
+        dp = {"dp_delta": dp_delta, "dp_max_grad_norm": dp_max_grad_norm, "dp_unit": dp_unit}
+        if sweep != "epsilon" and any(v is not None for v in dp.values()):
+            raise ConfigError("--dp-delta, --dp-max-grad-norm and --dp-unit apply to --sweep epsilon")
+        if sweep == "epsilon":
+            unused = {"--config": config, "--classes": classes, "--augment": augment}
+            given = [k for k, v in unused.items() if v is not None]
+            if given:
+                raise ConfigError(f"{', '.join(given)} do not apply to --sweep epsilon (every point trains --model "
+                                  "with its defaults and the network DP needs)")  # fmt: skip
+            if steps is None:
+                raise ConfigError("--sweep epsilon needs --steps: DP-SGD calibrates its noise to the planned steps, so "
+                                  "every point trains the same number (--budget is only a safety time limit)")  # fmt: skip
+            ecfg = EpsilonConfig(
+                data=data, points=parse_points(points or "inf,10,3,1"), steps=steps, model=model or "cgan",
+                size=size or 32, width=width or 32, batch=batch or 64, seed=seed, device=dev, n=n,
+                budget_s=parse_duration(budget, "--budget") if budget else None, ddim_steps=ddim_steps,
+                guidance=guidance, quick=not full, settings=_read_settings(settings), **dp,
+            )  # fmt: skip
+            run_epsilon_sweep(ecfg, out, quiet=quiet)
+            console.print((out / "epsilon.md").read_text())
+            console.print(f"results: {out / 'results.csv'}  figure: {out / 'epsilon.png'}  report: {out / 'epsilon.html'}")
+            return
         if compare is not None:
             if config is not None:
                 raise ConfigError("--config applies to the sweeps; --compare trains each model with its defaults")
