@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from conftest import SHARED_DATA, needs_data, write_png
 from medsyn.data import open_dataset
@@ -127,7 +128,8 @@ def test_folder_adapter_and_empty_class(tmp_path):
 def test_csv_adapter_columns_masks_and_blank_labels(tmp_path):
     for i in range(4):
         write_png(tmp_path / "img" / f"{i}.png", seed=i)
-        write_png(tmp_path / "mask" / f"{i}.png", seed=10 + i)
+        (tmp_path / "mask").mkdir(exist_ok=True)
+        Image.fromarray(np.eye(20, 24, dtype=np.uint8) * 255).save(tmp_path / "mask" / f"{i}.png")
     pd.DataFrame(
         {
             "path": [f"img/{i}.png" for i in range(4)],
@@ -141,7 +143,7 @@ def test_csv_adapter_columns_masks_and_blank_labels(tmp_path):
     src = open_dataset(f"csv:{tmp_path / 'labels.csv'}")
     assert src.classes == ["Effusion", "Nodule"]  # 'age' is not a 0/1 column
     assert np.isnan(src.table["Effusion"].iloc[2])
-    assert src.read_mask(0) is not None
+    np.testing.assert_array_equal(src.read_mask(0), np.eye(20, 24, dtype=np.uint8))  # 0/255 -> 0/1
     assert open_dataset(f"csv:{tmp_path / 'labels.csv'}?labels=Nodule").classes == ["Nodule"]
 
 

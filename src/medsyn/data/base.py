@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medsyn.data.masks import match_image
+
 # Columns every source table has, in addition to one float column per class.
 BASE_COLUMNS = ("source", "patient_id", "split", "mask")
 
@@ -24,7 +26,8 @@ class Record:
     labels: float32 multi-hot over `Source.classes`; NaN marks a label masked out of loss and metrics
         (CheXpert uncertain labels under the `ignore` policy).
     patient_id: never empty; adapters without patient ids fall back to the image's own id and say so.
-    mask: optional uint8 (H, W) segmentation mask (e.g. lungs), 0/1.
+    mask: optional uint8 (H, W) segmentation mask (e.g. lungs) on the image's pixel grid: 0 background,
+        1..MAX_LABEL labels (binary masks 0/1; see `medsyn.data.masks`).
     """
 
     image: np.ndarray
@@ -39,8 +42,10 @@ class Record:
 class Source:
     """A dataset on disk, read lazily.
 
+    classes: empty only for an image+mask set without labels (`?masks=only`; see `open_dataset`).
     table: one row per image with columns `source` (path or id), `patient_id`, `split` (official split
-        name or ''), `mask` (mask path or ''), then one float column per class (1, 0, or NaN = masked).
+        name or ''), `mask` (mask path or id, '' for none), then one float column per class (1, 0, or
+        NaN = masked).
     info: facts worth recording (uncertainty policy, rows left out and why, patient-id fallbacks).
     """
 
@@ -58,20 +63,30 @@ class Source:
         raise NotImplementedError
 
     def read_mask(self, i: int) -> np.ndarray | None:
-        """Mask of image `i` as uint8 (H, W) in {0, 1}, or None."""
+        """Mask of image `i` as uint8 (H, W) labels (0 background), or None; DataError naming the file."""
         return None
+
+    def read_with_mask(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Image `i` and its mask on the image's pixel grid (`masks.match_image`): what `prepare` stores and
+        `inspect` checks, so both refuse the same mismatched pairs."""
+        image = self.read_image(i)
+        mask = self.read_mask(i)
+        if mask is not None:
+            mask = match_image(mask, image.shape[1:], self.table["mask"].iat[i], self.table["source"].iat[i])
+        return image, mask
 
     def labels(self) -> np.ndarray:
         return self.table[self.classes].to_numpy(dtype=np.float32)
 
     def __getitem__(self, i: int) -> Record:
         row = self.table.iloc[i]
+        image, mask = self.read_with_mask(i)
         return Record(
-            image=self.read_image(i),
+            image=image,
             labels=row[self.classes].to_numpy(dtype=np.float32),
             patient_id=str(row["patient_id"]),
             source=str(row["source"]),
-            mask=self.read_mask(i),
+            mask=mask,
             split=str(row["split"]),
         )
 

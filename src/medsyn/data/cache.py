@@ -2,9 +2,12 @@
 
 Layout of a cache folder (written under a temporary name, renamed only when complete):
     images.npy   uint8 (N, C, S, S), NumPy format, opened with mmap_mode='r' (RAM does not grow with N)
-    masks.npy    uint8 (N, 1, S, S), only when the dataset has masks (0 = none for that image)
+    masks.npy    uint8 (N, 1, S, S), only when the dataset has masks: labels 0..8 (0 = background; binary
+                 masks 0/1), resized by nearest neighbour with the image's fit; all 0 for an image without
     index.csv    row, source, patient_id, split, has_mask, one column per class (1 / 0 / blank = masked)
-    meta.json    settings, classes, counts, label policy, skipped files, content hash
+    meta.json    settings, classes, counts, label policy, mask summary, skipped files, content hash
+
+The reader, `PreparedDataset`, lives in `medsyn.data.prepared` and is re-exported here.
 """
 
 from __future__ import annotations
@@ -18,21 +21,22 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from numpy.lib.format import open_memmap
 
 from medsyn import __version__
 from medsyn.data.adapters import open_dataset
 from medsyn.data.base import Source
 from medsyn.data.images import FITS, fit_square
+from medsyn.data.masks import MaskStats, fit_mask, label_counts, summarise
 from medsyn.data.parallel import default_workers, map_images, worker_source
+from medsyn.data.prepared import FORMAT_VERSION, CachedImages, PreparedDataset, to_signed, to_unit
 from medsyn.data.spec import DatasetSpec, parse_spec
 from medsyn.data.splits import assign_splits, cap_per_class, check_no_leak, select_classes
 from medsyn.errors import ConfigError, DataError
 from medsyn.io import atomic_dir, write_json_atomic
 from medsyn.progress import progress_bar
 
-FORMAT_VERSION = 1
+__all__ = ["CachedImages", "PreparedDataset", "PrepareSettings", "prepare", "subset", "to_signed", "to_unit"]
 
 
 @dataclass(frozen=True)
@@ -75,15 +79,11 @@ def _decode(args: tuple[int, int, str]) -> tuple[np.ndarray | None, np.ndarray |
     i, size, fit = args
     src = worker_source()
     try:
-        img = fit_square(src.read_image(i), size, fit)
-        mask = src.read_mask(i)
+        img, mask = src.read_with_mask(i)
     except DataError as exc:
         return None, None, str(exc)
-    img_u8 = np.round(img * 255.0).astype(np.uint8)
-    if mask is None:
-        return img_u8, None, ""
-    mask_u8 = (fit_square(mask[None].astype(np.float32), size, fit, nearest=True) > 0.5).astype(np.uint8)
-    return img_u8, mask_u8, ""
+    img_u8 = np.round(fit_square(img, size, fit) * 255.0).astype(np.uint8)
+    return img_u8, None if mask is None else fit_mask(mask, size, fit), ""
 
 
 def _hash_files(*paths: Path) -> str:
@@ -166,6 +166,7 @@ def prepare(
             open_memmap(tmp / "masks.npy", mode="w+", dtype=np.uint8, shape=(n, 1, size, size)) if has_masks else None
         )
         has_mask = np.zeros(n, bool)
+        mask_stats = MaskStats()
         src_rows = _source_rows(src, table)
         jobs = ((int(r), size, fit) for r in src_rows)
         keep = np.ones(n, bool)
@@ -180,6 +181,7 @@ def prepare(
                     images[pos] = img
                     if masks is not None and mask is not None:
                         masks[pos], has_mask[pos] = mask, True
+                        mask_stats.add(label_counts(mask))
                 advance(1)
         if not keep.all():
             images, masks = _compact(tmp, images, masks, keep)
@@ -222,6 +224,8 @@ def prepare(
             "skipped": {"count": len(skipped), "files": skipped[:50]},
             "content_hash": _hash_files(*files),
         }
+        if masks is not None:  # of the stored squares: padding counts as background
+            meta["masks"] = {**mask_stats.summary(), "only": bool(src.info["masks"]["only"])}
         write_json_atomic(tmp / "meta.json", meta)
         del images, masks
     return PreparedDataset(out)
@@ -301,90 +305,11 @@ def subset(
             "skipped": {"count": 0, "files": []},
             "content_hash": _hash_files(*files),
         }
+        if ds.masks is not None:
+            in_subset = np.flatnonzero(index["has_mask"].to_numpy() == 1)
+            meta["masks"] = {
+                **ds.meta.get("masks", {}),
+                **summarise(np.load(tmp / "masks.npy", mmap_mode="r"), in_subset),
+            }
         write_json_atomic(tmp / "meta.json", meta)
     return PreparedDataset(out)
-
-
-class PreparedDataset:
-    """A prepared cache folder, opened read-only and memory-mapped."""
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        meta_path = self.path / "meta.json"
-        if not meta_path.is_file():
-            raise DataError(f"{self.path}: not a prepared medsyn cache (no meta.json); run 'medsyn data prepare'")
-        try:
-            self.meta: dict[str, Any] = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{meta_path}: corrupt meta.json ({exc})") from None
-        if self.meta.get("format_version") != FORMAT_VERSION:
-            raise DataError(
-                f"{self.path}: cache format {self.meta.get('format_version')} is not {FORMAT_VERSION} "
-                "(prepared by another medsyn version); prepare it again"
-            )
-        self.classes: list[str] = list(self.meta["classes"])
-        self.size: int = int(self.meta["size"])
-        self.channels: int = int(self.meta["channels"])
-        dtypes = {"source": str, "patient_id": str, "split": str}
-        self.index = pd.read_csv(
-            self.path / "index.csv", dtype=dtypes, keep_default_na=False, na_values={c: [""] for c in self.classes}
-        )
-        self.images = np.load(self.path / "images.npy", mmap_mode="r")
-        mask_path = self.path / "masks.npy"
-        self.masks = np.load(mask_path, mmap_mode="r") if mask_path.is_file() else None
-        if len(self.images) != len(self.index):
-            raise DataError(f"{self.path}: images.npy has {len(self.images)} rows but index.csv {len(self.index)}")
-        self.labels: np.ndarray = self.index[self.classes].to_numpy(dtype=np.float32)
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    @property
-    def spec(self) -> str:
-        return str(self.meta["spec"])
-
-    def rows(self, split: str | None = None) -> np.ndarray:
-        """Row numbers of one split ('train', 'val', 'test'), or all rows."""
-        if split is None:
-            return np.arange(len(self.index))
-        if split not in ("train", "val", "test"):
-            raise ConfigError(f"unknown split {split!r}; expected train, val or test")
-        return np.flatnonzero(self.index["split"].to_numpy() == split)
-
-    def torch_dataset(self, rows: np.ndarray | str | None = None) -> CachedImages:
-        if isinstance(rows, str) or rows is None:
-            rows = self.rows(rows)
-        return CachedImages(self.path, np.asarray(rows), self.labels)
-
-
-class CachedImages(torch.utils.data.Dataset):
-    """Torch view of some rows of a cache: (uint8 tensor (C,S,S), float32 labels (K,)).
-
-    Holds only the path; each DataLoader worker opens its own memory map (nothing large is pickled).
-    Convert batches on the device with `to_signed` / `to_unit`, which is cheaper than per item.
-    """
-
-    def __init__(self, path: Path, rows: np.ndarray, labels: np.ndarray) -> None:
-        self.path, self.rows, self.labels = path, rows, torch.from_numpy(labels[rows])
-        self._images: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_images": None}
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._images is None:
-            self._images = np.load(self.path / "images.npy", mmap_mode="r")
-        return torch.from_numpy(np.array(self._images[self.rows[i]])), self.labels[i]
-
-
-def to_signed(x: torch.Tensor) -> torch.Tensor:
-    """uint8 batch -> float in [-1, 1] (GAN convention)."""
-    return x.float().div_(127.5).sub_(1.0)
-
-
-def to_unit(x: torch.Tensor) -> torch.Tensor:
-    """uint8 batch -> float in [0, 1] (classifier convention)."""
-    return x.float().div_(255.0)

@@ -90,18 +90,13 @@ def load_dicom(path: Path) -> np.ndarray:
     return arr.astype(np.float32)
 
 
-def load_mask(path: str | Path) -> np.ndarray:
-    """A mask file as uint8 (H, W) in {0, 1} (any non-zero pixel is foreground)."""
-    arr = load_image(path, channels=1)[0]
-    return (arr > 0.5).astype(np.uint8)
-
-
 def fit_square(arr: np.ndarray, size: int, fit: str = "pad", nearest: bool = False) -> np.ndarray:
     """Resize (C, H, W) to (C, size, size) keeping the aspect ratio.
 
     `pad`: the long side becomes `size` and the short side is centred on black (0) padding, so nothing
     of the image is lost. `crop`: the short side becomes `size` and the long side is centre-cropped.
-    Resampling is antialiased (Pillow's Lanczos on float data); masks use nearest neighbour.
+    Resampling is antialiased (Pillow's Lanczos on float data) and clipped to [0, 1]; `nearest` (for masks)
+    copies values, so label values above 1 are kept.
     """
     if fit not in FITS:
         raise DataError(f"unknown fit {fit!r}; expected one of {', '.join(FITS)}")
@@ -120,4 +115,4 @@ def fit_square(arr: np.ndarray, size: int, fit: str = "pad", nearest: bool = Fal
         else:
             top, left = (nh - size) // 2, (nw - size) // 2
             out[ch] = plane[top : top + size, left : left + size]
-    return np.clip(out, 0.0, 1.0)
+    return out if nearest else np.clip(out, 0.0, 1.0)

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 
 from medsyn.data.base import Source
-from medsyn.data.images import load_image, load_mask
+from medsyn.data.images import load_image
+from medsyn.data.masks import load_mask
 from medsyn.data.spec import DatasetSpec
 from medsyn.errors import DataError, SpecError
 

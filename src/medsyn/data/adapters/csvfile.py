@@ -6,8 +6,9 @@ labels = every other column whose values are all 0, 1 or blank (blank = masked o
 columns whose name holds a bookkeeping or demographic word (`BOOKKEEPING_WORDS`: labeled, is_train, fold,
 has_mask, sex, ...). A left-out flag saying whether a row is labelled at all (labeled, annotated, ...)
 masks the labels of its 0 rows: unknown, not negative. What was taken and left out, and why, is recorded
-in `info["labels"]`. Relative paths are relative to the CSV's folder. This is the format `medsyn generate`
-writes.
+in `info["labels"]`. Relative paths (images and masks) are relative to the CSV's folder; a blank mask cell
+means no mask. Without label columns the source has zero classes, which `open_dataset` accepts only for an
+image+mask set (`?masks=only`). This is the format `medsyn generate` writes.
 """
 
 from __future__ import annotations
@@ -83,6 +84,16 @@ def _detect_labels(df: pd.DataFrame, used: set[str | None]) -> tuple[list[str], 
     return classes, left_out
 
 
+def _resolve(csv: Path, cells: pd.Series, what: str, blank_ok: bool = False) -> list[str]:
+    """Paths of a column, relative ones taken from the CSV's folder; with `blank_ok` a blank cell stays ''
+    (no file: a row without a mask). A listed file that does not exist is an error naming the first."""
+    paths = [str(p if (p := Path(v)).is_absolute() else csv.parent / p) if v or not blank_ok else "" for v in cells]
+    missing = [p for p in paths if p and not Path(p).is_file()]
+    if missing:
+        raise missing_files_error(missing, what)
+    return paths
+
+
 def open_csv(spec: DatasetSpec) -> FileSource:
     check_options(spec, ("image", "labels", "patient", "mask", "split", "channels"))
     path = Path(spec.location).expanduser()
@@ -105,16 +116,11 @@ def open_csv(spec: DatasetSpec) -> FileSource:
             raise DataError(f"{path}: label column(s) {', '.join(bad)} hold values other than 0, 1 or blank")
     else:
         classes, left_out = _detect_labels(df, used)
-    if not classes:
-        raise DataError(f"{path}: no label columns (0/1 values, {LABEL_RULE}); name them with ?labels=A,B")
-    base = path.parent
-    sources = [str(p if (p := Path(v)).is_absolute() else base / p) for v in df[image_col]]
-    missing_files = [s for s in sources if not Path(s).is_file()]
-    if missing_files:
-        raise missing_files_error(missing_files, f"images in {path.name}")
+    sources = _resolve(path, df[image_col], f"images in {path.name}")
     rows = pd.DataFrame({"source": sources})
     rows["patient_id"] = df[patient_col].str.strip() if patient_col else ""
-    rows["mask"] = [str(base / m) if m else "" for m in df[mask_col]] if mask_col else ""
+    if mask_col:
+        rows["mask"] = _resolve(path, df[mask_col], f"masks in {path.name} (column {mask_col!r})", blank_ok=True)
     if split_col:
         bad_split = sorted(set(df[split_col]) - SPLIT_VALUES)
         if bad_split:
@@ -137,5 +143,9 @@ def open_csv(spec: DatasetSpec) -> FileSource:
         "unlabelled_rows": int(unlabelled.sum()),
     }
     info: dict = {"format": "csv", "image_column": image_col, "patient_column": patient_col, "labels": labels_info}
+    if mask_col:
+        info["mask_column"] = mask_col
+    if not classes:
+        info["no_labels"] = f"{path}: no label columns (0/1 values, {LABEL_RULE}); name them with ?labels=A,B"
     fallback_patient_ids(rows, info)
     return FileSource("csv", classes, make_table(rows, classes), channels_option(spec), info)

@@ -3,6 +3,8 @@
 X-ray rows only; `todo` (not yet labelled) rows are left out and counted; combined findings such as
 `COVID-19, ARDS` (or the later hierarchical `Pneumonia/Viral/COVID-19`) become multi-label; `No Finding`
 is the all-zero label. Files listed under two patient ids are linked by the splitter (same `source`).
+`masks/<filename>`, where present, is that image's lung mask (0/255 PNGs from lungVAE in the public copy);
+`?masks=only` keeps only the images that have one.
 """
 
 from __future__ import annotations
@@ -73,7 +75,6 @@ def open_ieee8023(spec: DatasetSpec) -> FileSource:
         "rows_todo_left_out": int(todo.sum()),
         "rows_filtered_by_view": int((~todo).sum() - len(kept)),
         "files_listed_twice": int(pd.Series([str(p) for p in paths]).duplicated().sum()),
-        "masks": int((rows["mask"] != "").sum()),
     }
     fallback_patient_ids(rows, info)
     return FileSource("ieee8023", classes, make_table(rows, classes), channels_option(spec), info)
