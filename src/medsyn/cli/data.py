@@ -10,7 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from medsyn.data.cache import prepare
-from medsyn.data.inspect import inspect_dataset, inspect_table, label_columns_line
+from medsyn.data.inspect import inspect_dataset, inspect_table, label_columns_line, mask_line
+from medsyn.data.masks import describe
 
 console = Console(soft_wrap=True)
 
@@ -52,6 +53,8 @@ def register(app: typer.Typer) -> None:
         console.print(f"{ds.path}: {len(ds)} images at {ds.size}px, {len(ds.classes)} classes ({parts})")
         if line := label_columns_line(ds.meta["source_info"]):
             console.print(line, highlight=False)
+        if "masks" in ds.meta:
+            console.print(f"masks.npy: {len(ds.mask_rows())} masks, {describe(ds.meta['masks'])}", highlight=False)
         if ds.meta["skipped"]["count"]:
             console.print(f"[yellow]skipped {ds.meta['skipped']['count']} unreadable images (listed in meta.json)")
 
@@ -76,22 +79,21 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print(json.dumps(report, indent=2, default=str))
             return
+        negatives = (
+            f"{report['no_finding']} {report['negative_class']} (no positive label)" if report["classes"]
+            else "no labels (an image+mask set)"
+        )  # fmt: skip
         console.print(
             f"[bold]{report['name']}[/] {report['spec']}: {report['images']} images, {report['patients']} patients "
             f"({report['images_per_patient']['mean']:.1f} images per patient, max {report['images_per_patient']['max']}), "
-            f"{report['no_finding']} {report['negative_class']} (no positive label)"
+            f"{negatives}"
         )
         if line := label_columns_line(report["info"]):
             console.print(line, highlight=False)
-        table = Table(title="positives per class and split (images / patients)")
-        frame = inspect_table(report)
-        for col in frame.columns:  # nothing is cut: a narrow terminal wraps the lines instead
-            header = col.replace(" ", "\n")  # "train\nimg": two short header lines
-            width = max(len(w) for w in [*header.split("\n"), *map(str, frame[col])])
-            table.add_column(header, justify="left" if col == "class" else "right", no_wrap=True, min_width=width)
-        for row in frame.itertuples(index=False):
-            table.add_row(*map(str, row))
-        console.print(table)
+        if line := mask_line(report["masks"]):
+            console.print(f"{line}; {describe(report['masks'])}", highlight=False)
+        if report["classes"]:
+            _print_class_table(report)
         for split, part in report["splits"].items():
             console.print(f"{split}: {part['images']} images, {part['patients']} patients")
         sizes = ", ".join(f"{k} ({v})" for k, v in report["image_sizes"].items())
@@ -109,3 +111,15 @@ def register(app: typer.Typer) -> None:
                 console.print(f"  - {p}", highlight=False)
         else:
             console.print("[green]no problems found")
+
+
+def _print_class_table(report: dict) -> None:
+    table = Table(title="positives per class and split (images / patients)")
+    frame = inspect_table(report)
+    for col in frame.columns:  # nothing is cut: a narrow terminal wraps the lines instead
+        header = col.replace(" ", "\n")  # "train\nimg": two short header lines
+        width = max(len(w) for w in [*header.split("\n"), *map(str, frame[col])])
+        table.add_column(header, justify="left" if col == "class" else "right", no_wrap=True, min_width=width)
+    for row in frame.itertuples(index=False):
+        table.add_row(*map(str, row))
+    console.print(table)
