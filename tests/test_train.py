@@ -114,8 +114,8 @@ def test_resume_extends_a_finished_run(tmp_path: Path, cache: Path) -> None:
 def test_time_limit_stops_with_a_checkpoint_and_counts_resumed_time(
     tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A fake clock advancing 1 s per step: a 3.5 s limit stops at the first log step past it (step 4 with
-    log_every=2), checkpointed; resuming with the same limit trains no further, a larger one continues."""
+    """A fake clock advancing 1 s per step: a 3.5 s limit stops at the first step past it (step 4),
+    checkpointed; resuming with the same limit trains no further, a larger one continues."""
     one_second_per_step(monkeypatch)
     cfg = tiny(cache, steps=100, log_every=2, ckpt_every=50)
     run = train(cfg, tmp_path / "run", quiet=True, time_limit_s=3.5)
@@ -128,6 +128,9 @@ def test_time_limit_stops_with_a_checkpoint_and_counts_resumed_time(
     assert ck["step"] == 8 and ck["train_seconds"] == pytest.approx(8.0)
     with pytest.raises(ConfigError, match="time limit"):
         train(cfg, tmp_path / "bad", time_limit_s=0)
+    # the clock is read after every step, not only at log steps: slow steps do not overrun the budget
+    sparse = train(tiny(cache, steps=100, log_every=50, ckpt_every=50), tmp_path / "sparse", quiet=True, time_limit_s=2.5)
+    assert load_checkpoint(sparse / "checkpoints" / "last.pt")["step"] == 3
 
 
 def test_disk_full_keeps_last_good_checkpoint(tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -282,12 +282,17 @@ class Trainer:
         return iter(loader)
 
     def _out_of_time(self, limit: float | None, since: float, base: float) -> bool:
-        """Whether the training time (all sessions) has reached `limit`; rank 0's clock decides for all
-        ranks, so they stop at the same step."""
-        if limit is None:
+        """Whether the training time (all sessions) has reached `limit`. One process reads its clock after every
+        step (a slow step, e.g. 16 s for a 64 px diffusion step on a busy CPU, must not run a budget over by
+        `log_every` steps); under DDP rank 0's clock decides for all ranks at log steps (a collective), so they
+        stop at the same step."""
+        if limit is None or (self.info.world > 1 and self.step % self.cfg.log_every):
             return False
         self.train_seconds = base + time.perf_counter() - since
-        flag = torch.tensor([float(self.info.main and self.train_seconds >= limit)], device=self.rt.device)
+        over = self.info.main and self.train_seconds >= limit
+        if self.info.world == 1:
+            return over
+        flag = torch.tensor([float(over)], device=self.rt.device)
         return bool(all_reduce_sum(flag, self.info).item() > 0)
 
     def fit(
@@ -316,7 +321,7 @@ class Trainer:
                 self.step += 1
                 self.images_seen += len(real) * info.world
                 self._accumulate(terms)
-                out_of_time = self.step % cfg.log_every == 0 and self._out_of_time(time_limit_s, since, base)
+                out_of_time = self._out_of_time(time_limit_s, since, base)
                 last = self.step == stop or out_of_time
                 due_log = last or self.step % cfg.log_every == 0
                 due_ckpt = last or self.step % cfg.ckpt_every == 0
