@@ -8,6 +8,7 @@ The steps, each a typed stage of `medsyn.evaluate.stages` (docs/ARCHITECTURE.md 
 2. synthetic data (`synthetic`): decoded at the real size, labels aligned to the real classes;
 3. utility: TRTR, TSTR and real + synthetic classifiers, all tested on real `test` patients; saliency:
    Grad-CAM agreement of the TRTR and TSTR classifiers on real test images, beside a second real seed's;
+   segmentation (image + mask sets): U-Nets on real / synthetic / both pairs, Dice on real test patients;
 4. features: the backbone (the first-seed TRTR classifier, or `--features` weights) and raw pixels;
 5. fidelity (FID with its same-N real baseline, KID, PRDC, per-class FID, intensities) and the synthetic
    set's own diversity;
@@ -36,6 +37,7 @@ from medsyn import __version__
 from medsyn.evaluate.backbone import TRTR_ORIGIN, SavedModels, external_features
 from medsyn.evaluate.privacy_stage import PrivacyOutcome, privacy_stage
 from medsyn.evaluate.real import RealData, open_real, open_real_data
+from medsyn.evaluate.segmentation_stage import segmentation_stage
 from medsyn.evaluate.settings import EvalSettings, resolve_device
 from medsyn.evaluate.stages import (
     Features,
@@ -59,6 +61,7 @@ from medsyn.evaluate.verdicts import (
     realistic_verdict,
     reid_verdict,
     saliency_verdict,
+    segmentation_verdict,
     useful_overall,
     useful_verdict,
 )
@@ -200,6 +203,9 @@ def _run(
     metrics["utility"] = util.section
     sal = saliency_stage(rd, util.run, s, stage)
     metrics["saliency"] = sal.section
+    seg = segmentation_stage(rd, syn, s, stage)
+    if seg.section is not None:
+        metrics["segmentation"] = seg.section
     feats = features_stage(rd, syn, s, external, util.run, stage, scratch)
     fid = fidelity_stage(rd, syn, feats, s, stage, util.section)
     metrics["fidelity"] = fid.section
@@ -214,6 +220,8 @@ def _run(
         utility=util.run, negative=syn.negative_class, diversity=diversity, saliency=sal,
         saliency_rows=s.saliency.grid_rows,
     )  # fmt: skip
+    if real_images and seg.grid is not None:
+        assets.segmentation = seg.grid
     return metrics, assets, SavedModels(feats.classifier, priv.reid_model, rd.ds)
 
 
@@ -221,11 +229,16 @@ def _verdicts(metrics: dict[str, Any], rd: RealData, syn: SyntheticSet, feats: F
     """Every check's verdict into `metrics` (rules in `medsyn.evaluate.verdicts`)."""
     div = metrics["diversity"]
     diversity = None if "skipped" in div else diversity_verdict(div)
-    useful = useful_verdict(metrics["utility"], diversity)
+    # an image + mask set without labels has no classification utility to judge (segmentation judges it)
+    useful = None if metrics["utility"].get("not_applicable") else useful_verdict(metrics["utility"], diversity)
     saliency = saliency_verdict(metrics["saliency"], useful)
     metrics["saliency"]["verdict"] = saliency.to_dict()
+    segmentation = segmentation_verdict(metrics["segmentation"]) if "segmentation" in metrics else None
+    if segmentation is not None:
+        metrics["segmentation"]["verdict"] = segmentation.to_dict()
     fidelity = realistic_verdict(metrics["fidelity"])
-    metrics["utility"]["verdict"] = useful.to_dict()
+    if useful is not None:
+        metrics["utility"]["verdict"] = useful.to_dict()
     metrics["fidelity"]["verdict"] = fidelity.to_dict()
     if diversity is not None:
         div["verdict"] = diversity.to_dict()
@@ -260,7 +273,7 @@ def _verdicts(metrics: dict[str, Any], rd: RealData, syn: SyntheticSet, feats: F
         )
     metrics["privacy"]["checks"] = [c.to_dict() for c in checks]
     metrics["verdicts"] = {
-        "useful": useful_overall(useful, saliency).to_dict(),
+        "useful": useful_overall(useful, saliency, segmentation).to_dict(),
         "realistic": realistic_overall(fidelity, diversity).to_dict(),
         "private": overall("Private?", checks).to_dict(),
     }

@@ -15,6 +15,7 @@ from medsyn.evaluate.classifier import ClassifierConfig
 from medsyn.evaluate.config import coerce_config
 from medsyn.evaluate.privacy.reid import ReidConfig
 from medsyn.evaluate.saliency import SaliencyConfig
+from medsyn.evaluate.segmentation import SegmentationConfig
 from medsyn.evaluate.utility import UtilityConfig
 from medsyn.train.trainer import wants_cuda
 
@@ -29,6 +30,7 @@ class EvalSettings:
     utility: UtilityConfig = field(default_factory=UtilityConfig)
     reid: ReidConfig = field(default_factory=ReidConfig)
     saliency: SaliencyConfig = field(default_factory=SaliencyConfig)
+    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
     kid_subsets: int = 100
     kid_subset_size: int = 1000
     prdc_k: int = 5
@@ -41,7 +43,7 @@ class EvalSettings:
         cls, quick: bool, seed: int, device: str, progress: bool, overrides: Mapping[str, Any] | None = None
     ) -> EvalSettings:
         """Defaults for quick / full mode, then `overrides` ({'classifier': {...}, 'utility': {...},
-        'reid': {...}, 'saliency': {...}, other fields}); unknown keys are a ConfigError."""
+        'reid': {...}, 'saliency': {...}, 'segmentation': {...}, other fields}); unknown keys are a ConfigError."""
         if overrides is not None and not isinstance(overrides, Mapping):
             raise ConfigError(f"evaluation settings must be a mapping, got {overrides!r}")
         over = dict(overrides or {})
@@ -70,12 +72,17 @@ class EvalSettings:
         reid = coerce_config(ReidConfig, {**asdict(reid), **section("reid")})
         # Grad-CAM agreement on this many real test images (0: off); quick explains fewer
         saliency = coerce_config(SaliencyConfig, {"images": 100 if quick else 300, **section("saliency")})
-        known = {f for f in cls.__dataclass_fields__} - {"quick", "seed", "device", "utility", "reid", "saliency"}
+        # image + mask sets: the U-Nets of the segmentation utility
+        segmentation = coerce_config(SegmentationConfig, {"epochs": 10 if quick else 30, "patience": 3 if quick else 5,
+                                                          "seed": seed, "device": device, "progress": progress,
+                                                          **section("segmentation")})  # fmt: skip
+        nested = {"quick", "seed", "device", "utility", "reid", "saliency", "segmentation"}
+        known = {f for f in cls.__dataclass_fields__} - nested
         unknown = sorted(set(over) - known)
         if unknown:
             raise ConfigError(f"unknown evaluation setting(s) {unknown}; expected some of {sorted(known)}")
         return coerce_config(cls, {"quick": quick, "seed": seed, "device": device, "utility": utility, "reid": reid,
-                                  "saliency": saliency, **over})  # fmt: skip
+                                  "saliency": saliency, "segmentation": segmentation, **over})  # fmt: skip
 
 
 def resolve_device(device: str) -> str:

@@ -63,6 +63,9 @@ class UtilityOutcome:
 def utility_stage(real: RealData, syn: SyntheticSet, s: EvalSettings) -> UtilityOutcome:
     """TRTR / TSTR / augmentation on the classes the test split can score (others noted, not fatal)."""
     cfg, classes = s.utility, real.classes
+    if not classes:
+        return UtilityOutcome({"not_applicable": True, "skipped": "the set has no labels (an image + mask set): there "
+                                                                  "is no classification to compare"}, None)  # fmt: skip
     test = real.splits["test"].labels
     keep = [j for j in range(len(classes))
             if min(int((test[:, j] == 1).sum()), int((test[:, j] == 0).sum())) >= cfg.min_test_positives]  # fmt: skip

@@ -35,9 +35,11 @@ from PIL import Image
 
 from medsyn.data.adapters import open_dataset
 from medsyn.data.adapters.common import FileSource
+from medsyn.data.adapters.csvfile import open_csv
 from medsyn.data.base import Source, make_table
 from medsyn.data.cache import PreparedDataset
 from medsyn.data.images import fit_square
+from medsyn.data.masks import fit_mask
 from medsyn.data.phantom import PhantomSource
 from medsyn.data.spec import parse_spec
 from medsyn.errors import DataError, SpecError
@@ -90,6 +92,8 @@ class SyntheticSet:
     manifest: dict[str, Any] | None
     notes: list[str]
     negative_class: str = NO_FINDING
+    masks: np.ndarray | None = None  # uint8 (N, 1, S, S) labels 0..L when the set carries masks (twostage)
+    has_mask: np.ndarray | None = None  # bool (N,): which images have one
 
     def __len__(self) -> int:
         return len(self.images)
@@ -112,6 +116,7 @@ class SyntheticSet:
             "differential_privacy": manifest.get("differential_privacy"),  # epsilon, delta of DP training
             "negative_class": self.negative_class,
             "privacy_filter": manifest.get("privacy_filter"),
+            "masks": None if self.has_mask is None else int(self.has_mask.sum()),
             "notes": self.notes,
         }  # fmt: skip
 
@@ -161,10 +166,22 @@ def _read_manifest(folder: Path) -> dict[str, Any] | None:
 
 def _generated_spec(folder: Path, manifest: dict[str, Any]) -> str:
     layout = manifest.get("layout", "csv")
+    masks = (manifest.get("masks") or {}).get("dir")
+    if layout == "folder" and masks:  # a csv layout names each image's mask in its `mask` column
+        return f"folder:{folder}?mask_dir={folder / str(masks)}"
     if layout in LAYOUT_SPECS:
         return LAYOUT_SPECS[layout].format(dir=folder)
-    labels = folder / str(manifest.get("labels_file") or "labels.csv")
-    return f"csv:{labels}"
+    return _csv_spec(folder / str(manifest.get("labels_file") or "labels.csv"))
+
+
+def _csv_spec(labels: Path) -> str:
+    """`csv:` for a labels file; one without label columns whose images have masks is an image + mask set,
+    which the csv reader accepts only as such (`?masks=only`)."""
+    spec = parse_spec(f"csv:{labels}")
+    raw = open_csv(spec)
+    if not raw.classes and (raw.table["mask"] != "").any():
+        spec = spec.with_options(masks="only")
+    return str(spec)
 
 
 def open_synthetic(synthetic: str | os.PathLike[str] | tuple[Any, ...] | SyntheticInput) -> SyntheticInput:
@@ -187,7 +204,7 @@ def open_synthetic(synthetic: str | os.PathLike[str] | tuple[Any, ...] | Synthet
             ds = PreparedDataset(folder)
             return SyntheticInput(ArraySource(ds.spec, ds.images, ds.labels, ds.classes), "cache", str(folder))
         if (folder / "labels.csv").is_file():
-            return SyntheticInput(open_dataset(f"csv:{folder / 'labels.csv'}"), "labels.csv", str(folder))
+            return SyntheticInput(open_dataset(_csv_spec(folder / "labels.csv")), "labels.csv", str(folder))
         raise DataError(
             f"{folder}: not a synthetic set: no manifest.json (medsyn generate), labels.csv or meta.json; "
             f"pass a spec such as folder:{folder} or csv:FILE"
@@ -301,15 +318,19 @@ def _file_channels(src: Source) -> int | None:
 
 
 def _decode(
-    src: Source, size: int, channels: int, fit: str, out: np.ndarray, quiet: bool
+    src: Source, size: int, channels: int, fit: str, out: np.ndarray, quiet: bool, masks: np.ndarray | None = None
 ) -> tuple[int, set[tuple[int, int]]]:
-    """Decode every image into `out` (uint8); returns how many were resized and their native sizes."""
+    """Decode every image into `out` (uint8), and each one's mask into `masks` when given (nearest neighbour,
+    placed as its image is); returns how many images were resized and their native sizes."""
     threaded = isinstance(src, FileSource)
     resized, shapes = 0, set()
 
     def one(i: int) -> tuple[np.ndarray, tuple[int, int]]:
-        img = _to_channels(src.read_image(i), channels)
+        img, mask = src.read_with_mask(i) if masks is not None else (src.read_image(i), None)
+        img = _to_channels(img, channels)
         native = (int(img.shape[1]), int(img.shape[2]))
+        if mask is not None:
+            masks[i] = fit_mask(mask, size, fit)
         if native != (size, size):
             img = fit_square(img, size, fit)
         return np.round(img * 255.0).astype(np.uint8), native
@@ -383,8 +404,10 @@ def load_synthetic(
         images: np.ndarray = open_memmap(scratch / "synthetic-images.npy", mode="w+", dtype=np.uint8, shape=shape)
     else:
         images = np.empty(shape, dtype=np.uint8)
+    has_mask = src.table["mask"].astype(str).to_numpy() != "" if "mask" in src.table else np.zeros(len(src), bool)
+    masks = np.zeros((len(src), 1, size, size), np.uint8) if has_mask.any() else None
     try:
-        resized, shapes = _decode(src, size, channels, fit, images, quiet)
+        resized, shapes = _decode(src, size, channels, fit, images, quiet, masks)
     except (OSError, ValueError) as exc:
         raise DataError(f"{opened.location}: cannot decode the synthetic images ({exc})") from None
     if resized:
@@ -393,6 +416,5 @@ def load_synthetic(
             f"{resized} of {len(src)} synthetic images were not {size}x{size} px ({sizes}): resized to {size} px "
             f"as the real cache was (aspect kept, {'padded' if fit == 'pad' else 'centre-cropped'}, Lanczos)"
         )
-    return SyntheticSet(
-        images, labels, list(classes), opened.kind, opened.location, opened.manifest, notes, opened.negative_class
-    )
+    return SyntheticSet(images, labels, list(classes), opened.kind, opened.location, opened.manifest, notes,
+                        opened.negative_class, masks, has_mask if masks is not None else None)  # fmt: skip

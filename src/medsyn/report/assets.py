@@ -19,6 +19,9 @@ from medsyn.evaluate.privacy import DCRResult, MIAResult
 from medsyn.evaluate.saliency import SaliencyResult, grid_figure
 from medsyn.evaluate.utility import SETTINGS, UtilityRun
 from medsyn.report import figures
+from medsyn.report import segmentation as triplets
+
+TRIPLET_ROWS = 8  # segmentation triplets shown
 
 
 @dataclass
@@ -41,6 +44,8 @@ class ReportAssets:
     # the saliency grid: reference-vs-synthetic and reference-vs-second-seed results on the same real test images
     saliency: tuple[SaliencyResult, SaliencyResult, np.ndarray] | None = None
     saliency_rows: int = 8
+    # the segmentation triplets: synthetic masks, synthetic images, real training images (nearest searched)
+    segmentation: tuple[np.ndarray, np.ndarray, Any] | None = None
     real_images: bool = True
     per_group: int = 6
 
@@ -131,7 +136,16 @@ class ReportAssets:
             "utility": figures.utility_forest(metrics.get("utility", {})),
             "utility_roc": figures.utility_roc(self.utility_roc),
             "saliency": self._saliency_grid(metrics),
+            "segmentation": self._segmentation_grid(),
         }
+
+    def _segmentation_grid(self) -> str | None:
+        """mask | synthetic image | nearest real training image (pixel space), a row per synthetic pair."""
+        if self.segmentation is None or not self.real_images:
+            return None
+        masks, synthetic, real = self.segmentation
+        masks, synthetic = masks[:TRIPLET_ROWS], synthetic[:TRIPLET_ROWS]
+        return triplets.triplet_grid(masks, synthetic, real, triplets.nearest_real(synthetic, real), TRIPLET_ROWS)
 
     def _saliency_grid(self, metrics: Mapping[str, Any]) -> str | None:
         """image | real-trained map | synthetic-trained map | second real seed's map, a few rows per class group."""

@@ -23,6 +23,7 @@ from medsyn.report.markup import (
     round_up,
 )
 from medsyn.report.saliency import saliency_section
+from medsyn.report.segmentation import segmentation_section
 
 CSS = """
 body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;color:#1d2125;max-width:1100px;margin:24px auto;
@@ -185,6 +186,20 @@ def _utility(m: Mapping[str, Any], fig: str | None, roc: str | None) -> str:
         f"{several}" + (f"The TRTR classifier of seed {seed} is the one saved in <code>models/classifier</code>."
                         if "classifier" in (m.get("models") or {}) else ""))  # fmt: skip
     return out + _notes(u.get("notes", []))
+
+
+def _segmentation(m: Mapping[str, Any], figs: Mapping[str, str | None]) -> str:
+    """Image + mask sets: the segmentation utility, its verdict, divergences and triplets (nothing otherwise)."""
+    seg = m.get("segmentation")
+    if seg is None:
+        return ""
+    verdict = _verdict_box(seg["verdict"], "Segmentation utility") if "verdict" in seg else ""
+    if "skipped" in seg:
+        return f"<h3>Segmentation utility</h3>{verdict}<p>Not assessed: {_e(seg['skipped'])}</p>"
+    div = seg.get("divergence")
+    section = segmentation_section(seg, None if not div or "skipped" in div else div, figs.get("segmentation"),
+                                   bool(seg.get("silver_standard")))  # fmt: skip
+    return section.replace("</h3>", "</h3>" + verdict, 1)
 
 
 def _diversity(m: Mapping[str, Any], figs: Mapping[str, str | None]) -> str:
@@ -364,7 +379,8 @@ def render(metrics: Mapping[str, Any], figs: Mapping[str, str | None], real_imag
             + "<h2>Samples</h2>" + _img(figs["samples"], "sample grid",
                                         "A few images per class (chosen at random with the evaluation seed).")
             + _utility(metrics, figs["utility"], figs["utility_roc"])
-            + saliency_section(metrics, figs.get("saliency"), real_images) + _fidelity(metrics, figs) + _privacy(metrics, figs, real_images)
+            + saliency_section(metrics, figs.get("saliency"), real_images) + _segmentation(metrics, figs)
+            + _fidelity(metrics, figs) + _privacy(metrics, figs, real_images)
             + _reader_study(metrics) + _methods(metrics))  # fmt: skip
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'

@@ -62,7 +62,13 @@ from medsyn.evaluate.verdicts.thresholds import (
     USEFUL_PASS,
     USEFUL_WARN,
 )
-from medsyn.evaluate.verdicts.useful import saliency_below_baseline, saliency_verdict, useful_overall, useful_verdict
+from medsyn.evaluate.verdicts.useful import (
+    saliency_below_baseline,
+    saliency_verdict,
+    segmentation_verdict,
+    useful_overall,
+    useful_verdict,
+)
 
 __doc__ = (__doc__ or "") + "\nRules:\n\n" + "\n".join(
     f"{question}\n" + "\n".join(f"  - {line}" for line in lines) for question, lines in THRESHOLDS.items()
@@ -112,6 +118,7 @@ __all__ = [  # the rules and thresholds, importable from here as before the pack
     "reid_verdict",
     "saliency_below_baseline",
     "saliency_verdict",
+    "segmentation_verdict",
     "useful_overall",
     "useful_verdict",
 ]

@@ -5,6 +5,8 @@
 from __future__ import annotations
 
 USEFUL_PASS, USEFUL_WARN = 0.8, 0.5
+SEGMENTATION_PASS, SEGMENTATION_WARN = 0.9, 0.7
+SEGMENTATION_MIN_REAL_DICE = 0.5
 SALIENCY_MIN_PAIRED, SALIENCY_GAP, SALIENCY_P = 10, 0.15, 0.01
 FID_PASS, FID_WARN = 2.0, 5.0
 PRDC_PASS, PRDC_WARN = 0.5, 0.25
@@ -27,6 +29,11 @@ THRESHOLDS: dict[str, list[str]] = {
         "that a classifier trained only on synthetic images keeps, both tested on held-out real patients",
         f"PASS r >= {USEFUL_PASS}, WARN {USEFUL_WARN} <= r < {USEFUL_PASS}, FAIL r < {USEFUL_WARN}",
         "n/a when the real-trained classifier is not clearly above chance (CI lower bound <= 0.5)",
+        "image + mask sets (segmentation utility): d = mean Dice of a U-Net trained on synthetic pairs / mean Dice "
+        f"of one trained on real pairs, both on held-out real patients; PASS d >= {SEGMENTATION_PASS}, WARN "
+        f"{SEGMENTATION_WARN} <= d < {SEGMENTATION_PASS}, FAIL d < {SEGMENTATION_WARN}; n/a when the real-trained "
+        f"U-Net's Dice CI lower bound is below {SEGMENTATION_MIN_REAL_DICE}; with classification labels too, the "
+        "worse of the two decides; a set without labels is judged by segmentation alone",
         "at most WARN when the synthetic set is collapsed (see Realistic?): a few repeated images can still "
         "train a classifier for an easy task, which says little about the set",
         "feature importance (Grad-CAM, a supplementary check that can lower the verdict, never raise it): per "

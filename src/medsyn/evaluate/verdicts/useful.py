@@ -1,4 +1,5 @@
-"""Useful?: TSTR against TRTR, capped for a collapsed set, and the feature-importance (Grad-CAM) check."""
+"""Useful?: TSTR against TRTR, capped for a collapsed set; the segmentation utility of image + mask pairs; and the
+feature-importance (Grad-CAM) check."""
 
 from __future__ import annotations
 
@@ -6,7 +7,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from medsyn.evaluate.verdicts.base import Verdict, _fmt, _graded, _lower, _num, _pct, overall
-from medsyn.evaluate.verdicts.thresholds import SALIENCY_GAP, SALIENCY_MIN_PAIRED, SALIENCY_P, USEFUL_PASS, USEFUL_WARN
+from medsyn.evaluate.verdicts.thresholds import (
+    SALIENCY_GAP,
+    SALIENCY_MIN_PAIRED,
+    SALIENCY_P,
+    SEGMENTATION_MIN_REAL_DICE,
+    SEGMENTATION_PASS,
+    SEGMENTATION_WARN,
+    USEFUL_PASS,
+    USEFUL_WARN,
+)
 
 
 def useful_verdict(utility: Mapping[str, Any], diversity: Verdict | None = None) -> Verdict:
@@ -85,10 +95,33 @@ def saliency_verdict(section: Mapping[str, Any], reference: Verdict | None = Non
                                   + ")")  # fmt: skip
 
 
-def useful_overall(useful: Verdict, saliency: Verdict | None) -> Verdict:
-    """Useful? from the TSTR check; a feature-importance WARN turns a PASS into WARN, is named beside a WARN or
-    FAIL, and never raises a verdict (nor changes a NOT ASSESSED one)."""
-    if saliency is not None and saliency.level == "warn" and useful.level in ("pass", "warn", "fail"):
-        level = "warn" if useful.level == "pass" else useful.level
-        return Verdict("Useful?", level, f"{useful.reason}; also, {saliency.reason}")
-    return overall("Useful?", [useful])
+def segmentation_verdict(section: Mapping[str, Any]) -> Verdict:
+    """Do synthetic (image, mask) pairs train a U-Net that segments real patients as well as real pairs do?"""
+    check = "segmentation utility (Dice, synthetic vs real pairs)"
+    if "skipped" in section:
+        return Verdict(check, "n/a", section["skipped"])
+    trtr, tstr = section["trtr"]["mean_dice"], section["tstr"]["mean_dice"]
+    silver = " (silver-standard masks: Dice is agreement with the model that made them)" if section.get(
+        "silver_standard") else ""  # fmt: skip
+    if not _lower(trtr, "value", "ci_low") >= SEGMENTATION_MIN_REAL_DICE:
+        return Verdict(check, "n/a", f"the U-Net trained on real pairs reaches only mean Dice {trtr['value']:.3f} on "
+                                     "held-out patients, so there is no real performance to compare against; train "
+                                     "it longer (settings segmentation: {epochs: ...}) or use more masked images")  # fmt: skip
+    ratio, gain = section["ratio"]["dice"], section["augmentation_gain"]["dice"]
+    reason = (f"trained on synthetic pairs, the U-Net reaches mean Dice {tstr['value']:.3f} vs {trtr['value']:.3f} "
+              f"trained on real pairs: ratio {ratio['value']:.3f} (95% CI {_num(ratio.get('ci_low'))}-"
+              f"{_num(ratio.get('ci_high'))}); adding the synthetic pairs to the real ones changes Dice by "
+              f"{gain['value']:+.3f} (CI {_num(gain.get('ci_low'))} to {_num(gain.get('ci_high'))}){silver}")  # fmt: skip
+    return Verdict(check, _graded(float(ratio["value"]), SEGMENTATION_PASS, SEGMENTATION_WARN, True), reason)
+
+
+def useful_overall(useful: Verdict | None, saliency: Verdict | None, segmentation: Verdict | None = None) -> Verdict:
+    """Useful? from the TSTR check and, for image + mask sets, the segmentation check (the worse decides; a set
+    without labels has only the latter); a feature-importance WARN turns a PASS into WARN, is named beside a
+    WARN or FAIL, and never raises a verdict (nor changes a NOT ASSESSED one)."""
+    checks = [c for c in (useful, segmentation) if c is not None]
+    base = overall("Useful?", checks) if checks else Verdict("Useful?", "n/a", "no utility check applies")
+    if saliency is not None and saliency.level == "warn" and base.level in ("pass", "warn", "fail"):
+        level = "warn" if base.level == "pass" else base.level
+        return Verdict("Useful?", level, f"{base.reason}; also, {saliency.reason}")
+    return base
