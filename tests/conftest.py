@@ -37,3 +37,13 @@ def write_png(path: Path, size: tuple[int, int] = (24, 20), seed: int = 0) -> Pa
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Run `python -m medsyn ARGS` as a user would; returns the completed process."""
     return subprocess.run([sys.executable, "-m", "medsyn", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Shared 2-core machine: one thread is faster than oversubscribed two for tiny models (use it with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -9,7 +9,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from medsyn.errors import DataError
@@ -28,13 +27,7 @@ CFG = SegmentationConfig(channels=[8, 16], strides=[2], num_res_units=0, epochs=
 N_BOOT = 200
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Shared 2-core machine: one thread is faster than oversubscribed two for these tiny models."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def shapes(n: int, seed: int, prefix: str | None, labels: int = 1, shift: int = 0) -> SegmentationSet:

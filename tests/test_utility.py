@@ -16,14 +16,7 @@ from medsyn.evaluate.stats import auroc_bootstrap, bootstrap_counts, mean_auroc,
 from medsyn.evaluate.utility import UtilityConfig, per_class_auroc, run_utility, utility_report
 from medsyn.models.classifiers import build_classifier
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Shared 2-core machine: one thread is faster than oversubscribed two for these tiny models."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def easy_task(n: int, seed: int, size: int = 16, k: int = 2, per_patient: int = 2, prefix: str = "p",
