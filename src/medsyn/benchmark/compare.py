@@ -253,6 +253,12 @@ def _failing(r: dict[str, Any]) -> str:
     return ", ".join(c["check"] for c in checks if c["level"] == "fail") or f"none of {len(checks)}"
 
 
+def _attacks(r: dict[str, Any]) -> str:
+    """Every membership attack that ran: its key and AUROC [95% CI]."""
+    runs = {k: e for k, e in r["summary"].get("membership", {}).items() if e.get("auroc") is not None}
+    return "; ".join(f"{k} {with_ci([e['auroc'], e['ci_low'], e['ci_high']])}" for k, e in runs.items()) or "n/a"
+
+
 def _verdicts(r: dict[str, Any]) -> str:
     return "/".join(str(r["summary"]["verdicts"].get(k, "n/a")) for k in ("useful", "realistic", "private"))
 
@@ -268,6 +274,7 @@ COLUMNS: dict[str, Column] = {
     "coverage": lambda r: fmt(r["summary"]["coverage"]),
     "FID (real vs real)": lambda r: f"{fmt(r['summary']['fid'], 2)} ({fmt(r['summary']['fid_real_vs_real'], 2)})",
     "privacy checks failing": _failing,
+    "membership attacks (AUROC)": _attacks,
     "verdicts (useful/realistic/private)": _verdicts,
     "train s (steps)": lambda r: f"{fmt((r.get('progress') or {}).get('train_seconds'), 0)} "
                                  f"({(r.get('progress') or {}).get('steps', 'n/a')})",
