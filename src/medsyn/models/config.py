@@ -10,6 +10,8 @@ from medsyn.errors import ConfigError
 
 #: Image sizes every model in the zoo supports: 2^k (4x4 start) and 7*2^k (7x7 start, MedMNIST's 28 px).
 SUPPORTED_SIZES: tuple[int, ...] = (16, 28, 32, 56, 64, 112, 128, 224, 256)
+#: Most output channels: an image has 1 or 3, a mask generator one per foreground label (data.masks.MAX_LABEL).
+MAX_CHANNELS = 8
 
 
 @dataclass
@@ -63,6 +65,7 @@ class ModelInfo:
     description: str
     sizes: tuple[int, ...] = SUPPORTED_SIZES
     family: str = "gan"  # 'gan' | 'diffusion'
+    masks: bool = False  # trains on image + mask pairs; conditional on the labels when the set has any
 
 
 MODELS: dict[str, ModelInfo] = {
@@ -101,6 +104,13 @@ MODELS: dict[str, ModelInfo] = {
             "the ddpm denoiser (same conditioning and guidance) on its scaled latents; DDIM sampling, decoded.",
             family="diffusion",
         ),
+        ModelInfo(
+            "twostage", True, "ns", 0.0, 2e-4, 2e-4, (0.5, 0.999),
+            "Two-stage mask-then-image GAN (Guibas et al. 2017): a DCGAN-family mask generator, then pix2pix "
+            "(Isola et al. 2017; MONAI UNet + PatchDiscriminator, adversarial + L1) painting an image for each mask; "
+            "label-conditioned when the set has labels.",
+            masks=True,
+        ),
     )
 }
 
@@ -125,14 +135,15 @@ def validate(cfg: GANConfig, extra_defaults: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"unknown model {cfg.name!r}; choose one of {', '.join(MODELS)}")
     if cfg.size not in info.sizes:
         raise ConfigError(f"{cfg.name}: image size {cfg.size} unsupported; use one of {list(info.sizes)}")
-    if cfg.channels not in (1, 3):
-        raise ConfigError(f"{cfg.name}: channels must be 1 or 3, got {cfg.channels}")
+    if not isinstance(cfg.channels, int) or not 1 <= cfg.channels <= MAX_CHANNELS:  # >3: a mask generator's labels
+        raise ConfigError(f"{cfg.name}: channels must be 1 or 3 (images) or up to {MAX_CHANNELS} (one per mask label), "
+                          f"got {cfg.channels}")  # fmt: skip
     for key in ("num_classes", "z_dim", "width"):
         value = getattr(cfg, key)
         low = 0 if key == "num_classes" else 1
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ConfigError(f"{cfg.name}: {key} must be an integer >= {low}, got {value!r}")
-    if info.conditional and cfg.num_classes == 0:
+    if info.conditional and cfg.num_classes == 0 and not info.masks:
         raise ConfigError(f"{cfg.name} is a conditional model and needs num_classes > 0")
     if not isinstance(cfg.extra, dict):
         raise ConfigError(f"{cfg.name}: extra must be a mapping, got {type(cfg.extra).__name__}")

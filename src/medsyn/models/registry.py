@@ -11,6 +11,7 @@ from medsyn.models.dcgan import DCGANDiscriminator, DCGANGenerator
 from medsyn.models.diffusion import DiffusionGenerator
 from medsyn.models.ldm import LatentDiffusionGenerator
 from medsyn.models.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
+from medsyn.models.twostage import TwoStageGenerator
 
 _Pair = tuple[type[Generator], type[Discriminator] | None]
 _CLASSES: dict[str, _Pair] = {
@@ -20,6 +21,7 @@ _CLASSES: dict[str, _Pair] = {
     "stylegan2": (StyleGAN2Generator, StyleGAN2Discriminator),
     "ddpm": (DiffusionGenerator, None),  # a diffusion model has no discriminator
     "ldm": (LatentDiffusionGenerator, None),  # its autoencoder is part of the generator (models/ldm.py)
+    "twostage": (TwoStageGenerator, None),  # one discriminator per stage, built by train/twostage.py
 }
 assert set(_CLASSES) == set(MODELS)
 
@@ -39,6 +41,11 @@ def build_gan(cfg: GANConfig | dict[str, Any]) -> tuple[Generator, Discriminator
         raise ConfigError(f"{cfg.name} is a {MODELS[cfg.name].family} model without a discriminator; "
                           "use build_generator")
     return gen_cls(cfg), disc_cls(cfg)
+
+
+def has_discriminator(name: str) -> bool:
+    """Whether `build_gan` builds a (G, D) pair for this model (GANs of one stage)."""
+    return _CLASSES[name][1] is not None
 
 
 def build_generator(cfg: GANConfig | dict[str, Any]) -> Generator:

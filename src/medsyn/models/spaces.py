@@ -87,6 +87,13 @@ SPACES: dict[str, tuple[Param, ...]] = {
         Param("extra.res_blocks", choices=(1, 2), default=2),
     ),
 }
+# twostage: its stages take no augmentation (a mask must stay aligned with its image), so no `augment`
+SPACES["twostage"] = (
+    *(p for p in _GAN_COMMON if p.name != "augment"),
+    Param("width", choices=(16, 32, 64)),
+    Param("loss", choices=("ns", "hinge")),
+    Param("extra.l1_weight", choices=(10.0, 50.0, 100.0), default=100.0),
+)
 FAMILY_SPACES: dict[str, tuple[Param, ...]] = {"gan": _GAN_COMMON, "diffusion": _DIFFUSION_COMMON}
 
 

@@ -27,9 +27,9 @@ from typing import Any
 import torch
 
 from medsyn.io import write_json_atomic
-from medsyn.models import MODELS, GANConfig, build_gan
+from medsyn.models import GANConfig, build_gan
 from medsyn.models.diffusion import DiffusionGenerator
-from medsyn.models.registry import build_generator
+from medsyn.models.registry import build_generator, has_discriminator
 
 PROBE_BATCH = 8  # enough to separate the two (they differ by 2x or more where it matters), cheap at any size
 PROBE_REPEATS = 3
@@ -40,7 +40,8 @@ CLEAR_GAP = 3.0  # a round in which one side is this much slower than the other 
 def _pass(nets: tuple[torch.nn.Module, ...], y: torch.Tensor | None, n: int, bf16: bool) -> float:
     """CPU seconds for one training-like pass (process CPU time, not wall time, so that other jobs on a shared
     machine do not decide the comparison): a GAN's generator forward + discriminator forward + backward
-    through both, or a diffusion model's denoising loss + backward."""
+    through both, a diffusion model's denoising loss + backward, or (twostage, whose discriminators belong to its
+    training stages) the generator's forward + backward."""
     fmt = torch.channels_last if bf16 else torch.contiguous_format
     G = nets[0]
     start = time.process_time()
@@ -50,7 +51,7 @@ def _pass(nets: tuple[torch.nn.Module, ...], y: torch.Tensor | None, n: int, bf1
             out = G.loss(x0, y)
         else:
             x = G(torch.randn(n, G.z_dim), y).contiguous(memory_format=fmt)
-            out = nets[1](x, y)[0]
+            out = nets[1](x, y)[0] if len(nets) > 1 else x
     out.float().mean().backward()
     return time.process_time() - start
 
@@ -135,5 +136,5 @@ def _probe(model: GANConfig, n: int) -> dict[str, Any]:
 
 
 def _build(model: GANConfig) -> tuple[torch.nn.Module, ...]:
-    """The networks a training step runs: (G, D) for a GAN, (denoiser,) for a diffusion model."""
-    return build_gan(model) if MODELS[model.name].family == "gan" else (build_generator(model),)
+    """The networks a training step runs: (G, D) for a GAN, (denoiser,) for a diffusion model, (G,) for twostage."""
+    return build_gan(model) if has_discriminator(model.name) else (build_generator(model),)

@@ -1,0 +1,203 @@
+"""Two-stage mask-then-image generation (Guibas et al. 2017, "Synthetic medical images from dual generative
+adversarial networks"): Stage I draws a segmentation mask, Stage II paints an image for it (pix2pix, Isola et al.
+2017). Both stages are label-conditioned when the training set has labels, unconditional on an image+mask set
+without any.
+
+Stage I is the DCGAN-family generator of models/dcgan.py (`cgan` with labels, `dcgan` without) on masks
+encoded as channels: one channel per foreground label value, +1 where the pixel has that value and -1
+elsewhere (`encode_masks`); `decode_masks` takes the strongest channel where it is above 0, background
+elsewhere. Stage II (`MaskPainter`) is MONAI's `UNet` from the one-hot mask (+ the label vector broadcast as
+one constant channel per class) to the image, tanh; its discriminator (`PairDiscriminator`) is MONAI's
+`PatchDiscriminator` on concat(mask, labels, image), as in pix2pix.
+
+`TwoStageGenerator` holds both and fits the Generator contract, so `generate`, `--balance`, the privacy filter
+and export need no model-specific code beyond writing the masks: `G(z, y)` = paint(decode(masks(z, y)), y)`,
+an image that is a deterministic function of (z, y). Painting has no noise of its own (pix2pix found a
+noise input ignored; dropout is off at sampling), so one mask gives one image: variety comes from Stage I.
+
+Options (`model_extra`), and why:
+- `mask_labels`: the label values of the training masks, 0 included; set from the data by the trainer.
+- `l1_weight` 100: pix2pix's lambda; the L1 term keeps the painting faithful to the real image of the mask,
+  the adversarial term sharpens it.
+- `unet_levels` 'auto': halve while the side stays even and >= 4 px, at most 6 levels (16/28 px: 3 levels,
+  64 px: 5), channels width x 1, 2, 4, 8, 8, 8; `res_units` 2 (MONAI's residual units per level).
+- `dropout` 0: pix2pix's decoder dropout is its only noise and is not needed once sampling is deterministic.
+- `d_layers` 'auto': PatchDiscriminator layers, 3 (pix2pix's 70x70 patches at 256 px) where the image is at
+  least 32 px, fewer below (16 and 28 px: 2) so its patches stay smaller than the image.
+- `mask_share` 0.5 and `mask_steps` (None: `steps`): Stage I's share of `--time-limit` and its step count.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from monai.networks.nets import PatchDiscriminator, UNet
+from torch import nn
+
+from medsyn.data.masks import MAX_LABEL
+from medsyn.errors import ConfigError
+from medsyn.models.base import Generator
+from medsyn.models.config import GANConfig, validate
+from medsyn.models.dcgan import DCGANGenerator
+
+TWOSTAGE_DEFAULTS: dict[str, Any] = {
+    "mask_labels": [0, 1],
+    "l1_weight": 100.0,
+    "unet_levels": "auto",
+    "res_units": 2,
+    "dropout": 0.0,
+    "d_layers": "auto",
+    "mask_share": 0.5,
+    "mask_steps": None,
+}
+MAX_LEVELS = 6
+
+
+def twostage_options(cfg: GANConfig) -> dict[str, Any]:
+    """The extra options over their defaults, 'auto' resolved for cfg.size, checked (one-line ConfigErrors)."""
+    opts = validate(cfg, TWOSTAGE_DEFAULTS)
+    values = opts["mask_labels"]
+    if (not isinstance(values, list) or values != sorted(set(values)) or not values or values[0] != 0
+            or not all(isinstance(v, int) and 0 <= v <= MAX_LABEL for v in values)):  # fmt: skip
+        raise ConfigError(f"{cfg.name}: mask_labels must be the sorted label values 0..{MAX_LABEL} of the masks, "
+                          f"0 first, got {values!r}")  # fmt: skip
+    if len(values) < 2:
+        raise ConfigError(f"{cfg.name}: the training masks have no foreground label (all background)")
+    if opts["unet_levels"] == "auto":
+        levels = 1
+        while levels < MAX_LEVELS and cfg.size % 2**levels == 0 and cfg.size // 2**levels >= 4:
+            levels += 1
+        opts["unet_levels"] = levels
+    if opts["d_layers"] == "auto":
+        opts["d_layers"] = min(3, _max_layers(cfg.size))
+    levels, layers = opts["unet_levels"], opts["d_layers"]
+    if not _count(levels, 1) or cfg.size % 2 ** (levels - 1) or cfg.size // 2 ** (levels - 1) < 2:
+        raise ConfigError(f"{cfg.name}: unet_levels {levels!r} must be an integer >= 1 that halves the "
+                          f"{cfg.size} px image into even sides of at least 2 px")  # fmt: skip
+    if not _count(layers, 1) or cfg.size // 2 ** (layers + 1) < 2:
+        raise ConfigError(f"{cfg.name}: d_layers {layers!r} must be an integer >= 1 with a patch grid of at least "
+                          f"2x2 on {cfg.size} px images (at most {_max_layers(cfg.size)})")  # fmt: skip
+    if not _count(opts["res_units"], 0):
+        raise ConfigError(f"{cfg.name}: res_units must be an integer >= 0, got {opts['res_units']!r}")
+    for key, low, high in (("l1_weight", 0.0, float("inf")), ("dropout", 0.0, 1.0), ("mask_share", 0.0, 1.0)):
+        v = opts[key]
+        if isinstance(v, bool) or not isinstance(v, int | float) or not (low <= v < high):
+            raise ConfigError(f"{cfg.name}: {key} must be a number in [{low:g}, {high:g}), got {v!r}")
+    if opts["mask_share"] == 0:
+        raise ConfigError(f"{cfg.name}: mask_share (Stage I's share of the time limit) must be in (0, 1)")
+    if opts["mask_steps"] is not None and not _count(opts["mask_steps"], 1):
+        raise ConfigError(f"{cfg.name}: mask_steps must be a positive integer (or null), got {opts['mask_steps']!r}")
+    return opts
+
+
+def _count(v: Any, low: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _max_layers(size: int) -> int:
+    return max((n for n in range(1, 8) if size // 2 ** (n + 1) >= 2), default=0)
+
+
+def mask_config(cfg: GANConfig) -> GANConfig:
+    """Stage I's configuration: a DCGAN-family generator with one output channel per foreground label,
+    conditional (`cgan`) when the run has classes, `dcgan` without."""
+    labels = twostage_options(cfg)["mask_labels"]
+    name = "cgan" if cfg.num_classes else "dcgan"
+    return GANConfig(name, cfg.size, len(labels) - 1, cfg.num_classes, cfg.z_dim, cfg.width)
+
+
+def encode_masks(masks: torch.Tensor, values: list[int]) -> torch.Tensor:
+    """uint8 label masks (B, 1, S, S) -> float (B, L, S, S): +1 where the pixel has foreground value L_j, else -1."""
+    fg = torch.tensor(values[1:], device=masks.device, dtype=masks.dtype).view(1, -1, 1, 1)
+    return (masks == fg).float().mul_(2).sub_(1)
+
+
+def decode_masks(x: torch.Tensor, values: list[int]) -> torch.Tensor:
+    """float (B, L, S, S) -> uint8 label masks (B, 1, S, S): the strongest channel's value where it is > 0."""
+    best, index = x.float().max(dim=1, keepdim=True)
+    fg = torch.tensor(values[1:], device=x.device, dtype=torch.uint8)
+    return torch.where(best > 0, fg[index], torch.zeros_like(index, dtype=torch.uint8))
+
+
+class MaskPainter(nn.Module):
+    """Stage II: forward(masks uint8 (B, 1, S, S) label values, y (B, K) or None) -> images (B, C, S, S) in [-1, 1]."""
+
+    z_dim = 0  # no noise input (the training loop's fixed sample noise is then empty)
+
+    def __init__(self, cfg: GANConfig, opts: dict[str, Any]) -> None:
+        super().__init__()
+        self.values = list(opts["mask_labels"])
+        self.num_classes = cfg.num_classes
+        lookup = torch.full((256,), -1, dtype=torch.long)
+        lookup[torch.tensor(self.values)] = torch.arange(len(self.values))
+        self.register_buffer("lookup", lookup, persistent=False)  # label value -> one-hot index
+        levels = int(opts["unet_levels"])
+        self.unet = UNet(
+            spatial_dims=2,
+            in_channels=self.condition_channels,
+            out_channels=cfg.channels,
+            channels=[cfg.width * min(8, 2**i) for i in range(levels)],
+            strides=[2] * (levels - 1),
+            num_res_units=int(opts["res_units"]),
+            dropout=float(opts["dropout"]),
+        )
+
+    @property
+    def condition_channels(self) -> int:
+        return len(self.values) + self.num_classes
+
+    def condition(self, masks: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """The mask one-hot over its label values (0/1), then each class label as a constant plane."""
+        index = self.lookup[masks[:, 0].long()]
+        if bool((index < 0).any()):
+            raise ValueError(f"mask values outside the model's labels {self.values}")
+        planes = nn.functional.one_hot(index, len(self.values)).permute(0, 3, 1, 2).float()
+        if self.num_classes:
+            assert y is not None
+            labels = torch.nan_to_num(y.float(), nan=0.0)[:, :, None, None]
+            planes = torch.cat([planes, labels.expand(-1, -1, *planes.shape[2:])], dim=1)
+        return planes
+
+    def forward(self, masks: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.tanh(self.unet(self.condition(masks, y)))
+
+
+class PairDiscriminator(nn.Module):
+    """pix2pix's conditional PatchGAN: forward(condition, images) -> (B, P) patch logits of real vs painted."""
+
+    def __init__(self, cfg: GANConfig, opts: dict[str, Any], condition_channels: int) -> None:
+        super().__init__()
+        self.net = PatchDiscriminator(spatial_dims=2, channels=cfg.width, in_channels=condition_channels + cfg.channels,
+                                      num_layers_d=int(opts["d_layers"]))  # fmt: skip
+
+    def forward(self, condition: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([condition, images], dim=1))[-1].flatten(1)
+
+
+class TwoStageGenerator(Generator):
+    """Stage I (`masks`, a DCGAN-family generator of encoded masks) + Stage II (`painter`): forward(z, y) is the
+    painted image of the drawn mask; `draw` returns the mask too. `trained` (a frozen parameter saved with the
+    weights) says which stages were trained: [masks, images], 1 = trained."""
+
+    def __init__(self, cfg: GANConfig) -> None:
+        super().__init__(cfg)
+        self.opts = twostage_options(cfg)
+        self.values = list(self.opts["mask_labels"])
+        self.masks = DCGANGenerator(mask_config(cfg))
+        self.painter = MaskPainter(cfg, self.opts)
+        self.trained = nn.Parameter(torch.zeros(2), requires_grad=False)
+
+    def draw(self, z: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images (B, C, S, S) in [-1, 1], uint8 label masks (B, 1, S, S)) for noise z and labels y."""
+        labels = self._labels(y, z.shape[0], z) if self.num_classes else None
+        masks = decode_masks(self.masks(z, labels), self.values)
+        return self.painter(masks, labels), masks
+
+    def paint(self, masks: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Images for given uint8 label masks (B, 1, S, S) with values among `mask_labels`."""
+        labels = self._labels(y, masks.shape[0], masks) if self.num_classes else None
+        return self.painter(masks, labels)
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.draw(z, y)[0]
