@@ -34,8 +34,10 @@ RESUMABLE_CHANGES = frozenset(
         "device",
         "precision",
         "channels_last",
+        "stage",
     }
 )
+STAGES = ("both", "masks", "images")
 #: Models whose discriminator uses BatchNorm by default; a gradient penalty is ill-defined with batch
 #: statistics (Gulrajani et al. 2017), so wgan-gp switches their critic to no normalisation.
 _BATCHNORM_CRITICS = ("dcgan", "cgan", "acgan")
@@ -84,6 +86,7 @@ class TrainConfig:
     dp_delta: float | None = None  # DP delta; None: 1 / (10 N) for N training images
     dp_max_grad_norm: float | None = None  # per-sample gradient clipping norm C; None: 1.0 with DP
     dp_unit: str | None = None  # what DP protects: "image" (one training image) or "patient"; None: image with DP
+    stage: str | None = None  # twostage: which stage(s) this session trains, both | masks | images; None: both
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
@@ -184,9 +187,25 @@ class TrainConfig:
             given = [k for k, v in gan_only.items() if v is not None] + ["augment"] * (self.augment != "none")
             if given:
                 raise ConfigError(f"{self.model} is a {info.family} model: {', '.join(given)} only apply to GANs")
+        self._validate_stages()
         if self.classes is not None and not self.classes:
             raise ConfigError("classes: give at least one class name, or leave it out for all classes")
         self._validate_dp()
+
+    def _validate_stages(self) -> None:
+        """--stage and the GAN options twostage's stages cannot use, each refused in one line."""
+        if self.stage is not None and self.stage not in STAGES:
+            raise ConfigError(f"stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
+        if self.model != "twostage":
+            if self.stage not in (None, "both"):
+                raise ConfigError(f"--stage {self.stage} applies to --model twostage, not {self.model}")
+            return
+        refused = {"loss wgan-gp": self.loss == "wgan-gp", f"augment {self.augment}": self.augment != "none",
+                   f"r1_gamma {self.r1_gamma}": bool(self.r1_gamma)}  # fmt: skip
+        given = [k for k, bad in refused.items() if bad]
+        if given:
+            raise ConfigError(f"twostage cannot use {given[0]}: its stages train with the ns or hinge loss, no gradient "
+                              "penalty and no augmentation (a mask must stay aligned with its image)")  # fmt: skip
 
     def _validate_dp(self) -> None:
         """DP settings (ranges) and what DP-SGD cannot make private here, each refused in one line."""
@@ -262,6 +281,7 @@ _DP_REFUSED = {
     "dcgan": "it trains one generator per class, and an image of several classes would pay the budget once per class",
     "stylegan2": "its discriminator's minibatch-stddev layer, R1 penalty and equalised-LR layers are not per-sample",
     "ldm": "its autoencoder reads the real images too and is not trained privately",
+    "twostage": "neither its mask discriminator nor its image discriminator is trained privately yet",
 }
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, default_collate
 
@@ -24,6 +25,7 @@ from medsyn.data.cache import CachedImages, PreparedDataset, prepare
 from medsyn.data.spec import parse_spec
 from medsyn.data.splits import select_classes
 from medsyn.errors import DataError
+from medsyn.models import MODELS, GANConfig
 from medsyn.train.config import TrainConfig
 from medsyn.train.distributed import DistInfo, barrier
 from medsyn.train.logs import notice
@@ -67,6 +69,14 @@ class TrainData:
             meta.get("negative_class") or default_negative_class(self.source_format, meta.get("source_info", {}))
         )
 
+    def model_config(self, cfg: TrainConfig) -> GANConfig:
+        """The run's model configuration on this data: its channels, the classes a conditional model sees and,
+        for a mask model (twostage), the label values of the training masks."""
+        info = MODELS[cfg.model]
+        k = len(self.classes) if info.conditional else 0
+        extra = {**cfg.model_extra, "mask_labels": self.cache.mask_labels} if info.masks else cfg.model_extra
+        return GANConfig(cfg.model, cfg.size, self.cache.channels, k, cfg.z_dim, cfg.width, extra)
+
     def patients(self, rows: np.ndarray) -> np.ndarray:
         """(len(rows),) int: each row's patient as a number 0..P-1 (P patients among `rows`)."""
         ids = self.cache.index["patient_id"].astype(str).to_numpy()[rows]
@@ -98,7 +108,7 @@ class TrainData:
     def label_stats(self) -> dict[str, Any]:
         """Aggregate training label distribution (multi-hot combinations and their counts), for generation."""
         combos, counts = np.unique(self.positives().astype(np.int8), axis=0, return_counts=True)
-        order = np.lexsort(combos.T[::-1])
+        order = np.lexsort(combos.T[::-1]) if self.classes else np.arange(len(combos))  # no classes: one combo
         info = self.cache.meta.get("source_info", {})
         return {
             "classes": list(self.classes),
@@ -147,13 +157,18 @@ def open_train_data(cfg: TrainConfig, out_dir: Path, info: DistInfo, quiet: bool
     table = cache.index[cache.index["split"] == "train"]
     if table.empty:
         raise DataError(f"{cache.path}: the cache has no 'train' split images")
+    masks = MODELS[cfg.model].masks
+    if masks:
+        table = _masked(cache, table, cfg.model)
     classes = list(cache.classes)
+    if not classes and not masks:
+        raise DataError(f"{cache.path}: the set has no labels (an image+mask set); only --model twostage trains on it")
     if cfg.classes:
         table, classes = select_classes(table, classes, list(cfg.classes))
     labels = np.full((len(cache), len(classes)), np.nan, dtype=np.float32)
     rows = table["row"].to_numpy(dtype=np.int64)
     labels[rows] = table[classes].to_numpy(dtype=np.float32)
-    unknown = np.isnan(labels[rows]).all(axis=1)
+    unknown = np.isnan(labels[rows]).all(axis=1) & bool(classes)  # no classes: an unconditional image+mask set
     if unknown.all():
         raise DataError(f"{cache.path}: no training image has a known label for {', '.join(classes)}")
     if unknown.any():  # masked is not negative: such an image belongs to no label group and conditions nothing
@@ -161,6 +176,33 @@ def open_train_data(cfg: TrainConfig, out_dir: Path, info: DistInfo, quiet: bool
             notice(f"{int(unknown.sum())} training images have no known label (all masked): left out of training")
         rows = rows[~unknown]
     return TrainData(cache, classes, rows, labels)
+
+
+def _masked(cache: PreparedDataset, table: pd.DataFrame, model: str) -> pd.DataFrame:
+    """The training rows that have a mask (a mask model trains on image + mask pairs only)."""
+    if not cache.has_masks:
+        raise DataError(f"{cache.path}: --model {model} trains on image + mask pairs but this set has no masks; give "
+                        "them (csv: a mask column, folder: ?mask_dir=DIR, phantom and covid have them) and prepare "
+                        "it with ?masks=only")  # fmt: skip
+    table = table[table["row"].isin(cache.mask_rows("train"))]
+    if table.empty:
+        raise DataError(f"{cache.path}: no training image has a mask; prepare the set with ?masks=only")
+    return table
+
+
+class ImageMaskPairs(torch.utils.data.Dataset):
+    """Items (image with its mask as one more uint8 channel (C + 1, S, S), labels): one tensor, so the training
+    loop moves and shuffles pairs exactly as it does images (a mask model splits them again, train/twostage.py)."""
+
+    def __init__(self, dataset: CachedImages) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask, labels = self.dataset[i]
+        return torch.cat([image, mask]), labels
 
 
 class ShardedBatches(Sampler[list[int]]):
@@ -247,22 +289,26 @@ def make_loader(
     pin_memory: bool,
     poisson_rate: float | None = None,
     units: np.ndarray | None = None,
+    masks: bool = False,
 ) -> DataLoader:
     """DataLoader over the memory-mapped cache: uint8 images and float labels (converted on the device).
 
     `start` counts images drawn (fixed-size batches), or with `poisson_rate` (Poisson batches of that
     sampling rate, for DP training, one process) steps taken. `units` (with `poisson_rate`): each row's patient
-    number; whole patients are drawn and each batch carries its rows' patient numbers as a third tensor."""
+    number; whole patients are drawn and each batch carries its rows' patient numbers as a third tensor. `masks`:
+    each image carries its mask as a last channel (`ImageMaskPairs`)."""
     if len(rows) == 0:
         raise DataError(f"{data.cache.path}: no training images for this group")
-    dataset: torch.utils.data.Dataset = CachedImages(data.cache.path, rows, data.labels)
+    dataset: torch.utils.data.Dataset = CachedImages(data.cache.path, rows, data.labels, masks)
+    if masks:
+        dataset = ImageMaskPairs(dataset)
     if units is not None:
         dataset = WithUnits(dataset, units)
     if poisson_rate is None:
         sampler: Sampler[list[int]] = ShardedBatches(len(rows), batch, info, seed, start)
     else:
         sampler = PoissonBatches(len(rows), poisson_rate, seed, start, units)
-    shape = (data.cache.channels, data.cache.size, data.cache.size)
+    shape = (data.cache.channels + masks, data.cache.size, data.cache.size)
     return DataLoader(
         dataset,
         batch_sampler=sampler,

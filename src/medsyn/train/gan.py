@@ -27,7 +27,7 @@ class GANObjective:
 
     def __init__(self, cfg: TrainConfig, model: GANConfig, rt: Runtime, info: DistInfo) -> None:
         self.cfg, self.rt, self.info = cfg, rt, info
-        G, D = build_gan(model)  # G first: its weights depend only on the seed, as before D existed
+        G, D = self.build(model)  # G first: its weights depend only on the seed, as before D existed
         self.G, self.D = to_device(G, rt, info), to_device(D, rt, info)
         betas = tuple(cfg.betas)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=betas, fused=True)
@@ -44,6 +44,11 @@ class GANObjective:
             + ["r1"] * (cfg.r1_gamma > 0)
             + ["gp"] * (cfg.loss == "wgan-gp")
         )
+
+    @staticmethod
+    def build(model: GANConfig) -> tuple[Any, Any]:
+        """The (generator, discriminator) pair this objective trains (twostage's painting stage builds its own)."""
+        return build_gan(model)
 
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
         if self.ada is not None:

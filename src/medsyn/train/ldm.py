@@ -99,8 +99,7 @@ def train_ldm(
 ) -> dict[str, Any]:  # fmt: skip
     """Both stages (each resumed where it stopped); returns run.json's `progress`: the denoiser's (the run's
     whole training time) with each stage's own under 'stages'."""
-    model = GANConfig(cfg.model, cfg.size, data.cache.channels, len(data.classes), cfg.z_dim, cfg.width,
-                      cfg.model_extra)  # fmt: skip
+    model = data.model_config(cfg)
     ae_cfg, ae_limit = stage_config(cfg, model)
     ae_steps = ae_cfg.steps
     ae_dir, dn_dir = out / AE_DIR / "checkpoints", out / "checkpoints"

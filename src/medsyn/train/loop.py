@@ -55,6 +55,8 @@ OBJECTIVES: dict[str, type[GANObjective] | type[DiffusionObjective]] = {
 class Trainer:
     """Trains one generator (GAN or diffusion) on the rows of one label group (or all rows)."""
 
+    masks = False  # batches carry each image's mask as a last channel (the stages of twostage)
+
     def __init__(
         self,
         cfg: TrainConfig,
@@ -72,8 +74,7 @@ class Trainer:
         self.conditional = MODELS[cfg.model].conditional
         self.rows = data.rows if self.conditional else data.group_rows(groups[0])
         self.data = data
-        k = len(data.classes) if self.conditional else 0
-        self.gan_cfg = GANConfig(cfg.model, cfg.size, data.cache.channels, k, cfg.z_dim, cfg.width, cfg.model_extra)
+        self.gan_cfg = data.model_config(cfg)
         seed_everything(derive_seed(cfg.seed, index))  # identical initial weights on every rank
         family = MODELS[cfg.model].family
         self.dp: DPAccount | None = None  # differentially private training (train/privacy.py)
@@ -117,12 +118,16 @@ class Trainer:
 
     def train_step(self, real_u8: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """The objective's update on one batch, then the EMA; returns the detached loss terms."""
-        dev = self.rt.device
-        real = to_signed(real_u8.to(dev, non_blocking=True)).contiguous(memory_format=self.rt.memory_format)
-        y = labels.to(dev, non_blocking=True) if self.conditional else None
+        real, y = self._inputs(real_u8, labels)
         terms = self.objective.train_step(real, y, self.step)
         self._update_ema()
         return terms
+
+    def _inputs(self, real_u8: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A batch on the device as the objective takes it: images in [-1, 1], labels (conditional models)."""
+        dev = self.rt.device
+        real = to_signed(real_u8.to(dev, non_blocking=True)).contiguous(memory_format=self.rt.memory_format)
+        return real, labels.to(dev, non_blocking=True) if self.conditional else None
 
     def _accumulate(self, terms: dict[str, torch.Tensor]) -> None:
         """Add this step's terms to the log sums on the device (no host sync; read at log steps only)."""
@@ -278,6 +283,7 @@ class Trainer:
             self.rt.device.type == "cuda",
             poisson_rate=None if dp is None else dp.sample_rate,
             units=None if dp is None else self.units,
+            masks=self.masks,
         )
         return iter(loader)
 

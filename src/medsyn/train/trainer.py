@@ -1,7 +1,7 @@
 """A whole training run: the run folder, its label groups, the runtime, and one `Trainer` per generator.
 
-A conditional model (cgan, acgan, stylegan2, ddpm, ldm) is one generator for all label groups; ldm trains
-it in two stages (train/ldm.py). An unconditional
+A conditional model (cgan, acgan, stylegan2, ddpm, ldm, twostage) is one generator for all label groups; ldm
+and twostage train it in two stages (train/ldm.py, train/twostage.py). An unconditional
 model (dcgan) is trained once per label group, as in the per-class augmentation studies: each group is a
 sub-run with its own checkpoints, samples and losses under RUN/classes/NN-name/. The loop itself is
 loop.py; what one step does is gan.py or diffusion.py.
@@ -33,6 +33,7 @@ from medsyn.train.privacy import check_private_model
 from medsyn.train.progress import progress, progress_line, run_progress, training_done
 from medsyn.train.run import RUN_FILE, read_run_meta, write_run_meta
 from medsyn.train.runtime import Runtime, derive_seed
+from medsyn.train.twostage import train_twostage
 
 __all__ = [  # progress_line, derive_seed, run_progress: imported from here by the CLI and generate
     "Runtime",
@@ -46,6 +47,10 @@ __all__ = [  # progress_line, derive_seed, run_progress: imported from here by t
     "training_done",
     "wants_cuda",
 ]
+
+
+#: Models trained in stages by one command, each stage a `Trainer` of its own.
+STAGED = {"ldm": train_ldm, "twostage": train_twostage}
 
 
 def wants_cuda(device: str) -> bool:
@@ -141,8 +146,7 @@ def train(
             if empty and info.main:
                 notice(f"no training images for {', '.join(empty)}: no generator is trained for them")
             groups = [g for g in groups if g.count > 0]
-        k = len(data.classes) if conditional else 0
-        model = GANConfig(cfg.model, cfg.size, data.cache.channels, k, cfg.z_dim, cfg.width, cfg.model_extra)
+        model = data.model_config(cfg)
         with torch.random.fork_rng(devices=[]):
             build_generator(model)  # an impossible model config is a one-line error before the run folder exists
             if cfg.dp_epsilon is not None:
@@ -169,7 +173,7 @@ def train(
             write_run_meta(out, meta)
             write_text_atomic(out / "config.yaml", cfg.to_yaml())
         barrier(info)
-        stages = train_ldm if cfg.model == "ldm" else _train_generators  # ldm: two stages, train/ldm.py
+        stages = STAGED.get(cfg.model, _train_generators)
         reached = stages(cfg, data, groups, out, rt, info, resume, info.main and not quiet)
         if info.main:
             dp = {"differential_privacy": reached["privacy"]} if "privacy" in reached else {}

@@ -1,0 +1,218 @@
+"""`--model twostage` in one command: Stage I (the mask GAN), then Stage II (pix2pix painting images for real
+masks), each a `Trainer` of its own; at the end of every session both stages' EMA weights are joined into the
+run's generator.
+
+    RUN/masks/{checkpoints,samples,losses.csv,losses.png}    Stage I (samples: drawn masks, one row per group)
+    RUN/images/{checkpoints,samples,losses.csv,losses.png}   Stage II (samples: a real mask, its painting, and
+                                                             the real image of that mask, per group)
+    RUN/generator.safetensors, generator.json                 both stages joined: what `generate` reads
+
+Stage II learns from real masks, so the stages do not depend on each other: `--stage masks` or `--stage
+images` trains one alone (in any order, the other later with `--resume --stage ...`), `both` (the default)
+trains Stage I and then Stage II. Each checkpoints and resumes exactly like any run (loop.py); a resumed run
+continues the stage it was killed in, and once Stage II has started, `both` never trains Stage I again (even
+if a resume raises `--steps` or `--time-limit`); only an explicit `--stage masks` does.
+
+Budget: Stage I trains `mask_steps` steps (default `steps`) or until it has used `mask_share` (0.5) of
+`--time-limit`; Stage II trains `steps` steps or until the rest of the limit (the limit minus Stage I's time)
+is spent, so a stage that finishes early leaves its time to the other. Both use the run's learning rates and
+`--loss` (ns by default, as pix2pix; hinge also works; LSGAN is not offered, to keep one set of GAN losses).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medsyn.data.cache import to_signed
+from medsyn.models import GANConfig, save_generator
+from medsyn.models.twostage import (
+    MaskPainter,
+    PairDiscriminator,
+    TwoStageGenerator,
+    decode_masks,
+    encode_masks,
+    mask_config,
+    twostage_options,
+)
+from medsyn.train import losses
+from medsyn.train.checkpoint import checkpoint_file, load_checkpoint
+from medsyn.train.config import TrainConfig
+from medsyn.train.data import Group, TrainData
+from medsyn.train.distributed import DistInfo, average_buffers
+from medsyn.train.gan import GANObjective
+from medsyn.train.logs import save_grid
+from medsyn.train.loop import SAMPLE_COLUMNS, Trainer
+from medsyn.train.objective import optimise
+from medsyn.train.progress import progress, training_done
+from medsyn.train.runtime import Runtime
+
+MASKS_DIR, IMAGES_DIR = "masks", "images"
+MASKS_INDEX, IMAGES_INDEX = 1, 2  # seed each stage's weights and data order apart
+GRID_GROUPS = 4  # label groups in Stage II's grid (a mask, painted and real row each)
+
+
+def show_masks(masks: torch.Tensor, values: list[int], channels: int) -> torch.Tensor:
+    """uint8 label masks -> grey images in [-1, 1] (background black, the highest label white) for the grids."""
+    return (masks.float() * (2.0 / max(values)) - 1.0).expand(-1, channels, -1, -1)
+
+
+class MaskTrainer(Trainer):
+    """Stage I: the shared loop with GANObjective on the mask generator of `mask_config`, fed encoded masks."""
+
+    masks = True
+
+    def __init__(self, cfg: TrainConfig, data: TrainData, groups: list[Group], out: Path, rt: Runtime,
+                 info: DistInfo, model: GANConfig) -> None:  # fmt: skip
+        super().__init__(cfg, data, groups, MASKS_INDEX, out, rt, info,
+                         objective=lambda c, m, r, i: GANObjective(c, mask_config(m), r, i))  # fmt: skip
+        self.gan_cfg = mask_config(model)  # what its checkpoint rebuilds: the mask generator
+        self.values, self.channels = list(twostage_options(model)["mask_labels"]), model.channels
+
+    def _inputs(self, real_u8: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The batch's masks, encoded as the mask generator draws them (the images are Stage II's)."""
+        dev = self.rt.device
+        masks = encode_masks(real_u8[:, self.channels :].to(dev, non_blocking=True), self.values)
+        return masks.contiguous(memory_format=self.rt.memory_format), labels.to(dev, non_blocking=True)
+
+    @torch.no_grad()
+    def sample(self) -> torch.Tensor:
+        return show_masks(decode_masks(super().sample(), self.values), self.values, 1)
+
+
+class PaintObjective(GANObjective):
+    """Stage II: pix2pix's update on (mask, image) pairs. D: `PairDiscriminator` on (mask + labels, image), the
+    loss of `--loss`; G: `MaskPainter` with that adversarial loss + `l1_weight` x L1 to the real image.
+    Optimisers, scalers and checkpoint state are GANObjective's."""
+
+    columns: list[str] = []
+
+    def __init__(self, cfg: TrainConfig, model: GANConfig, rt: Runtime, info: DistInfo) -> None:
+        super().__init__(cfg, model, rt, info)
+        self.keys = ["d_loss", "g_loss", "l1"]
+        self.l1_weight = float(twostage_options(model)["l1_weight"])
+        self.masks: torch.Tensor | None = None  # the batch's masks, set by PaintTrainer before each step
+
+    @staticmethod
+    def build(model: GANConfig) -> tuple[MaskPainter, PairDiscriminator]:
+        opts = twostage_options(model)
+        painter = MaskPainter(model, opts)  # first: its weights depend only on the seed
+        return painter, PairDiscriminator(model, opts, painter.condition_channels)
+
+    def train_step(self, real: torch.Tensor, y: torch.Tensor | None, step: int) -> dict[str, torch.Tensor]:
+        """One discriminator and one painter update on real images and their masks (`self.masks`)."""
+        assert self.masks is not None
+        condition = self.G.condition(self.masks, y).contiguous(memory_format=self.rt.memory_format)
+        self.D.requires_grad_(True)
+        with self.rt.autocast():
+            fake = self.G(self.masks, y)
+            real_logits, fake_logits = self.D(condition, real), self.D(condition, fake.detach())
+        loss_d = losses.d_loss(self.cfg.loss, real_logits.float(), fake_logits.float())
+        optimise(self.opt_d, self.scaler_d, loss_d, self.D, self.info)
+        self.D.requires_grad_(False)
+        with self.rt.autocast():
+            logits = self.D(condition, fake)
+        adversarial = losses.g_loss(self.cfg.loss, logits.float())
+        l1 = (fake.float() - real.float()).abs().mean()
+        optimise(self.opt_g, self.scaler_g, adversarial + self.l1_weight * l1, self.G, self.info)
+        average_buffers((self.G, self.D), self.info)
+        return {"d_loss": loss_d.detach(), "g_loss": adversarial.detach(), "l1": l1.detach()}
+
+    def log_values(self) -> dict[str, float]:
+        return {}
+
+
+class PaintTrainer(Trainer):
+    """Stage II: the shared loop with PaintObjective; its grid paints fixed real training masks."""
+
+    masks = True
+
+    def __init__(self, cfg: TrainConfig, data: TrainData, groups: list[Group], out: Path, rt: Runtime,
+                 info: DistInfo, model: GANConfig) -> None:  # fmt: skip
+        super().__init__(cfg, data, groups, IMAGES_INDEX, out, rt, info, objective=PaintObjective)
+        self.values, self.channels = list(twostage_options(model)["mask_labels"]), model.channels
+        shown = [g for g in groups if len(data.group_rows(g))][:GRID_GROUPS]
+        self.grid_names = [name for g in shown for name in (f"{g.name} mask", "painted", "real")]
+        rows = np.concatenate([np.resize(data.group_rows(g), SAMPLE_COLUMNS) for g in shown])
+        self.grid = (torch.from_numpy(np.stack([data.cache.images[r] for r in rows])),
+                     torch.from_numpy(data.cache.masks_for(rows)), torch.from_numpy(data.labels[rows]))  # fmt: skip
+
+    def _inputs(self, real_u8: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The batch's images in [-1, 1]; their masks go to the objective beside them."""
+        batch = real_u8.to(self.rt.device, non_blocking=True)
+        assert isinstance(self.objective, PaintObjective)
+        self.objective.masks = batch[:, self.channels :]
+        real = to_signed(batch[:, : self.channels]).contiguous(memory_format=self.rt.memory_format)
+        return real, labels.to(self.rt.device, non_blocking=True)
+
+    @torch.no_grad()
+    def sample(self) -> torch.Tensor:
+        images, masks, labels = (t.to(self.rt.device) for t in self.grid)
+        with self.rt.autocast():
+            painted = self.G_ema(masks, labels).float()
+        rows = [show_masks(masks, self.values, self.channels), painted, to_signed(images)]
+        per_row = [r.reshape(-1, SAMPLE_COLUMNS, *r.shape[1:]) for r in rows]
+        return torch.stack(per_row, dim=1).reshape(-1, *painted.shape[1:])
+
+    def _save_samples(self) -> None:
+        save_grid(self.sample(), self.grid_names, self.out / "samples" / f"step-{self.step:07d}.png")
+
+
+def stage_config(cfg: TrainConfig, model: GANConfig) -> tuple[TrainConfig, float | None]:
+    """Stage I's config (its step count) and time limit (module docstring)."""
+    opts = twostage_options(model)
+    limit = None if cfg.time_limit_s is None else cfg.time_limit_s * float(opts["mask_share"])
+    return replace(cfg, steps=int(opts["mask_steps"] or cfg.steps)), limit
+
+
+def _last(folder: Path) -> dict[str, Any] | None:
+    """The stage's last checkpoint, None when it never started."""
+    return load_checkpoint(checkpoint_file(folder / "checkpoints")) if (folder / "checkpoints").is_dir() else None
+
+
+def train_twostage(
+    cfg: TrainConfig, data: TrainData, groups: list[Group], out: Path, rt: Runtime, info: DistInfo, resume: bool,
+    show_progress: bool,
+) -> dict[str, Any]:  # fmt: skip
+    """The stages `cfg.stage` asks for (each resumed where it stopped), then the joined generator; returns
+    run.json's `progress`: Stage II's steps and stop reason (Stage I's when Stage II never ran), the run's
+    whole training time, and each stage's own under 'stages'."""
+    model = data.model_config(cfg)
+    stage = cfg.stage or "both"
+    mask_cfg, mask_limit = stage_config(cfg, model)
+    m_state, i_state = (_last(out / MASKS_DIR), _last(out / IMAGES_DIR)) if resume else (None, None)
+    wanted = stage == "masks" or (stage == "both" and i_state is None)  # both: never back to Stage I
+    if wanted and (m_state is None or not training_done(m_state, mask_cfg.steps, mask_limit)):
+        trainer: Trainer = MaskTrainer(mask_cfg, data, groups, out / MASKS_DIR, rt, info, model)
+        trainer.fit(m_state, show_progress, label="twostage masks", time_limit_s=mask_limit)
+        del trainer
+        m_state = _last(out / MASKS_DIR)
+    m_seconds = float(m_state["train_seconds"]) if m_state is not None else 0.0
+    limit = None if cfg.time_limit_s is None else max(cfg.time_limit_s - m_seconds, 0.0)
+    if stage != "masks" and (i_state is None or not training_done(i_state, cfg.steps, limit)):
+        trainer = PaintTrainer(cfg, data, groups, out / IMAGES_DIR, rt, info, model)
+        trainer.fit(i_state, show_progress, label="twostage images", time_limit_s=limit)
+        del trainer
+        i_state = _last(out / IMAGES_DIR)
+    if info.main:
+        _save_joined(model, m_state, i_state, out)
+    stages = ([{"stage": "masks", **progress(m_state, mask_cfg.steps, mask_limit)}] if m_state is not None else []) + (
+        [{"stage": "images", **progress(i_state, cfg.steps, limit)}] if i_state is not None else [])  # fmt: skip
+    total = round(sum(s["train_seconds"] for s in stages), 3)
+    return {**{k: v for k, v in stages[-1].items() if k != "stage"}, "train_seconds": total, "stages": stages}
+
+
+def _save_joined(model: GANConfig, masks: dict[str, Any] | None, images: dict[str, Any] | None, out: Path) -> None:
+    """RUN/generator.safetensors: Stage I's and Stage II's EMA weights in one TwoStageGenerator; `trained` says
+    which stages it has (`generate` refuses to draw with an untrained one)."""
+    with torch.random.fork_rng(devices=[]):
+        G = TwoStageGenerator(model)
+    for i, (part, state) in enumerate(((G.masks, masks), (G.painter, images))):
+        if state is not None:
+            part.load_state_dict(state["G_ema"])
+            G.trained.data[i] = 1.0
+    save_generator(G, out)
