@@ -51,12 +51,12 @@ def copier(cache: Path, copy_fraction: float) -> Callable[..., np.ndarray]:
     (with probability `copy_fraction`) or a held-out real image (what a perfect, non-copying model gives)."""
     train_x, held_x = split(cache)
 
-    def draw(G, plan, chunk, seed, dev, amp) -> np.ndarray:  # noqa: ANN001 - the signature of core._draw
+    def draw(G, plan, chunk, seed, dev, amp, given=None) -> tuple[np.ndarray, None]:  # noqa: ANN001 - core._draw's
         rng = np.random.default_rng(seed)
         out = held_x[rng.integers(0, len(held_x), len(chunk))]
         copies = rng.random(len(chunk)) < copy_fraction
         out[copies] = train_x[rng.integers(0, len(train_x), int(copies.sum()))]
-        return out
+        return out, None  # no masks: a cgan's draw
 
     return draw
 

@@ -43,7 +43,9 @@ def register(app: typer.Typer) -> None:
             help="Dataset spec (nih:/data/cxr14, medmnist:f.npz, phantom?n=2000) or a prepared cache folder.",
         ),
         out: Path = typer.Option(..., "--out", "-o", help="Run folder (checkpoints, samples, losses)."),
-        model: str = typer.Option(None, help="dcgan | cgan | acgan | stylegan2 | ddpm | ldm (default cgan)."),
+        model: str = typer.Option(
+            None, help="dcgan | cgan | acgan | stylegan2 | ddpm | ldm | twostage (default cgan)."
+        ),
         size: int = typer.Option(None, help="Image size in px (default 64)."),
         steps: int = typer.Option(None, help="Generator steps (per class for dcgan; default 10000)."),
         batch: int = typer.Option(None, help="Images per step and process (default 64)."),
@@ -85,6 +87,9 @@ def register(app: typer.Typer) -> None:
         dp_unit: str = typer.Option(
             None, "--dp-unit", help="What DP protects: image (default) or patient (all of a patient's images)."
         ),
+        stage: str = typer.Option(
+            None, "--stage", help="twostage: both (default) | masks (Stage I alone) | images (Stage II alone)."
+        ),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     ) -> None:
         """Train a GAN or diffusion model; under torchrun it trains data-parallel on every process (rank 0 writes);
@@ -99,7 +104,7 @@ def register(app: typer.Typer) -> None:
             "ckpt_every": ckpt_every, "log_every": log_every, "workers": workers,
             "time_limit_s": parse_duration(time_limit, "--time-limit") if time_limit else None,
             "dp_epsilon": dp_epsilon, "dp_delta": dp_delta, "dp_max_grad_norm": dp_max_grad_norm,
-            "dp_unit": dp_unit,
+            "dp_unit": dp_unit, "stage": stage,
         }  # fmt: skip
         base.update({k: v for k, v in given.items() if v is not None})
         run = train(TrainConfig.from_dict(base), out, resume=resume, quiet=quiet)
@@ -148,6 +153,9 @@ def register(app: typer.Typer) -> None:
         real: str = typer.Option(
             None, "--real", help="Training data spec or cache, when the run's own cache is not available."
         ),
+        masks: Path = typer.Option(
+            None, "--masks", help="twostage: paint one image for each mask file in this folder (real masks in)."
+        ),
     ) -> None:
         """Write PNGs, labels in the source dataset's format and manifest.json (EMA generator)."""
         given = {"percentile": filter_percentile, "reid_model": reid_model, "reid_fpr": reid_fpr,
@@ -160,7 +168,7 @@ def register(app: typer.Typer) -> None:
         filt = PrivacyFilter(**options) if privacy_filter else None
         folder = generate(run, n, out, per_class=per_class, balance=balance, seed=seed, batch=batch,
                           device=device, precision=precision, quiet=quiet, privacy_filter=filt,
-                          ddim_steps=ddim_steps, guidance=guidance)  # fmt: skip
+                          ddim_steps=ddim_steps, guidance=guidance, masks=masks)  # fmt: skip
         if filt is not None:
             console.print(summary_line(json.loads((folder / "manifest.json").read_text())["privacy_filter"]))
         console.print(f"synthetic set: {folder}")

@@ -25,6 +25,7 @@ from medsyn import __version__
 from medsyn.data.adapters import NO_FINDING
 from medsyn.errors import CheckpointError, ConfigError, MedsynError
 from medsyn.generate.layout import Layout
+from medsyn.generate.masks import check_generator, manifest_entry, mask_path, read_mask_dir, require_mask_model
 from medsyn.generate.plan import Plan, make_plan
 from medsyn.generate.privacy_filter import PrivacyFilter, as_filter, calibrate
 from medsyn.io import atomic_dir, write_json_atomic
@@ -32,6 +33,7 @@ from medsyn.models import GANConfig, Generator, load_generator, save_generator
 from medsyn.models.checkpoint import WEIGHTS_NAME
 from medsyn.models.diffusion import DiffusionGenerator
 from medsyn.models.registry import build_generator
+from medsyn.models.twostage import TwoStageGenerator
 from medsyn.progress import progress_bar
 from medsyn.train.checkpoint import checkpoint_file, load_checkpoint
 from medsyn.train.logs import notice
@@ -162,6 +164,7 @@ def generate(
     privacy_filter: PrivacyFilter | bool | None = None,
     ddim_steps: int | None = None,
     guidance: float | None = None,
+    masks: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Write a synthetic set to `out`: `n` images with the training label distribution, or `per_class`
     images per label group, or (`balance`) each group topped up to the largest group's training count.
@@ -169,14 +172,27 @@ def generate(
     `privacy_filter` (True: default settings) re-draws candidates too close to a training image; off by
     default, and then the output is exactly what it was before the filter existed. `ddim_steps` and
     `guidance` (diffusion models only; None: the model's defaults) set the DDIM step count and the
-    classifier-free guidance scale; the manifest records them under 'sampling'."""
+    classifier-free guidance scale; the manifest records them under 'sampling'.
+
+    A mask model (twostage) also writes each image's mask (generate/masks.py); `masks`: a folder of mask files
+    to paint one image each for (labels drawn from the training distribution) instead of drawing masks."""
     if batch < 1:
         raise ConfigError(f"batch must be positive, got {batch}")
     filt = as_filter(privacy_filter)
     if filt is not None:
         filt.validate()
     meta, files = generator_files(run_dir)
+    supplied = None
+    if masks is not None:
+        if filt is not None or n is not None or per_class is not None or balance:
+            raise ConfigError("--masks paints one image per given mask (a deterministic painting, nothing to re-draw): "
+                              "leave out --n, --per-class, --balance and --privacy-filter")  # fmt: skip
+        require_mask_model(str(meta["model"]))
+        supplied = read_mask_dir(masks, int(meta["config"]["size"]))
+        n = len(supplied)
     plan = make_plan(meta, n, per_class, balance, seed)
+    if supplied is not None:
+        plan.notes.append(f"labels drawn from the training label distribution for the {n} given masks (seed {seed})")
     for note in plan.notes:
         notice(note)
     stats = meta["labels"]
@@ -192,6 +208,7 @@ def generate(
     screen = None if filt is None else calibrate(filt, meta, Path(run_dir), groups, dev, quiet)
     out = Path(out)
     paths = layout.image_paths(plan.labels)
+    painter: TwoStageGenerator | None = None
     with atomic_dir(out) as tmp, ThreadPoolExecutor(max_workers=4) as pool:
         title = "generate" if screen is None else "generate (privacy filter)"
         with progress_bar(title, total=len(plan), quiet=quiet) as advance:
@@ -199,17 +216,23 @@ def generate(
             sampling: dict[str, Any] = {}
             for gi, file in enumerate(files):
                 G = file.load().to(dev)
+                painter = check_generator(G, supplied)
                 sampling = _sampling(G, ddim_steps, guidance)
                 for chunk in _batches(plan, gi, batch):
                     parts = (seed, gi, int(chunk[0]))
-                    images = _draw(G, plan, chunk, derive_seed(*parts), dev, amp)
-                    if screen is not None:
-                        redraw = partial(_redraw, G, plan, chunk, parts, dev, amp)
+                    given = None if supplied is None else supplied[chunk]
+                    images, drawn = _draw(G, plan, chunk, derive_seed(*parts), dev, amp, given)
+                    if screen is not None:  # a re-drawn image comes with its re-drawn mask (written into `drawn`)
+                        redraw = partial(_redraw, G, plan, chunk, parts, dev, amp, drawn)
                         images = screen.screen(images, plan.labels[chunk], redraw)
                     _wait(pending, advance)
                     pending = [pool.submit(_save_png, tmp / paths[i], images[j]) for j, i in enumerate(chunk)]
+                    if drawn is not None:
+                        pending += [pool.submit(_save_png, tmp / mask_path(paths[i]), drawn[j])
+                                    for j, i in enumerate(chunk)]  # fmt: skip
             _wait(pending, advance)
-        layout.write_labels(tmp, out.name, paths, plan.labels)
+        mask_files = [mask_path(p) for p in paths] if painter is not None else None
+        layout.write_labels(tmp, out.name, paths, plan.labels, mask_files)
         extra = {} if screen is None else {"privacy_filter": screen.manifest()}
         training = training_progress(meta, files)
         dp = dp_entry(training)
@@ -236,6 +259,7 @@ def generate(
             "training": training,
             **({"differential_privacy": dp} if dp else {}),
             **({"sampling": sampling} if sampling else {}),
+            **({"masks": manifest_entry(painter, supplied is not None)} if painter is not None else {}),
             **extra,
         })  # fmt: skip
     return out
@@ -252,24 +276,38 @@ def _sampling(G: Generator, ddim_steps: int | None, guidance: float | None) -> d
 
 @torch.no_grad()
 def _draw(
-    G: Generator, plan: Plan, chunk: np.ndarray, seed: int, dev: torch.device, amp: torch.dtype | None
-) -> np.ndarray:
-    """uint8 images for the plan rows `chunk`; z and any generator noise come from `seed` alone."""
+    G: Generator, plan: Plan, chunk: np.ndarray, seed: int, dev: torch.device, amp: torch.dtype | None,
+    given: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:  # fmt: skip
+    """uint8 images for the plan rows `chunk`, and a mask model's uint8 masks (drawn, or the `given` ones painted;
+    None for other models); z and any generator noise come from `seed` alone."""
+    masks = None
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(seed)
         z = torch.randn(len(chunk), G.z_dim, generator=torch.Generator().manual_seed(seed)).to(dev)
         y = torch.from_numpy(plan.labels[chunk].astype(np.float32)).to(dev) if G.conditional else None
         with torch.autocast(dev.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
-            x = G(z, y).float()
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+            if isinstance(G, TwoStageGenerator) and given is not None:
+                masks = torch.from_numpy(given).to(dev)
+                x = G.paint(masks, y).float()
+            elif isinstance(G, TwoStageGenerator):
+                x, masks = G.draw(z, y)
+            else:
+                x = G(z, y)
+    images = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+    return images, None if masks is None else masks.cpu().numpy()
 
 
 def _redraw(
     G: Generator, plan: Plan, chunk: np.ndarray, parts: tuple[int, int, int], dev: torch.device,
-    amp: torch.dtype | None, rows: np.ndarray, rnd: int,
+    amp: torch.dtype | None, drawn: np.ndarray | None, rows: np.ndarray, rnd: int,
 ) -> np.ndarray:  # fmt: skip
-    """Re-draw the rejected candidates chunk[rows] in round `rnd`: the same labels, a seed of their own."""
-    return _draw(G, plan, chunk[rows], derive_seed(*parts, rnd), dev, amp)
+    """Re-draw the rejected candidates chunk[rows] in round `rnd`: the same labels, a seed of their own; a mask
+    model's new masks replace theirs in `drawn`."""
+    images, masks = _draw(G, plan, chunk[rows], derive_seed(*parts, rnd), dev, amp)
+    if drawn is not None and masks is not None:
+        drawn[rows] = masks
+    return images
 
 
 def export(run_dir: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:

@@ -3,8 +3,9 @@
     nih       Data_Entry_2017.csv (Image Index, Finding Labels, Follow-up #, Patient ID) + images/
     chexpert  train.csv (Path, Frontal/Lateral, the 14 observations) + train/patientN/study1/view1_*.png
     folder    one sub-folder per class (images without a positive label under the negative class's name)
-    other     labels.csv (image path, patient id, one 0/1 column per class) + images/, read by `csv:`; a `csv:`
-              source's own image and patient column names are kept where `csv:` detects them unaided
+    other     labels.csv (image path, patient id, one 0/1 column per class; a mask model's `mask` column) +
+              images/, read by `csv:`; a `csv:` source's own image and patient column names are kept where
+              `csv:` detects them unaided
 
 Each synthetic image is its own synthetic patient. Ids start at 9,000,001, far above the real NIH
 (30,805) and CheXpert (64,540) ids, so mixing synthetic and real sets never merges two people in a
@@ -74,8 +75,11 @@ class Layout:
         positives = [c for c, v in zip(self.classes, row, strict=True) if v]
         return "+".join(positives) if positives else self.negative_class
 
-    def write_labels(self, out: Path, final_name: str, paths: list[str], labels: np.ndarray) -> None:
-        """Write the label file into `out` (the folder is renamed to `final_name` when complete)."""
+    def write_labels(
+        self, out: Path, final_name: str, paths: list[str], labels: np.ndarray, masks: list[str] | None = None
+    ) -> None:
+        """Write the label file into `out` (the folder is renamed to `final_name` when complete); `masks`: each
+        image's mask path, a `mask` column of the csv layout (the other layouts have no place for it)."""
         ids = [str(FIRST_PATIENT_ID + i) for i in range(len(paths))]
         if self.kind == "nih":
             findings = ["|".join(c for c, v in zip(self.classes, row, strict=True) if v) or NIH_NO_FINDING
@@ -91,6 +95,8 @@ class Layout:
             table = pd.DataFrame({self.image_column: paths, self.patient_column: ids})
             for i, c in enumerate(self.classes):
                 table[c] = labels[:, i].astype(int)
+            if masks is not None:
+                table["mask"] = masks
         else:
             return
         assert self.labels_file is not None
