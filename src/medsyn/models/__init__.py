@@ -1,5 +1,6 @@
-"""Generative model zoo behind one registry: DCGAN, conditional GAN, AC-GAN, a compact StyleGAN2, and
-class-conditional diffusion in pixel space (ddpm) and in an autoencoder's latent space (ldm).
+"""Generative model zoo behind one registry: DCGAN, conditional GAN, AC-GAN, a compact StyleGAN2,
+class-conditional diffusion in pixel space (ddpm) and in an autoencoder's latent space (ldm), and two-stage
+mask-then-image generation (twostage: a mask GAN, then pix2pix painting an image for each mask).
 
     cfg = GANConfig("stylegan2", size=64, channels=1, num_classes=5, width=32)
     G, D = build_gan(cfg)

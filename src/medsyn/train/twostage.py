@@ -200,8 +200,8 @@ def train_twostage(
         i_state = _last(out / IMAGES_DIR)
     if info.main:
         _save_joined(model, m_state, i_state, out)
-    stages = ([{"stage": "masks", **progress(m_state, mask_cfg.steps, mask_limit)}] if m_state is not None else []) + (
-        [{"stage": "images", **progress(i_state, cfg.steps, limit)}] if i_state is not None else [])  # fmt: skip
+    planned = (("masks", m_state, mask_cfg.steps, mask_limit), ("images", i_state, cfg.steps, limit))
+    stages = [{"stage": name, **progress(state, steps, lim)} for name, state, steps, lim in planned if state is not None]
     total = round(sum(s["train_seconds"] for s in stages), 3)
     return {**{k: v for k, v in stages[-1].items() if k != "stage"}, "train_seconds": total, "stages": stages}
 
