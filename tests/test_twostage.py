@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from conftest import run_cli
 from medsyn.cli import app
 from medsyn.data.cache import prepare
+from medsyn.data.prepared import PreparedDataset
 from medsyn.errors import ConfigError, DataError
 from medsyn.generate import export, generate
 from medsyn.generate.privacy_filter import Screen
@@ -259,3 +260,14 @@ def test_a_set_without_labels_trains_and_generates(tmp_path: Path) -> None:
     assert list(table.columns) == ["path", "patient_id", "mask"] and len(table) == 3
     assert all(set(np.unique(png(out / m)).tolist()) <= {0, 1} for m in table["mask"])
     assert load_generator(run).num_classes == 0
+
+
+def test_only_images_with_a_mask_are_trained_on(tmp_path: Path) -> None:
+    spec = csv_set(tmp_path / "data", n=16, masked=range(0, 16, 2))  # every other image has a mask
+    run = train(tiny(tmp_path, data=spec, model="twostage", steps=1), tmp_path / "run", quiet=True)
+    meta = json.loads((run / "run.json").read_text())
+    ds = PreparedDataset(meta["data"]["cache"])
+    masked = len(ds.mask_rows("train"))
+    assert 0 < masked < len(ds.rows("train")) and meta["labels"]["train_images"] == masked
+    positives = np.nan_to_num(ds.labels[ds.mask_rows("train")]).sum(axis=0)  # the label groups count masked rows
+    assert [g["count"] for g in meta["groups"] if any(g["label"])] == positives.astype(int).tolist()
