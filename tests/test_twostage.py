@@ -12,8 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.multiprocessing as mp
 from PIL import Image
 from test_cli_data import assert_one_line_error
+from test_distributed import WORLD, _free_port, _worker
 from test_masks import csv_set, lungs
 from train_helpers import kill_at_step, one_second_per_step, tiny
 from typer.testing import CliRunner
@@ -271,3 +273,16 @@ def test_only_images_with_a_mask_are_trained_on(tmp_path: Path) -> None:
     assert 0 < masked < len(ds.rows("train")) and meta["labels"]["train_images"] == masked
     positives = np.nan_to_num(ds.labels[ds.mask_rows("train")]).sum(axis=0)  # the label groups count masked rows
     assert [g["count"] for g in meta["groups"] if any(g["label"])] == positives.astype(int).tolist()
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed support")
+def test_two_gloo_ranks_train_both_stages_identically(tmp_path: Path, cache: Path) -> None:
+    cfg = tiny(cache, model="twostage", steps=3, batch=4)
+    mp.start_processes(_worker, args=(_free_port(), cfg, tmp_path / "run", tmp_path), nprocs=WORLD,
+                       start_method="fork")  # fmt: skip
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True)["weights"] for r in range(WORLD))
+    assert r0.keys() == r1.keys() and all(torch.equal(r0[k], r1[k]) for k in r0)  # Stage II's, dumped last
+    for sub in ("masks", "images"):
+        ck = load_checkpoint(tmp_path / "run" / sub / "checkpoints/last.pt")
+        assert ck["world"] == WORLD and ck["images_seen"] == 3 * 4 * WORLD
+    assert load_generator(tmp_path / "run").trained.tolist() == [1.0, 1.0]
