@@ -103,6 +103,9 @@ def test_model_attack_refusals(cache: PreparedDataset, gan_run: Path, tmp_path: 
         model_inference(gan_run, big, *sets(big))
     with pytest.raises(DataError, match="not a medsyn run"):
         model_inference(tmp_path, cache, members, non_members)
+    twostage = train(tiny(cache.path, model="twostage", steps=2), tmp_path / "ts", quiet=True)
+    with pytest.raises(DataError, match="does not read twostage runs yet"):
+        model_inference(twostage, cache, members, non_members)
     result = run_cli("evaluate", "--real", str(cache.path), "--synthetic", str(tmp_path), "--out", str(tmp_path / "e"),
                      "--run", str(tmp_path / "nowhere"))  # fmt: skip
     assert result.returncode != 0 and "not a medsyn run" in result.stderr and "Traceback" not in result.stderr
