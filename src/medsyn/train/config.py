@@ -200,12 +200,13 @@ class TrainConfig:
             if self.stage not in (None, "both"):
                 raise ConfigError(f"--stage {self.stage} applies to --model twostage, not {self.model}")
             return
-        refused = {"loss wgan-gp": self.loss == "wgan-gp", f"augment {self.augment}": self.augment != "none",
+        refused = {"loss wgan-gp": self.loss == "wgan-gp", "augment ada": self.augment == "ada",
                    f"r1_gamma {self.r1_gamma}": bool(self.r1_gamma)}  # fmt: skip
         given = [k for k, bad in refused.items() if bad]
         if given:
             raise ConfigError(f"twostage cannot use {given[0]}: its stages train with the ns or hinge loss, no gradient "
-                              "penalty and no augmentation (a mask must stay aligned with its image)")  # fmt: skip
+                              "penalty, and at most DiffAugment on Stage I's masks (a painted image must stay aligned "
+                              "with its mask)")  # fmt: skip
 
     def _validate_dp(self) -> None:
         """DP settings (ranges) and what DP-SGD cannot make private here, each refused in one line."""
