@@ -4,6 +4,7 @@ without labels is judged by segmentation alone; a synthetic set without masks ad
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,7 @@ def test_pairs_with_masks_get_the_segmentation_utility(real: PreparedDataset, tm
     assert seg["divergence"]["intensity"]["over_baseline"] is not None
     assert seg["verdict"]["check"] == "segmentation utility (Dice, synthetic vs real pairs)"
     assert seg["verdict"]["level"] in ("pass", "warn")
+    assert re.search(r"ratio \d\.\d{3} \(95% CI \d\.\d{3}-\d\.\d{3}\)", seg["verdict"]["reason"]), seg["verdict"]
     html = (tmp_path / "eval" / "report.html").read_text()
     assert "do synthetic image–mask pairs train a segmenter" in html and "Segmentation utility" in html
     assert "mask, synthetic and nearest real images" in html and "silver-standard" not in html.lower()

@@ -3,6 +3,7 @@ feature-importance (Grad-CAM) check."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -95,6 +96,10 @@ def saliency_verdict(section: Mapping[str, Any], reference: Verdict | None = Non
                                   + ")")  # fmt: skip
 
 
+def _dec(v: Any) -> str:
+    return "?" if v is None or not math.isfinite(v) else f"{v:.3f}"
+
+
 def segmentation_verdict(section: Mapping[str, Any]) -> Verdict:
     """Do synthetic (image, mask) pairs train a U-Net that segments real patients as well as real pairs do?"""
     check = "segmentation utility (Dice, synthetic vs real pairs)"
@@ -109,8 +114,8 @@ def segmentation_verdict(section: Mapping[str, Any]) -> Verdict:
                                      "it longer (settings segmentation: {epochs: ...}) or use more masked images")  # fmt: skip
     ratio, gain = section["ratio"]["dice"], section["augmentation_gain"]["dice"]
     reason = (f"trained on synthetic pairs, the U-Net reaches mean Dice {tstr['value']:.3f} vs {trtr['value']:.3f} "
-              f"trained on real pairs: ratio {ratio['value']:.3f} (95% CI {_num(ratio.get('ci_low'))}-"
-              f"{_num(ratio.get('ci_high'))}); adding the synthetic pairs to the real ones changes Dice by "
+              f"trained on real pairs: ratio {ratio['value']:.3f} (95% CI {_dec(ratio.get('ci_low'))}-"
+              f"{_dec(ratio.get('ci_high'))}); adding the synthetic pairs to the real ones changes Dice by "
               f"{gain['value']:+.3f} (CI {_num(gain.get('ci_low'))} to {_num(gain.get('ci_high'))}){silver}")  # fmt: skip
     return Verdict(check, _graded(float(ratio["value"]), SEGMENTATION_PASS, SEGMENTATION_WARN, True), reason)
 
