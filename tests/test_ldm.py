@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_helpers import kill_at_step, one_second_per_step, tiny
+from train_helpers import one_second_per_step, tiny, whole_and_resumed
 
 from medsyn.data.cache import prepare
 from medsyn.errors import ConfigError
@@ -106,12 +106,7 @@ def test_trains_both_stages_generates_and_exports(tmp_path: Path, cache: Path) -
 def test_each_stage_resumes_exactly_after_a_kill(tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch,
                                                  kill_at: int) -> None:  # fmt: skip
     cfg = tiny(cache, model="ldm", model_extra=LDM_TINY, steps=3)
-    whole = train(cfg, tmp_path / "whole", quiet=True)
-    kill_at_step(monkeypatch, kill_at)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, tmp_path / "killed", quiet=True)
-    monkeypatch.undo()
-    resumed = train(None, tmp_path / "killed", resume=True, quiet=True)
+    whole, resumed = whole_and_resumed(cfg, tmp_path, monkeypatch, kill_at)
     for sub in ("autoencoder", "."):
         assert rows(resumed / sub / "losses.csv") == rows(whole / sub / "losses.csv")
         a, b = (load_checkpoint(r / sub / "checkpoints/last.pt") for r in (whole, resumed))

@@ -17,7 +17,7 @@ from PIL import Image
 from test_cli_data import assert_one_line_error
 from test_distributed import WORLD, _free_port, _worker
 from test_masks import csv_set, lungs
-from train_helpers import kill_at_step, one_second_per_step, tiny
+from train_helpers import one_second_per_step, tiny, whole_and_resumed
 from typer.testing import CliRunner
 
 from conftest import run_cli
@@ -227,12 +227,7 @@ def test_diffaugment_reaches_the_mask_stage_only(tmp_path: Path, cache: Path, ru
 def test_each_stage_resumes_exactly_after_a_kill(tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch,
                                                  kill_at: int) -> None:  # fmt: skip
     cfg = tiny(cache, model="twostage", steps=3)
-    whole = train(cfg, tmp_path / "whole", quiet=True)
-    kill_at_step(monkeypatch, kill_at)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, tmp_path / "killed", quiet=True)
-    monkeypatch.undo()
-    resumed = train(None, tmp_path / "killed", resume=True, quiet=True)
+    whole, resumed = whole_and_resumed(cfg, tmp_path, monkeypatch, kill_at)
     for sub in ("masks", "images"):
         assert rows(resumed / sub / "losses.csv") == rows(whole / sub / "losses.csv")
         a, b = (load_checkpoint(r / sub / "checkpoints/last.pt") for r in (whole, resumed))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from opacus.accountants import RDPAccountant
 
-from medsyn.train import TrainConfig, Trainer
+from medsyn.train import TrainConfig, Trainer, train
 
 
 def tiny(cache: Path, **kw: object) -> TrainConfig:
@@ -55,3 +55,13 @@ def opacus_epsilon(sigma: float, q: float, steps: int, delta: float) -> float:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return float(acc.get_epsilon(delta=delta))
+
+
+def whole_and_resumed(cfg: TrainConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kill_at: int) -> tuple[Path, Path]:
+    """The run of `cfg` uninterrupted, and the same run killed at step `kill_at` then resumed (to compare)."""
+    whole = train(cfg, tmp_path / "whole", quiet=True)
+    kill_at_step(monkeypatch, kill_at)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "killed", quiet=True)
+    monkeypatch.undo()
+    return whole, train(None, tmp_path / "killed", resume=True, quiet=True)
