@@ -17,6 +17,7 @@ from medsyn.data.cache import PreparedDataset, prepare, subset
 from medsyn.errors import DataError
 from medsyn.evaluate import evaluate
 from medsyn.evaluate.privacy.model_attack import AttackSet, model_inference
+from medsyn.evaluate.verdicts import mia_verdict
 from medsyn.generate import export, generate
 from medsyn.train import train
 
@@ -81,6 +82,17 @@ def test_memorising_ddpm_is_caught_by_its_denoising_loss(cache: PreparedDataset,
     assert np.array_equal(again.member_scores, res.member_scores)  # fixed noise and timesteps: deterministic
 
 
+def test_memorising_painter_is_caught_by_its_reconstruction_loss(cache: PreparedDataset, tmp_path: Path) -> None:
+    """twostage: an image painted from a training patient's own mask is closer to that patient's image (on the
+    covid collection's 90 lung-masked training images: AUROC 0.978 [0.935, 1.0])."""
+    run = train(tiny(cache.path, model="twostage", steps=300, batch=16, width=16, ckpt_every=300, log_every=100),
+                tmp_path / "ts", quiet=True)  # fmt: skip
+    res = model_inference(run, cache, *sets(cache), n_bootstrap=200)
+    assert res.attack == "reconstruction loss" and res.n_members == MEMBERS
+    assert res.ci_low > 0.55, res
+    assert mia_verdict(res).level in ("warn", "fail") and "reconstruction loss" in mia_verdict(res).check
+
+
 def test_evaluate_with_run_reports_the_attack(cache: PreparedDataset, gan_run: Path, tmp_path: Path) -> None:
     generate(gan_run, 40, tmp_path / "syn", quiet=True)
     m = evaluate(cache.path, tmp_path / "syn", tmp_path / "eval", quick=True, device="cpu", settings=TINY_EVAL,
@@ -103,9 +115,6 @@ def test_model_attack_refusals(cache: PreparedDataset, gan_run: Path, tmp_path: 
         model_inference(gan_run, big, *sets(big))
     with pytest.raises(DataError, match="not a medsyn run"):
         model_inference(tmp_path, cache, members, non_members)
-    twostage = train(tiny(cache.path, model="twostage", steps=2), tmp_path / "ts", quiet=True)
-    with pytest.raises(DataError, match="does not read twostage runs yet"):
-        model_inference(twostage, cache, members, non_members)
     result = run_cli("evaluate", "--real", str(cache.path), "--synthetic", str(tmp_path), "--out", str(tmp_path / "e"),
                      "--run", str(tmp_path / "nowhere"))  # fmt: skip
     assert result.returncode != 0 and "not a medsyn run" in result.stderr and "Traceback" not in result.stderr

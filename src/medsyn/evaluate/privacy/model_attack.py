@@ -7,6 +7,9 @@
 * Diffusion models (ddpm, ldm): the denoising loss at a few fixed timesteps with fixed noise (Carlini et al.
   2023, the loss threshold attack; Matsumoto et al. 2023): a denoiser predicts the noise it was trained on
   better for its training images. The denoiser IS the shared generator, so this is a full check.
+* twostage: the painter's reconstruction loss, L1 between a real image and the image painted from its own
+  mask (the loss the painter was trained on, so the same loss-threshold attack); image + mask pairs only. The
+  painter is part of the shared generator, so this is a full check.
 
 Members are the training images the generator saw and non-members the held-out patients' images, as for
 the other attacks; a per-class (unconditional) run scores each image with the models of its label groups.
@@ -68,9 +71,9 @@ def model_inference(
     except MedsynError as exc:
         raise DataError(f"model-based membership inference: {exc}") from None
     model = str(meta["model"])
-    if MODELS[model].masks:
-        raise DataError(f"model-based membership inference does not read {model} runs yet (a discriminator per stage, "
-                        "one of them on masks); the distance and density-ratio attacks still run")  # fmt: skip
+    painter = MODELS[model].masks  # twostage: the painter's reconstruction of each real image from its own mask
+    if painter:
+        members, non_members = (_with_masks(ds, s) for s in (members, non_members))
     classes, cfg = list(meta["labels"]["classes"]), meta["config"]
     missing = [c for c in classes if c not in ds.classes]
     if missing:
@@ -86,8 +89,9 @@ def model_inference(
              if len(s.rows) > n]  # fmt: skip
     dev = torch.device(device)
     family = MODELS[model].family
-    scorers = [(_group_of(meta, f.group), _scorer(f, family, ds.channels, dev, seed)) for f in files]
-    scored = [_score(ds, rows, cols, scorers, dev) for rows in (m_rows, n_rows)]
+    scorers = [(_group_of(meta, f.group), _scorer(f, "painter" if painter else family, ds.channels, dev, seed))
+               for f in files]  # fmt: skip
+    scored = [_score(ds, rows, cols, scorers, dev, painter) for rows in (m_rows, n_rows)]
     (s_mem, keep_m), (s_non, keep_n) = scored
     if (~keep_n).any():
         notes.append(f"{int((~keep_n).sum())} non-members belong to no trained label group and are left out")
@@ -97,11 +101,9 @@ def model_inference(
     if drawn is not None and drawn != [f.sha256() for f in files]:
         notes.append("the run's weights are not the ones that drew the synthetic set (trained further since?): "
                      "this attacks the run as it is now")  # fmt: skip
-    gan = family == "gan"
+    attack, score = ATTACKS["painter" if painter else family]
     return attack_result(
-        s_mem[keep_m], s_non[keep_n], attack="discriminator" if gan else "denoising loss",
-        score="discriminator logit D(x, y)" if gan else "-denoising loss at t = " + ", ".join(
-            f"{f:g}T" for f in TIMESTEP_FRACTIONS) + f" ({NOISE_DRAWS} fixed noise draws)",
+        s_mem[keep_m], s_non[keep_n], attack=attack, score=score,
         space=f"{model} run", implementation=f"medsyn {model} checkpoint", n_synthetic=0,
         member_ids=m_ids[keep_m], non_member_ids=n_ids[keep_n], n_bootstrap=n_bootstrap, level=level, seed=seed,
         notes=notes,
@@ -122,7 +124,21 @@ def _group_of(meta: dict[str, Any], name: str) -> tuple[float, ...] | None:
     return next(tuple(g["label"]) for g in meta["groups"] if g["name"] == name)
 
 
-Scorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x in [-1, 1], multi-hot y) -> score per image
+def _with_masks(ds: PreparedDataset, s: AttackSet) -> AttackSet:
+    """The images of `s` that have a mask (the painter is scored on image + mask pairs)."""
+    keep = ds.index["has_mask"].to_numpy()[s.rows] == 1 if ds.has_masks else np.zeros(len(s.rows), bool)
+    return AttackSet(s.rows[keep], s.patient_ids[keep])
+
+
+ATTACKS = {  # family -> (attack name, what the score is)
+    "gan": ("discriminator", "discriminator logit D(x, y)"),
+    "diffusion": ("denoising loss", "-denoising loss at t = " + ", ".join(f"{f:g}T" for f in TIMESTEP_FRACTIONS)
+                  + f" ({NOISE_DRAWS} fixed noise draws)"),
+    "painter": ("reconstruction loss", "-L1 between a real image and the image painted from its own mask"),
+}  # fmt: skip
+
+Scorer = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+"""(x in [-1, 1], multi-hot y, uint8 masks or None) -> score per image."""
 
 
 def _scorer(f: GeneratorFile, family: str, channels: int, dev: torch.device, seed: int) -> Scorer:
@@ -136,13 +152,16 @@ def _scorer(f: GeneratorFile, family: str, channels: int, dev: torch.device, see
             _, D = build_gan(GANConfig.from_dict(ck["model"]))
         D.load_state_dict(ck["D"])
         D = _on(D, channels, dev)
-        return lambda x, y: D(x, y if D.conditional else None)[0].float()
+        return lambda x, y, _: D(x, y if D.conditional else None)[0].float()
+    if family == "painter":  # the painter is the shared generator, trained with L1 to its training images
+        P = _on(f.load(), channels, dev)
+        return lambda x, y, m: -(P.paint(m, y).float() - x).abs().flatten(1).mean(dim=1)
     G = _on(f.load(), channels, dev)
     assert isinstance(G, DiffusionGenerator)
     T = G.train_scheduler.num_train_timesteps
     steps = [max(1, round(frac * T)) for frac in TIMESTEP_FRACTIONS]
 
-    def denoising(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def denoising(x: torch.Tensor, y: torch.Tensor, _: torch.Tensor | None) -> torch.Tensor:
         y_in = y if G.conditional else None
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             torch.manual_seed(seed)  # the same noise for every batch: images are compared on equal draws
@@ -167,7 +186,7 @@ def _on(net: Any, channels: int, dev: torch.device) -> Any:
 @torch.no_grad()
 def _score(
     ds: PreparedDataset, rows: np.ndarray, cols: list[int], scorers: list[tuple[tuple[float, ...] | None, Scorer]],
-    dev: torch.device,
+    dev: torch.device, masks: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each image's score (mean over the models of its label groups) and whether any model covers it."""
     pos = np.nan_to_num(ds.labels[rows][:, cols], nan=0.0) > 0
@@ -177,7 +196,8 @@ def _score(
         for idx in _batches(np.flatnonzero(use)):
             x = to_signed(torch.from_numpy(np.asarray(ds.images[rows[idx]])).to(dev))
             y = torch.from_numpy(pos[idx].astype(np.float32)).to(dev)
-            total[idx] += score(x, y).cpu().double().numpy()
+            m = torch.from_numpy(ds.masks_for(rows[idx])).to(dev) if masks else None
+            total[idx] += score(x, y, m).cpu().double().numpy()
             count[idx] += 1
     keep = count > 0
     return np.where(keep, total / np.maximum(count, 1), 0.0), keep
