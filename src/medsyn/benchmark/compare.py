@@ -253,10 +253,15 @@ def _failing(r: dict[str, Any]) -> str:
     return ", ".join(c["check"] for c in checks if c["level"] == "fail") or f"none of {len(checks)}"
 
 
+def auroc_text(e: dict[str, Any]) -> str:
+    """One membership attack's AUROC [95% CI] (an entry of a summary's `membership`)."""
+    return with_ci([e["auroc"], e["ci_low"], e["ci_high"]])
+
+
 def _attacks(r: dict[str, Any]) -> str:
     """Every membership attack that ran: its key and AUROC [95% CI]."""
     runs = {k: e for k, e in r["summary"].get("membership", {}).items() if e.get("auroc") is not None}
-    return "; ".join(f"{k} {with_ci([e['auroc'], e['ci_low'], e['ci_high']])}" for k, e in runs.items()) or "n/a"
+    return "; ".join(f"{k} {auroc_text(e)}" for k, e in runs.items()) or "n/a"
 
 
 def _verdicts(r: dict[str, Any]) -> str:

@@ -18,7 +18,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medsyn.benchmark.compare import COLUMNS, Column, Side, SideSettings, fmt, prepared_cache, run_model, table, with_ci
+from medsyn.benchmark.compare import (
+    COLUMNS,
+    Column,
+    Side,
+    SideSettings,
+    auroc_text,
+    fmt,
+    prepared_cache,
+    run_model,
+    table,
+)
 from medsyn.benchmark.report import attack_keys, epsilon_label, write_epsilon_report
 from medsyn.benchmark.sweep import write_rows
 from medsyn.errors import ConfigError
@@ -136,7 +146,7 @@ def _attack(key: str) -> Column:
         e = r["summary"].get("membership", {}).get(key) or {}
         if "auroc" not in e:
             return "skipped" if e else "n/a"
-        return f"{with_ci([e['auroc'], e['ci_low'], e['ci_high']])} ({fmt(e['tpr_at_1pct_fpr'])})"
+        return f"{auroc_text(e)} ({fmt(e['tpr_at_1pct_fpr'])})"
 
     return cell
 

@@ -53,7 +53,8 @@ def segmentation_stage(real: RealData, syn: SyntheticSet, s: EvalSettings, stage
             rows = ds.mask_rows(split)
             parts[split] = SegmentationSet(RowView(ds.images, rows), ds.masks_for(rows), ids[rows], f"real_{split}")
         has = np.asarray(syn.has_mask)
-        synthetic = SegmentationSet(syn.images[np.flatnonzero(has)], syn.masks[has], None, "synthetic")
+        images = syn.images if has.all() else RowView(syn.images, np.flatnonzero(has))  # no copy of a large set
+        synthetic = SegmentationSet(images, syn.masks if has.all() else syn.masks[has], None, "synthetic")
     except DataError as exc:
         return SegmentationOutcome({**section, **skipped(exc)})
     with stage("segmentation: U-Nets on real, synthetic and real+synthetic pairs"):

@@ -349,6 +349,14 @@ def _decode(
     return resized, shapes
 
 
+def _uint8_array(shape: tuple[int, ...], scratch: Path | None, name: str) -> np.ndarray:
+    """A zeroed uint8 array to decode into: memory-mapped under `scratch` when larger than `MEMMAP_BYTES`."""
+    if scratch is not None and np.prod(shape) > MEMMAP_BYTES:
+        scratch.mkdir(parents=True, exist_ok=True)
+        return open_memmap(scratch / name, mode="w+", dtype=np.uint8, shape=shape)
+    return np.zeros(shape, dtype=np.uint8)
+
+
 MIN_SYNTHETIC = 20
 """Fewest synthetic images evaluate accepts: FID needs 10, PRDC k+1 = 6, membership inference 10, and
 TSTR training a few batches; below 20 no number in the report means anything."""
@@ -370,7 +378,7 @@ def load_synthetic(
     `fit`: how images of another size are squared, as the real cache was (`pad` or `crop`). `known`: all
     classes of the real set, when `classes` is a selection of them (see `align_labels`).
 
-    `scratch`: a folder for a memory-mapped image file when the set exceeds `MEMMAP_BYTES` (the caller
+    `scratch`: a folder for memory-mapped image (and mask) files when the set exceeds `MEMMAP_BYTES` (the caller
     deletes it); without it such sets are decoded into RAM.
     """
     opened = open_synthetic(synthetic)
@@ -398,14 +406,9 @@ def load_synthetic(
             + ("converted to grey (luminance 0.299 R + 0.587 G + 0.114 B)" if channels == 1
                else "grey repeated to 3 channels")
         )  # fmt: skip
-    shape = (len(src), channels, size, size)
-    if scratch is not None and np.prod(shape) > MEMMAP_BYTES:
-        scratch.mkdir(parents=True, exist_ok=True)
-        images: np.ndarray = open_memmap(scratch / "synthetic-images.npy", mode="w+", dtype=np.uint8, shape=shape)
-    else:
-        images = np.empty(shape, dtype=np.uint8)
+    images = _uint8_array((len(src), channels, size, size), scratch, "synthetic-images.npy")
     has_mask = src.table["mask"].astype(str).to_numpy() != "" if "mask" in src.table else np.zeros(len(src), bool)
-    masks = np.zeros((len(src), 1, size, size), np.uint8) if has_mask.any() else None
+    masks = _uint8_array((len(src), 1, size, size), scratch, "synthetic-masks.npy") if has_mask.any() else None
     try:
         resized, shapes = _decode(src, size, channels, fit, images, quiet, masks)
     except (OSError, ValueError) as exc:
