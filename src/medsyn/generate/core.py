@@ -185,7 +185,7 @@ def generate(
     supplied = None
     if masks is not None:
         if filt is not None or n is not None or per_class is not None or balance:
-            raise ConfigError("--masks paints one image per given mask (a deterministic painting, nothing to re-draw): "
+            raise ConfigError("--masks paints one image per given mask (nothing to choose or re-draw): "
                               "leave out --n, --per-class, --balance and --privacy-filter")  # fmt: skip
         require_mask_model(str(meta["model"]))
         supplied = read_mask_dir(masks, int(meta["config"]["size"]))
@@ -289,7 +289,7 @@ def _draw(
         with torch.autocast(dev.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
             if isinstance(G, TwoStageGenerator) and given is not None:
                 masks = torch.from_numpy(given).to(dev)
-                x = G.paint(masks, y).float()
+                x = G.paint(masks, y, z).float()
             elif isinstance(G, TwoStageGenerator):
                 x, masks = G.draw(z, y)
             else:

@@ -11,9 +11,13 @@ one constant channel per class) to the image, tanh; its discriminator (`PairDisc
 `PatchDiscriminator` on concat(mask, labels, image), as in pix2pix.
 
 `TwoStageGenerator` holds both and fits the Generator contract, so `generate`, `--balance`, the privacy filter
-and export need no model-specific code beyond writing the masks: `G(z, y)` = paint(decode(masks(z, y)), y)`,
-an image that is a deterministic function of (z, y). Painting has no noise of its own (pix2pix found a
-noise input ignored; dropout is off at sampling), so one mask gives one image: variety comes from Stage I.
+and export need no model-specific code beyond writing the masks: `G(z, y)` = paint(decode(masks(z_I, y)), y, z_style)`,
+an image that is a deterministic function of (z, y). z is Stage I's noise followed by `style_dim` entries of
+appearance noise for the painter, so one mask can be painted many ways: pix2pix found a noise input ignored
+(its L1 term pulls every painting of a mask towards the one training image, i.e. the mean-looking appearance),
+so the painter is trained the way Yang et al. (2019, DSGAN) and Lee et al. (2019, MR-GAN) showed keeps it used:
+two codes per mask, L1 on the mean of the two paintings (first-moment reconstruction), and a diversity term
+that rewards |paint(z1) - paint(z2)| / |z1 - z2| up to a cap.
 
 Options (`model_extra`), and why:
 - `mask_labels`: the label values of the training masks, 0 included; set from the data by the trainer.
@@ -21,7 +25,14 @@ Options (`model_extra`), and why:
   the adversarial term sharpens it.
 - `unet_levels` 'auto': halve while the side stays even and >= 4 px, at most 6 levels (16/28 px: 3 levels,
   64 px: 5), channels width x 1, 2, 4, 8, 8, 8; `res_units` 2 (MONAI's residual units per level).
-- `dropout` 0: pix2pix's decoder dropout is its only noise and is not needed once sampling is deterministic.
+- `dropout` 0: pix2pix's decoder dropout was its only noise; the style code replaces it.
+- `style_dim` 8: appearance noise channels (constant planes beside the mask); 0 gives pix2pix's deterministic
+  painter with plain L1 (one mean-looking image per mask, which on the covid set concentrated the synthetic
+  images around one average-looking patient).
+- `diversity_weight` 10 and `diversity_cap` 0.2: DSGAN's lambda and tau. With N(0, 1) codes E|z1 - z2| = 1.13,
+  so the cap lets two paintings of one mask differ by ~0.23 mean absolute (images in [-1, 1]): about what two
+  real radiographs with near-identical lung masks differ by (0.24 on the covid set, mask IoU > 0.8). Weight 10
+  makes the term's pull comparable to the L1 term's (x100 on a mean of two) in the direction it acts on.
 - `d_layers` 'auto': PatchDiscriminator layers, 3 (pix2pix's 70x70 patches at 256 px) where the image is at
   least 32 px, fewer below (16 and 28 px: 2) so its patches stay smaller than the image.
 - `mask_share` 0.5 and `mask_steps` (None: `steps`): Stage I's share of `--time-limit` and its step count.
@@ -47,6 +58,9 @@ TWOSTAGE_DEFAULTS: dict[str, Any] = {
     "unet_levels": "auto",
     "res_units": 2,
     "dropout": 0.0,
+    "style_dim": 8,
+    "diversity_weight": 10.0,
+    "diversity_cap": 0.2,
     "d_layers": "auto",
     "mask_share": 0.5,
     "mask_steps": None,
@@ -78,9 +92,12 @@ def twostage_options(cfg: GANConfig) -> dict[str, Any]:
     if not _count(layers, 1) or cfg.size // 2 ** (layers + 1) < 2:
         raise ConfigError(f"{cfg.name}: d_layers {layers!r} must be an integer >= 1 with a patch grid of at least "
                           f"2x2 on {cfg.size} px images (at most {_max_layers(cfg.size)})")  # fmt: skip
-    if not _count(opts["res_units"], 0):
-        raise ConfigError(f"{cfg.name}: res_units must be an integer >= 0, got {opts['res_units']!r}")
-    for key, low, high in (("l1_weight", 0.0, float("inf")), ("dropout", 0.0, 1.0), ("mask_share", 0.0, 1.0)):
+    for key in ("res_units", "style_dim"):
+        if not _count(opts[key], 0):
+            raise ConfigError(f"{cfg.name}: {key} must be an integer >= 0, got {opts[key]!r}")
+    inf = float("inf")
+    for key, low, high in (("l1_weight", 0.0, inf), ("dropout", 0.0, 1.0), ("mask_share", 0.0, 1.0),
+                           ("diversity_weight", 0.0, inf), ("diversity_cap", 0.0, inf)):  # fmt: skip
         v = opts[key]
         if isinstance(v, bool) or not isinstance(v, int | float) or not (low <= v < high):
             raise ConfigError(f"{cfg.name}: {key} must be a number in [{low:g}, {high:g}), got {v!r}")
@@ -121,21 +138,21 @@ def decode_masks(x: torch.Tensor, values: list[int]) -> torch.Tensor:
 
 
 class MaskPainter(nn.Module):
-    """Stage II: forward(masks uint8 (B, 1, S, S) label values, y (B, K) or None) -> images (B, C, S, S) in [-1, 1]."""
-
-    z_dim = 0  # no noise input (the training loop's fixed sample noise is then empty)
+    """Stage II: forward(masks uint8 (B, 1, S, S) label values, y (B, K) or None, style (B, style_dim) or None)
+    -> images (B, C, S, S) in [-1, 1]. A missing style is the prior's centre (zeros)."""
 
     def __init__(self, cfg: GANConfig, opts: dict[str, Any]) -> None:
         super().__init__()
         self.values = list(opts["mask_labels"])
         self.num_classes = cfg.num_classes
+        self.z_dim = int(opts["style_dim"])  # the training loop's fixed sample noise has this size
         lookup = torch.full((256,), -1, dtype=torch.long)
         lookup[torch.tensor(self.values)] = torch.arange(len(self.values))
         self.register_buffer("lookup", lookup, persistent=False)  # label value -> one-hot index
         levels = int(opts["unet_levels"])
         self.unet = UNet(
             spatial_dims=2,
-            in_channels=self.condition_channels,
+            in_channels=self.condition_channels + self.z_dim,
             out_channels=cfg.channels,
             channels=[cfg.width * min(8, 2**i) for i in range(levels)],
             strides=[2] * (levels - 1),
@@ -158,8 +175,14 @@ class MaskPainter(nn.Module):
             planes = torch.cat([planes, labels.expand(-1, -1, *planes.shape[2:])], dim=1)
         return planes
 
-    def forward(self, masks: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        return torch.tanh(self.unet(self.condition(masks, y)))
+    def forward(self, masks: torch.Tensor, y: torch.Tensor | None = None, style: torch.Tensor | None = None
+                ) -> torch.Tensor:  # fmt: skip
+        planes = self.condition(masks, y)
+        if self.z_dim:
+            if style is None:
+                style = planes.new_zeros(planes.shape[0], self.z_dim)
+            planes = torch.cat([planes, style.to(planes)[:, :, None, None].expand(-1, -1, *planes.shape[2:])], dim=1)
+        return torch.tanh(self.unet(planes))
 
 
 class PairDiscriminator(nn.Module):
@@ -176,8 +199,9 @@ class PairDiscriminator(nn.Module):
 
 class TwoStageGenerator(Generator):
     """Stage I (`masks`, a DCGAN-family generator of encoded masks) + Stage II (`painter`): forward(z, y) is the
-    painted image of the drawn mask; `draw` returns the mask too. `trained` (a frozen parameter saved with the
-    weights) says which stages were trained: [masks, images], 1 = trained."""
+    painted image of the drawn mask; `draw` returns the mask too. z is (B, cfg.z_dim + style_dim): Stage I's
+    noise, then the painter's style code. `trained` (a frozen parameter saved with the weights) says which
+    stages were trained: [masks, images], 1 = trained."""
 
     def __init__(self, cfg: GANConfig) -> None:
         super().__init__(cfg)
@@ -186,17 +210,20 @@ class TwoStageGenerator(Generator):
         self.masks = DCGANGenerator(mask_config(cfg))
         self.painter = MaskPainter(cfg, self.opts)
         self.trained = nn.Parameter(torch.zeros(2), requires_grad=False)
+        self.z_dim = cfg.z_dim + self.painter.z_dim
 
     def draw(self, z: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(images (B, C, S, S) in [-1, 1], uint8 label masks (B, 1, S, S)) for noise z and labels y."""
         labels = self._labels(y, z.shape[0], z) if self.num_classes else None
-        masks = decode_masks(self.masks(z, labels), self.values)
-        return self.painter(masks, labels), masks
+        masks = decode_masks(self.masks(z[:, : self.cfg.z_dim], labels), self.values)
+        return self.painter(masks, labels, z[:, self.cfg.z_dim :]), masks
 
-    def paint(self, masks: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """Images for given uint8 label masks (B, 1, S, S) with values among `mask_labels`."""
+    def paint(self, masks: torch.Tensor, y: torch.Tensor | None = None, z: torch.Tensor | None = None
+              ) -> torch.Tensor:  # fmt: skip
+        """Images for given uint8 label masks (B, 1, S, S) with values among `mask_labels`; z (B, z_dim) as for
+        `draw` (only its style part is read; None: the style prior's centre)."""
         labels = self._labels(y, masks.shape[0], masks) if self.num_classes else None
-        return self.painter(masks, labels)
+        return self.painter(masks, labels, None if z is None else z[:, self.cfg.z_dim :])
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         return self.draw(z, y)[0]

@@ -86,15 +86,20 @@ class MaskTrainer(Trainer):
 
 class PaintObjective(GANObjective):
     """Stage II: pix2pix's update on (mask, image) pairs. D: `PairDiscriminator` on (mask + labels, image), the
-    loss of `--loss`; G: `MaskPainter` with that adversarial loss + `l1_weight` x L1 to the real image.
-    Optimisers, scalers and checkpoint state are GANObjective's."""
+    loss of `--loss`; G: `MaskPainter` with that adversarial loss + `l1_weight` x L1 to the real image. With a
+    style code (models/twostage.py) each mask is painted with two codes: D sees the first painting, G's
+    adversarial loss both, L1 their mean, and `diversity_weight` x min(|p1 - p2| / |z1 - z2|, cap) is
+    subtracted (DSGAN). Optimisers, scalers and checkpoint state are GANObjective's."""
 
     columns: list[str] = []
 
     def __init__(self, cfg: TrainConfig, model: GANConfig, rt: Runtime, info: DistInfo) -> None:
         super().__init__(cfg, model, rt, info)
-        self.keys = ["d_loss", "g_loss", "l1"]
-        self.l1_weight = float(twostage_options(model)["l1_weight"])
+        opts = twostage_options(model)
+        self.style_dim = int(opts["style_dim"])
+        self.keys = ["d_loss", "g_loss", "l1", *(["diversity"] if self.style_dim else [])]
+        self.l1_weight = float(opts["l1_weight"])
+        self.div_weight, self.div_cap = float(opts["diversity_weight"]), float(opts["diversity_cap"])
         self.masks: torch.Tensor | None = None  # the batch's masks, set by PaintTrainer before each step
 
     @staticmethod
@@ -107,20 +112,30 @@ class PaintObjective(GANObjective):
         """One discriminator and one painter update on real images and their masks (`self.masks`)."""
         assert self.masks is not None
         condition = self.G.condition(self.masks, y).contiguous(memory_format=self.rt.memory_format)
+        n, k = real.shape[0], 2 if self.style_dim else 1
+        z = torch.randn(k * n, self.style_dim, device=real.device)
+        with self.rt.autocast():
+            fakes = self.G(self.masks.repeat(k, 1, 1, 1), None if y is None else y.repeat(k, 1), z).float()
+        first = fakes[:n]
         self.D.requires_grad_(True)
         with self.rt.autocast():
-            fake = self.G(self.masks, y)
-            real_logits, fake_logits = self.D(condition, real), self.D(condition, fake.detach())
+            real_logits, fake_logits = self.D(condition, real), self.D(condition, first.detach())
         loss_d = losses.d_loss(self.cfg.loss, real_logits.float(), fake_logits.float())
         optimise(self.opt_d, self.scaler_d, loss_d, self.D, self.info)
         self.D.requires_grad_(False)
         with self.rt.autocast():
-            logits = self.D(condition, fake)
+            logits = self.D(condition.repeat(k, 1, 1, 1), fakes)
         adversarial = losses.g_loss(self.cfg.loss, logits.float())
-        l1 = (fake.float() - real.float()).abs().mean()
-        optimise(self.opt_g, self.scaler_g, adversarial + self.l1_weight * l1, self.G, self.info)
+        painted = fakes.view(k, n, *fakes.shape[1:])
+        l1 = (painted.mean(dim=0) - real.float()).abs().mean()  # k = 2: first-moment reconstruction (MR-GAN)
+        loss_g, out = adversarial + self.l1_weight * l1, {}
+        if self.style_dim:
+            apart = (painted[0] - painted[1]).abs().flatten(1).mean(1) / (z[:n] - z[n:]).abs().mean(1)
+            loss_g = loss_g - self.div_weight * apart.clamp(max=self.div_cap).mean()
+            out["diversity"] = apart.mean().detach()
+        optimise(self.opt_g, self.scaler_g, loss_g, self.G, self.info)
         average_buffers((self.G, self.D), self.info)
-        return {"d_loss": loss_d.detach(), "g_loss": adversarial.detach(), "l1": l1.detach()}
+        return {"d_loss": loss_d.detach(), "g_loss": adversarial.detach(), "l1": l1.detach(), **out}
 
     def log_values(self) -> dict[str, float]:
         return {}
@@ -151,9 +166,11 @@ class PaintTrainer(Trainer):
 
     @torch.no_grad()
     def sample(self) -> torch.Tensor:
+        """Each group's masks painted with the run's fixed style codes (one per column)."""
         images, masks, labels = (t.to(self.rt.device) for t in self.grid)
+        style = self.sample_z.repeat(len(masks) // SAMPLE_COLUMNS, 1).to(self.rt.device)
         with self.rt.autocast():
-            painted = self.G_ema(masks, labels).float()
+            painted = self.G_ema(masks, labels, style).float()
         rows = [show_masks(masks, self.values, self.channels), painted, to_signed(images)]
         per_row = [r.reshape(-1, SAMPLE_COLUMNS, *r.shape[1:]) for r in rows]
         return torch.stack(per_row, dim=1).reshape(-1, *painted.shape[1:])

@@ -8,8 +8,9 @@
   2023, the loss threshold attack; Matsumoto et al. 2023): a denoiser predicts the noise it was trained on
   better for its training images. The denoiser IS the shared generator, so this is a full check.
 * twostage: the painter's reconstruction loss, L1 between a real image and the image painted from its own
-  mask (the loss the painter was trained on, so the same loss-threshold attack); image + mask pairs only. The
-  painter is part of the shared generator, so this is a full check.
+  mask (the loss the painter was trained on, so the same loss-threshold attack; a painter with a style code is
+  scored on its mean painting over a few fixed codes, which is what its L1 term fits); image + mask pairs only.
+  The painter is part of the shared generator, so this is a full check.
 
 Members are the training images the generator saw and non-members the held-out patients' images, as for
 the other attacks; a per-class (unconditional) run scores each image with the models of its label groups.
@@ -36,6 +37,7 @@ from medsyn.train.checkpoint import load_checkpoint
 
 TIMESTEP_FRACTIONS = (0.02, 0.05, 0.1, 0.2)  # of the T training timesteps: where a denoiser's fit to members shows
 NOISE_DRAWS = 2  # fixed noise draws per timestep (the same for every image's rank in its batch)
+STYLE_DRAWS = 4  # fixed style codes per mask for a painter with appearance noise
 MAX_IMAGES = 2000  # per side (a seeded subsample above this: every image costs forward passes)
 BATCH = 64
 
@@ -155,7 +157,15 @@ def _scorer(f: GeneratorFile, family: str, channels: int, dev: torch.device, see
         return lambda x, y, _: D(x, y if D.conditional else None)[0].float()
     if family == "painter":  # the painter is the shared generator, trained with L1 to its training images
         P = _on(f.load(), channels, dev)
-        return lambda x, y, m: -(P.paint(m, y).float() - x).abs().flatten(1).mean(dim=1)
+        draws = STYLE_DRAWS if P.painter.z_dim else 1
+
+        def reconstruction(x: torch.Tensor, y: torch.Tensor, m: torch.Tensor | None) -> torch.Tensor:
+            """-L1 to the mean painting over fixed style codes: what the painter's L1 term fits (models/twostage)."""
+            z = torch.randn(draws, len(x), P.z_dim, generator=torch.Generator().manual_seed(seed)).to(x.device)
+            mean = torch.stack([P.paint(m, y, z[k]).float() for k in range(draws)]).mean(dim=0)
+            return -(mean - x).abs().flatten(1).mean(dim=1)
+
+        return reconstruction
     G = _on(f.load(), channels, dev)
     assert isinstance(G, DiffusionGenerator)
     T = G.train_scheduler.num_train_timesteps
