@@ -79,6 +79,9 @@ def test_masks_encode_decode_and_the_generator_round_trips(tmp_path: Path) -> No
     assert torch.equal(G.paint(one, y, torch.zeros_like(z)), painted)  # no code: the prior's centre
     save_generator(G, tmp_path)
     assert torch.equal(load_generator(tmp_path).paint(one, y, z), G.paint(one, y, z))
+    extra = {"mask_labels": [0, 1, 2], "style_dim": 0}
+    pix2pix = build_generator(GANConfig("twostage", 16, 1, K, width=8, extra=extra)).eval()
+    assert pix2pix.z_dim == 100 and torch.equal(pix2pix.paint(one, y, z[:, :100]), pix2pix.paint(one, y))
 
 
 @pytest.mark.parametrize(
@@ -91,6 +94,8 @@ def test_masks_encode_decode_and_the_generator_round_trips(tmp_path: Path) -> No
         ({"l1_weight": -1}, "l1_weight"),
         ({"mask_share": 1.0}, "mask_share"),
         ({"mask_steps": 0}, "mask_steps"),
+        ({"style_dim": -1}, "style_dim must be an integer >= 0"),
+        ({"diversity_cap": -0.1}, "diversity_cap"),
     ],
 )
 def test_impossible_model_options_are_one_line_errors(extra: dict, match: str) -> None:
@@ -120,7 +125,7 @@ def test_trains_both_stages_generates_pairs_and_exports(tmp_path: Path, run: Pat
                  "images/checkpoints/last.pt", "images/samples/step-0000004.png", "generator.safetensors"):  # fmt: skip
         assert (run / name).is_file(), name
     assert set(rows(run / "masks/losses.csv")[0]) >= {"d_loss", "g_loss"}
-    assert set(rows(run / "images/losses.csv")[0]) >= {"d_loss", "g_loss", "l1"}
+    assert set(rows(run / "images/losses.csv")[0]) >= {"d_loss", "g_loss", "l1", "diversity"}
     grid = Image.open(run / "images/samples/step-0000004.png")
     assert grid.height == 4 * 3 * 64  # 4 groups x (mask, painted, real) rows, 16 px tiles enlarged to 64
     prog = json.loads((run / "run.json").read_text())["progress"]
