@@ -192,6 +192,7 @@ def test_independent_unseen_patients_pass_privacy(independent):
     p = metrics["privacy"]
     assert p["dcr"]["pixel"]["fraction_below_p1"] < 0.05
     assert abs(p["membership_inference"]["pixel"]["auroc"] - 0.5) < 0.1
+    assert abs(p["membership_inference"]["pixel"]["split_shift"]["auroc"] - 0.5) < 0.15  # one pool: no shift
     assert abs(p["membership_inference"]["density pixel"]["auroc"] - 0.5) < 0.15
     assert p["reidentification"]["matching"]["gallery_calibrated"]["0.05"]["synthetic"]["fraction"] < 0.15
     # Utility skipped: the feature backbone (and the saved classifier) is trained once with the TRTR recipe.

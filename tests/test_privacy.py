@@ -24,6 +24,7 @@ from medsyn.evaluate.privacy import (
     precedence_test,
 )
 from medsyn.evaluate.privacy.density import density_ratio_inference
+from medsyn.evaluate.privacy.membership import attack_result, with_split_shift
 from medsyn.evaluate.verdicts import Verdict, concentration_context, concentration_verdict, dcr_verdict, mia_verdict
 
 SPACE = FeatureSpace("test-features", "random arrays")
@@ -313,6 +314,25 @@ def test_density_ratio_attack_copies_vs_independent(phantom_sets: dict[str, np.n
     assert again.auroc == pytest.approx(safe.auroc, abs=1e-9)
     with pytest.raises(DataError, match="at least 10 reference"):
         density_ratio_inference(s["copies"], s["train"], non, ref[:5], SPACE)
+
+
+def test_a_shift_between_the_held_out_splits_is_named_in_the_verdict() -> None:
+    """Non-members from two pools (validation like the members, test shifted, as MedMNIST's official test
+    split): the attack's WARN says part of its signal is that shift; one pool: the shift is at chance."""
+    rng = np.random.default_rng(0)
+    members, val = rng.normal(0, 1, 400), rng.normal(0, 1, 200)
+    kw = {"attack": "distance", "score": "s", "space": "pixels", "implementation": "test", "n_synthetic": 0,
+          "n_bootstrap": 200}  # fmt: skip
+    res = attack_result(members, np.concatenate([val, rng.normal(-0.6, 1, 200)]), **kw)
+    plain = mia_verdict(res)
+    assert res.ci_low > 0.5 and plain.level == "warn" and "splits" not in plain.reason
+    shifted = with_split_shift(res, len(val), n_bootstrap=200)
+    assert shifted.split_shift is not None and shifted.split_shift["ci_low"] > 0.5
+    named = mia_verdict(shifted)
+    assert named.level == "warn" and named.reason.startswith(plain.reason) and "shift between the splits" in named.reason
+    same = with_split_shift(attack_result(members, rng.normal(0, 1, 400), **kw), len(val), n_bootstrap=200)
+    assert same.split_shift is not None and abs(same.split_shift["auroc"] - 0.5) < 0.1
+    assert res.split_shift is None and with_split_shift(res, 5) is res  # too few validation images: left as is
 
 
 def test_privacy_input_errors(phantom_sets: dict[str, np.ndarray]) -> None:

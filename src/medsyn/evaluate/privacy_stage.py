@@ -4,7 +4,9 @@ generator's run folder is given; and the re-identification attack.
 
 Members are the training images the generator saw (`RealData.members`), non-members the held-out patients'
 images. The density-ratio attack needs real images that are neither: the validation patients are its
-reference and the test patients its non-members. Attacks are not run in the feature space of a classifier
+reference and the test patients its non-members. The distance and model attacks also compare their score
+between the validation and the test non-members (`with_split_shift`), which tells a shift between the held-out
+splits apart from leakage. Attacks are not run in the feature space of a classifier
 trained on the member images (its own training images are closer together whatever the generator did).
 """
 
@@ -22,6 +24,7 @@ from medsyn.errors import DataError
 from medsyn.evaluate.privacy import DCRResult, MIAResult, distance_to_closest_record, membership_inference
 from medsyn.evaluate.privacy.density import density_ratio_inference
 from medsyn.evaluate.privacy.linkage import match_synthetic
+from medsyn.evaluate.privacy.membership import with_split_shift
 from medsyn.evaluate.privacy.model_attack import AttackSet, model_inference
 from medsyn.evaluate.privacy.reid import ReidModel, train_reid
 from medsyn.evaluate.privacy.verification import verification_auroc
@@ -79,16 +82,17 @@ def privacy_stage(
         }  # fmt: skip
         for name, attack in attacks.items():
             with stage(f"privacy: membership inference, {'distance' if name == key else 'density ratio'} ({sp.name})"):
-                _attack(out, name, partial(attack, member_ids=members.patient_ids, **boot))
+                run_it = partial(attack, member_ids=members.patient_ids, **boot)
+                _attack(out, name, _shifted(run_it, n_val, real.held.patient_ids, boot) if name == key else run_it)
     if run is None:
         mia["model"] = {"not_applicable": True, "skipped": NO_RUN}
     else:
         with stage("privacy: membership inference, model-based"):
             drawn = [g["sha256"] for g in syn.manifest["generators"]] if syn.manifest else None
-            _attack(out, "model", partial(
+            _attack(out, "model", _shifted(partial(
                 model_inference, run, real.ds, AttackSet(members.images.rows, members.patient_ids),
                 AttackSet(real.held.images.rows, real.held.patient_ids), drawn=drawn, device=s.device, **boot,
-            ))  # fmt: skip
+            ), n_val, real.held.patient_ids, boot))  # fmt: skip
     with stage("privacy: re-identification (siamese)"):
         try:
             out.section["reidentification"], out.reid_scores, out.reid_model = _reid(real, syn, s)
@@ -104,6 +108,18 @@ def _attack(out: PrivacyOutcome, key: str, attack: Callable[[], MIAResult]) -> N
         out.section["membership_inference"][key] = out.mias[key].to_dict()
     except DataError as exc:
         out.section["membership_inference"][key] = skipped(exc)
+
+
+def _shifted(attack: Callable[[], MIAResult], n_val: int, held_ids: np.ndarray, boot: dict[str, int]
+             ) -> Callable[[], MIAResult]:  # fmt: skip
+    """`attack` (its non-members: the held-out images, validation first) with its validation-vs-test shift,
+    when it scored every held-out image in order (the model attack may subsample)."""
+
+    def run() -> MIAResult:
+        res = attack()
+        return with_split_shift(res, n_val, held_ids, **boot) if res.n_non_members == len(held_ids) else res
+
+    return run
 
 
 def _reid(real: RealData, syn: SyntheticSet, s: EvalSettings) -> tuple[dict[str, Any], np.ndarray, ReidModel]:

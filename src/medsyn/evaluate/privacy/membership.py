@@ -12,7 +12,7 @@ are correlated).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -53,6 +53,28 @@ class MIAResult(Result):
     member_scores: np.ndarray = field(metadata=ARRAY)
     non_member_scores: np.ndarray = field(metadata=ARRAY)
     notes: list[str] = field(default_factory=list)
+    # the same score, validation vs test non-members (`with_split_shift`): {"auroc", "ci_low", "ci_high"}
+    split_shift: dict[str, float] | None = None
+
+
+def with_split_shift(res: MIAResult, first: int, non_member_ids: Any = None, *, n_bootstrap: int = 1000,
+                     level: float = 0.95, seed: int = 0) -> MIAResult:  # fmt: skip
+    """`res` with the attack's own score compared between its two kinds of non-members: the first `first`
+    (validation patients) against the rest (test patients), AUROC with a patient-bootstrap CI.
+
+    Neither group is a member, so without a shift between the splits this is 0.5. Where it is not (official
+    splits from different pools, e.g. MedMNIST's test split, which comes from another source split than train
+    and validation), members and non-members differ by more than membership and part of the attack's AUROC is
+    that shift; the verdict says so. Left as is when either group has fewer than MIA_MIN_IMAGES images."""
+    non = res.non_member_scores
+    if min(first, len(non) - first) < MIA_MIN_IMAGES:
+        return res
+    ids = None if non_member_ids is None else np.asarray(non_member_ids)
+    shift = attack_result(non[:first], non[first:], attack=res.attack, score=res.score, space=res.space,
+                          implementation=res.implementation, n_synthetic=res.n_synthetic,
+                          member_ids=None if ids is None else ids[:first], non_member_ids=None if ids is None
+                          else ids[first:], n_bootstrap=n_bootstrap, level=level, seed=seed)  # fmt: skip
+    return replace(res, split_shift={"auroc": shift.auroc, "ci_low": shift.ci_low, "ci_high": shift.ci_high})
 
 
 def attack_result(

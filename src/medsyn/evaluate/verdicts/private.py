@@ -122,6 +122,18 @@ def mia_verdict(res: Any) -> Verdict:
         f"AUROC {res.auroc:.3f} ({100 * res.ci_level:g}% CI {res.ci_low:.3f}-{res.ci_high:.3f}, "
         f"{res.n_members} members vs {res.n_non_members} non-members)"
     )
+    verdict = _mia_level(res, check, stats)
+    shift = getattr(res, "split_shift", None)
+    if shift and verdict.level != "pass" and (shift["ci_low"] > 0.5 or shift["ci_high"] < 0.5):
+        verdict = Verdict(check, verdict.level, f"{verdict.reason}; but the held-out splits already differ by this "
+                          f"score (validation vs test non-members: AUROC {shift['auroc']:.3f}, CI "
+                          f"{shift['ci_low']:.3f}-{shift['ci_high']:.3f}), so part of this signal is a shift between "
+                          "the splits, not membership")  # fmt: skip
+    return verdict
+
+
+def _mia_level(res: Any, check: str, stats: str) -> Verdict:
+    """mia_verdict's level and reason from the AUROC and its CI alone."""
     if res.ci_low > 0.5 and res.auroc >= MIA_FAIL_AUROC:
         if res.attack == "discriminator":
             return Verdict(check, "warn", f"{stats}: the discriminator tells training images from unseen ones, so "
