@@ -63,8 +63,9 @@ def test_masks_encode_decode_and_the_generator_round_trips(tmp_path: Path) -> No
     assert enc.shape == (2, 2, 16, 16) and set(enc.unique().tolist()) == {-1.0, 1.0}
     assert torch.equal(decode_masks(enc, [0, 1, 2]), masks)
     torch.manual_seed(0)
-    G = build_generator(GANConfig("twostage", 16, 1, K, width=8, extra={"mask_labels": [0, 1, 2]}))
+    G = build_generator(GANConfig("twostage", 16, 1, K, width=8, extra={"mask_labels": [0, 1, 2], "style_dim": 8}))
     assert isinstance(G, TwoStageGenerator) and G.opts["unet_levels"] == 3 and G.opts["d_layers"] == 2
+    assert not G.masks.conditional  # Stage I draws masks whatever the labels unless mask_conditional
     G.eval()
     z, y = torch.randn(3, G.z_dim), torch.eye(K)[:3]
     images, drawn = G.draw(z, y)
@@ -79,9 +80,10 @@ def test_masks_encode_decode_and_the_generator_round_trips(tmp_path: Path) -> No
     assert torch.equal(G.paint(one, y, torch.zeros_like(z)), painted)  # no code: the prior's centre
     save_generator(G, tmp_path)
     assert torch.equal(load_generator(tmp_path).paint(one, y, z), G.paint(one, y, z))
-    extra = {"mask_labels": [0, 1, 2], "style_dim": 0}
-    pix2pix = build_generator(GANConfig("twostage", 16, 1, K, width=8, extra=extra)).eval()
+    extra = {"mask_labels": [0, 1, 2], "mask_conditional": True}
+    pix2pix = build_generator(GANConfig("twostage", 16, 1, K, width=8, extra=extra)).eval()  # the default painter
     assert pix2pix.z_dim == 100 and torch.equal(pix2pix.paint(one, y, z[:, :100]), pix2pix.paint(one, y))
+    assert pix2pix.masks.conditional
 
 
 @pytest.mark.parametrize(
@@ -96,6 +98,7 @@ def test_masks_encode_decode_and_the_generator_round_trips(tmp_path: Path) -> No
         ({"mask_steps": 0}, "mask_steps"),
         ({"style_dim": -1}, "style_dim must be an integer >= 0"),
         ({"diversity_cap": -0.1}, "diversity_cap"),
+        ({"mask_conditional": "yes"}, "mask_conditional must be true or false"),
     ],
 )
 def test_impossible_model_options_are_one_line_errors(extra: dict, match: str) -> None:
@@ -125,7 +128,7 @@ def test_trains_both_stages_generates_pairs_and_exports(tmp_path: Path, run: Pat
                  "images/checkpoints/last.pt", "images/samples/step-0000004.png", "generator.safetensors"):  # fmt: skip
         assert (run / name).is_file(), name
     assert set(rows(run / "masks/losses.csv")[0]) >= {"d_loss", "g_loss"}
-    assert set(rows(run / "images/losses.csv")[0]) >= {"d_loss", "g_loss", "l1", "diversity"}
+    assert set(rows(run / "images/losses.csv")[0]) >= {"d_loss", "g_loss", "l1"}
     grid = Image.open(run / "images/samples/step-0000004.png")
     assert grid.height == 4 * 3 * 64  # 4 groups x (mask, painted, real) rows, 16 px tiles enlarged to 64
     prog = json.loads((run / "run.json").read_text())["progress"]
@@ -210,6 +213,15 @@ def test_generate_masks_paints_user_masks(tmp_path: Path, cache: Path, run: Path
     cgan = train(tiny(cache, steps=1), tmp_path / "cgan", quiet=True)
     res = CliRunner().invoke(app, ["generate", str(cgan), "--masks", str(user), "--out", str(tmp_path / "bad")])
     assert isinstance(res.exception, ConfigError) and "only --model twostage runs do; this is cgan" in str(res.exception)
+
+
+def test_a_style_coded_painter_trains_and_logs_its_diversity(tmp_path: Path, cache: Path) -> None:
+    cfg = tiny(cache, model="twostage", stage="images", model_extra={"style_dim": 4, "mask_conditional": True})
+    run = train(cfg, tmp_path / "styled", quiet=True)
+    logged = rows(run / "images/losses.csv")
+    assert len(logged) == 4 and all(float(r["diversity"]) > 0 for r in logged)
+    G = load_generator(run)
+    assert G.z_dim == 100 + 4 and G.masks.conditional
 
 
 def test_stages_one_at_a_time_give_the_joined_generator_of_both(tmp_path: Path, cache: Path, run: Path) -> None:

@@ -3,8 +3,8 @@ adversarial networks"): Stage I draws a segmentation mask, Stage II paints an im
 2017). Both stages are label-conditioned when the training set has labels, unconditional on an image+mask set
 without any.
 
-Stage I is the DCGAN-family generator of models/dcgan.py (`cgan` with labels, `dcgan` without) on masks
-encoded as channels: one channel per foreground label value, +1 where the pixel has that value and -1
+Stage I is the DCGAN-family generator of models/dcgan.py on masks, unconditional (`dcgan`) as in Guibas et al.
+unless `mask_conditional` asks for `cgan` on the labels; masks are encoded as channels: one channel per foreground label value, +1 where the pixel has that value and -1
 elsewhere (`encode_masks`); `decode_masks` takes the strongest channel where it is above 0, background
 elsewhere. Stage II (`MaskPainter`) is MONAI's `UNet` from the one-hot mask (+ the label vector broadcast as
 one constant channel per class) to the image, tanh; its discriminator (`PairDiscriminator`) is MONAI's
@@ -26,9 +26,14 @@ Options (`model_extra`), and why:
 - `unet_levels` 'auto': halve while the side stays even and >= 4 px, at most 6 levels (16/28 px: 3 levels,
   64 px: 5), channels width x 1, 2, 4, 8, 8, 8; `res_units` 2 (MONAI's residual units per level).
 - `dropout` 0: pix2pix's decoder dropout was its only noise; the style code replaces it.
-- `style_dim` 8: appearance noise channels (constant planes beside the mask); 0 gives pix2pix's deterministic
-  painter with plain L1 (one mean-looking image per mask, which on the covid set concentrated the synthetic
-  images around one average-looking patient).
+- `mask_conditional` false: Stage I draws masks whatever the labels (the painter gets them). On the covid set's
+  90 masks over 8 label groups (some with 1-3 masks) the label-conditional mask GAN collapsed to one mask per
+  group and drew noise for the rarest; set it for masks whose shape depends on the finding (lesions).
+- `style_dim` 0: appearance noise channels (constant planes beside the mask); 0 is pix2pix's deterministic
+  painter with plain L1 (one mean-looking image per mask). Measured on the covid set (64 px): at
+  `diversity_weight` 10 two paintings of one mask differed by only ~0.02 mean absolute after 1,332 steps
+  (hardly visible); at 100 they reached the cap within 100 steps but as grid-like texture, so it stays off by
+  default until it is shown to help.
 - `diversity_weight` 10 and `diversity_cap` 0.2: DSGAN's lambda and tau. With N(0, 1) codes E|z1 - z2| = 1.13,
   so the cap lets two paintings of one mask differ by ~0.23 mean absolute (images in [-1, 1]): about what two
   real radiographs with near-identical lung masks differ by (0.24 on the covid set, mask IoU > 0.8). Weight 10
@@ -58,7 +63,8 @@ TWOSTAGE_DEFAULTS: dict[str, Any] = {
     "unet_levels": "auto",
     "res_units": 2,
     "dropout": 0.0,
-    "style_dim": 8,
+    "mask_conditional": False,
+    "style_dim": 0,
     "diversity_weight": 10.0,
     "diversity_cap": 0.2,
     "d_layers": "auto",
@@ -101,6 +107,8 @@ def twostage_options(cfg: GANConfig) -> dict[str, Any]:
         v = opts[key]
         if isinstance(v, bool) or not isinstance(v, int | float) or not (low <= v < high):
             raise ConfigError(f"{cfg.name}: {key} must be a number in [{low:g}, {high:g}), got {v!r}")
+    if not isinstance(opts["mask_conditional"], bool):
+        raise ConfigError(f"{cfg.name}: mask_conditional must be true or false, got {opts['mask_conditional']!r}")
     if opts["mask_share"] == 0:
         raise ConfigError(f"{cfg.name}: mask_share (Stage I's share of the time limit) must be in (0, 1)")
     if opts["mask_steps"] is not None and not _count(opts["mask_steps"], 1):
@@ -118,9 +126,10 @@ def _max_layers(size: int) -> int:
 
 def mask_config(cfg: GANConfig) -> GANConfig:
     """Stage I's configuration: a DCGAN-family generator with one output channel per foreground label,
-    conditional (`cgan`) when the run has classes, `dcgan` without."""
-    labels = twostage_options(cfg)["mask_labels"]
-    name = "cgan" if cfg.num_classes else "dcgan"
+    conditional (`cgan`) when `mask_conditional` and the run has classes, `dcgan` otherwise."""
+    opts = twostage_options(cfg)
+    labels = opts["mask_labels"]
+    name = "cgan" if cfg.num_classes and opts["mask_conditional"] else "dcgan"
     return GANConfig(name, cfg.size, len(labels) - 1, cfg.num_classes, cfg.z_dim, cfg.width)
 
 

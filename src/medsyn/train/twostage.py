@@ -46,7 +46,7 @@ from medsyn.train.data import Group, TrainData
 from medsyn.train.distributed import DistInfo, average_buffers
 from medsyn.train.gan import GANObjective
 from medsyn.train.logs import save_grid
-from medsyn.train.loop import SAMPLE_COLUMNS, Trainer
+from medsyn.train.loop import MAX_SAMPLE_ROWS, SAMPLE_COLUMNS, Trainer
 from medsyn.train.objective import optimise
 from medsyn.train.progress import progress, training_done
 from medsyn.train.runtime import Runtime
@@ -81,7 +81,21 @@ class MaskTrainer(Trainer):
 
     @torch.no_grad()
     def sample(self) -> torch.Tensor:
-        return show_masks(decode_masks(super().sample(), self.values), self.values, 1)
+        """Drawn masks: a row per label group (conditional masks), else rows of distinct noise."""
+        if self.gan_cfg.name == "cgan":
+            return show_masks(decode_masks(super().sample(), self.values), self.values, 1)
+        rows = min(len(self.groups), MAX_SAMPLE_ROWS)
+        z = torch.cat([self.sample_z, torch.randn(SAMPLE_COLUMNS * (rows - 1), self.G.z_dim,
+                                                  generator=torch.Generator().manual_seed(self.cfg.seed + 1))])  # fmt: skip
+        with self.rt.autocast():
+            drawn = self.G_ema(z.to(self.rt.device), None).float()
+        return show_masks(decode_masks(drawn, self.values), self.values, 1)
+
+    def _save_samples(self) -> None:
+        if self.gan_cfg.name == "cgan":
+            return super()._save_samples()
+        rows = min(len(self.groups), MAX_SAMPLE_ROWS)
+        save_grid(self.sample(), ["masks"] * rows, self.out / "samples" / f"step-{self.step:07d}.png")
 
 
 class PaintObjective(GANObjective):
