@@ -1,23 +1,24 @@
 """Two-stage mask-then-image generation (Guibas et al. 2017, "Synthetic medical images from dual generative
 adversarial networks"): Stage I draws a segmentation mask, Stage II paints an image for it (pix2pix, Isola et al.
-2017). Both stages are label-conditioned when the training set has labels, unconditional on an image+mask set
-without any.
+2017). The painter is label-conditioned when the training set has labels; Stage I draws masks whatever the
+labels unless `mask_conditional` (an image + mask set without labels trains both unconditionally).
 
-Stage I is the DCGAN-family generator of models/dcgan.py on masks, unconditional (`dcgan`) as in Guibas et al.
-unless `mask_conditional` asks for `cgan` on the labels; masks are encoded as channels: one channel per foreground label value, +1 where the pixel has that value and -1
+Stage I is the DCGAN-family generator of models/dcgan.py on masks, unconditional (`dcgan`) as in Guibas et
+al. unless `mask_conditional` asks for `cgan` on the labels; masks are encoded as channels: one channel per
+foreground label value, +1 where the pixel has that value and -1
 elsewhere (`encode_masks`); `decode_masks` takes the strongest channel where it is above 0, background
 elsewhere. Stage II (`MaskPainter`) is MONAI's `UNet` from the one-hot mask (+ the label vector broadcast as
 one constant channel per class) to the image, tanh; its discriminator (`PairDiscriminator`) is MONAI's
 `PatchDiscriminator` on concat(mask, labels, image), as in pix2pix.
 
 `TwoStageGenerator` holds both and fits the Generator contract, so `generate`, `--balance`, the privacy filter
-and export need no model-specific code beyond writing the masks: `G(z, y)` = paint(decode(masks(z_I, y)), y, z_style)`,
-an image that is a deterministic function of (z, y). z is Stage I's noise followed by `style_dim` entries of
-appearance noise for the painter, so one mask can be painted many ways: pix2pix found a noise input ignored
-(its L1 term pulls every painting of a mask towards the one training image, i.e. the mean-looking appearance),
-so the painter is trained the way Yang et al. (2019, DSGAN) and Lee et al. (2019, MR-GAN) showed keeps it used:
-two codes per mask, L1 on the mean of the two paintings (first-moment reconstruction), and a diversity term
-that rewards |paint(z1) - paint(z2)| / |z1 - z2| up to a cap.
+and export need no model-specific code beyond writing the masks: `G(z, y)` = paint(decode(masks(z_I, y)), y,
+z_style)`, an image that is a deterministic function of (z, y). z is Stage I's noise followed by `style_dim`
+entries of appearance noise for the painter (none by default: one mask, one painting). pix2pix found a noise
+input ignored (its L1 term pulls every painting of a mask towards the one training image), so a painter with a
+style code is trained as Yang et al. (2019, DSGAN) and Lee et al. (2019, MR-GAN) propose: two codes per mask,
+L1 on the mean of the two paintings (first-moment reconstruction), and a diversity term that rewards
+|paint(z1) - paint(z2)| / |z1 - z2| up to a cap.
 
 Options (`model_extra`), and why:
 - `mask_labels`: the label values of the training masks, 0 included; set from the data by the trainer.
@@ -25,7 +26,8 @@ Options (`model_extra`), and why:
   the adversarial term sharpens it.
 - `unet_levels` 'auto': halve while the side stays even and >= 4 px, at most 6 levels (16/28 px: 3 levels,
   64 px: 5), channels width x 1, 2, 4, 8, 8, 8; `res_units` 2 (MONAI's residual units per level).
-- `dropout` 0: pix2pix's decoder dropout was its only noise; the style code replaces it.
+- `dropout` 0: pix2pix's dropout (its only noise, off at sampling). 0.5 stops the painter reproducing its
+  training images but blurs every painting (covid probe: the reconstruction attack 0.59 instead of 0.96).
 - `mask_conditional` false: Stage I draws masks whatever the labels (the painter gets them). On the covid set's
   90 masks over 8 label groups (some with 1-3 masks) the label-conditional mask GAN collapsed to one mask per
   group and drew noise for the rarest; set it for masks whose shape depends on the finding (lesions).
@@ -36,8 +38,8 @@ Options (`model_extra`), and why:
   default until it is shown to help.
 - `diversity_weight` 10 and `diversity_cap` 0.2: DSGAN's lambda and tau. With N(0, 1) codes E|z1 - z2| = 1.13,
   so the cap lets two paintings of one mask differ by ~0.23 mean absolute (images in [-1, 1]): about what two
-  real radiographs with near-identical lung masks differ by (0.24 on the covid set, mask IoU > 0.8). Weight 10
-  makes the term's pull comparable to the L1 term's (x100 on a mean of two) in the direction it acts on.
+  real radiographs with near-identical lung masks differ by (0.24 on the covid set, mask IoU > 0.8). The term
+  is a mean over pixels, so its pull per pixel is ~5x weaker than the L1 term's at weight 10 (see style_dim).
 - `d_layers` 'auto': PatchDiscriminator layers, 3 (pix2pix's 70x70 patches at 256 px) where the image is at
   least 32 px, fewer below (16 and 28 px: 2) so its patches stay smaller than the image.
 - `mask_share` 0.5 and `mask_steps` (None: `steps`): Stage I's share of `--time-limit` and its step count.

@@ -85,8 +85,8 @@ class MaskTrainer(Trainer):
         if self.gan_cfg.name == "cgan":
             return show_masks(decode_masks(super().sample(), self.values), self.values, 1)
         rows = min(len(self.groups), MAX_SAMPLE_ROWS)
-        z = torch.cat([self.sample_z, torch.randn(SAMPLE_COLUMNS * (rows - 1), self.G.z_dim,
-                                                  generator=torch.Generator().manual_seed(self.cfg.seed + 1))])  # fmt: skip
+        more = torch.Generator().manual_seed(self.cfg.seed + 1)  # rows after the first: their own fixed noise
+        z = torch.cat([self.sample_z, torch.randn(SAMPLE_COLUMNS * (rows - 1), self.G.z_dim, generator=more)])
         with self.rt.autocast():
             drawn = self.G_ema(z.to(self.rt.device), None).float()
         return show_masks(decode_masks(drawn, self.values), self.values, 1)
