@@ -81,21 +81,20 @@ class MaskTrainer(Trainer):
 
     @torch.no_grad()
     def sample(self) -> torch.Tensor:
-        """Drawn masks: a row per label group (conditional masks), else rows of distinct noise."""
+        """Drawn masks: a row per label group (conditional masks), else as many rows of distinct noise."""
         if self.gan_cfg.name == "cgan":
             return show_masks(decode_masks(super().sample(), self.values), self.values, 1)
-        rows = min(len(self.groups), MAX_SAMPLE_ROWS)
         more = torch.Generator().manual_seed(self.cfg.seed + 1)  # rows after the first: their own fixed noise
-        z = torch.cat([self.sample_z, torch.randn(SAMPLE_COLUMNS * (rows - 1), self.G.z_dim, generator=more)])
+        extra = torch.randn(SAMPLE_COLUMNS * (min(len(self.groups), MAX_SAMPLE_ROWS) - 1), self.G.z_dim, generator=more)
         with self.rt.autocast():
-            drawn = self.G_ema(z.to(self.rt.device), None).float()
+            drawn = self.G_ema(torch.cat([self.sample_z, extra]).to(self.rt.device), None).float()
         return show_masks(decode_masks(drawn, self.values), self.values, 1)
 
     def _save_samples(self) -> None:
         if self.gan_cfg.name == "cgan":
             return super()._save_samples()
-        rows = min(len(self.groups), MAX_SAMPLE_ROWS)
-        save_grid(self.sample(), ["masks"] * rows, self.out / "samples" / f"step-{self.step:07d}.png")
+        grid = self.sample()
+        save_grid(grid, ["masks"] * (len(grid) // SAMPLE_COLUMNS), self.out / "samples" / f"step-{self.step:07d}.png")
 
 
 class PaintObjective(GANObjective):

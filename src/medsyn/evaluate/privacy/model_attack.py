@@ -128,7 +128,7 @@ def _group_of(meta: dict[str, Any], name: str) -> tuple[float, ...] | None:
 
 def _with_masks(ds: PreparedDataset, s: AttackSet) -> AttackSet:
     """The images of `s` that have a mask (the painter is scored on image + mask pairs)."""
-    keep = ds.index["has_mask"].to_numpy()[s.rows] == 1 if ds.has_masks else np.zeros(len(s.rows), bool)
+    keep = np.isin(s.rows, ds.mask_rows()) if ds.has_masks else np.zeros(len(s.rows), bool)
     return AttackSet(s.rows[keep], s.patient_ids[keep])
 
 

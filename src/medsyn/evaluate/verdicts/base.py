@@ -42,6 +42,10 @@ def _num(v: Any) -> str:
     return "?" if v is None or not math.isfinite(v) else f"{v:+.3f}"
 
 
+def _dec(v: Any) -> str:
+    return "?" if v is None or not math.isfinite(v) else f"{v:.3f}"
+
+
 def _fmt(v: Any) -> str:
     return "?" if v is None or not math.isfinite(v) else f"{v:.2f}"
 

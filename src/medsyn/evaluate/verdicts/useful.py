@@ -3,11 +3,10 @@ feature-importance (Grad-CAM) check."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
-from medsyn.evaluate.verdicts.base import Verdict, _fmt, _graded, _lower, _num, _pct, overall
+from medsyn.evaluate.verdicts.base import Verdict, _dec, _fmt, _graded, _lower, _num, _pct, overall
 from medsyn.evaluate.verdicts.thresholds import (
     SALIENCY_GAP,
     SALIENCY_MIN_PAIRED,
@@ -94,10 +93,6 @@ def saliency_verdict(section: Mapping[str, Any], reference: Verdict | None = Non
     return Verdict(check, "pass", "agreement with the real-trained model's maps is not clearly below the "
                                   "real-vs-real seed baseline (" + "; ".join(text(g, e) for g, (e, _) in judged.items())
                                   + ")")  # fmt: skip
-
-
-def _dec(v: Any) -> str:
-    return "?" if v is None or not math.isfinite(v) else f"{v:.3f}"
 
 
 def segmentation_verdict(section: Mapping[str, Any]) -> Verdict:
