@@ -691,7 +691,6 @@ def run_sweep_step(data: Path, work: Path, smoke: bool) -> dict[str, Any]:
 
 
 COMPARE_BUDGET_MIN = 10.0  # per side: the issue's 10 CPU-minutes (one thread each)
-COMPARE_SYNTHETIC = 1000  # medsyn synthetic images per model: DDPM sampling of 4,708 took > 1 h on the busy CPU
 COMPARE_THREADS = "1"  # every side one thread: equal shares on a shared 2-core machine, no OpenMP spin-waits
 COMPARE_MODELS = "ddpm:16,cgan:32"  # medsyn's sides (`--compare-models`), as `medsyn benchmark --compare` reads them
 
@@ -719,7 +718,7 @@ def compare_commands(data: Path, folder: Path, smoke: bool, models: str = COMPAR
     return {
         "medsyn": [*medsyn_exe(), "benchmark", "--data", f"medmnist:{npz}", "--compare", models,
                    "--budget", f"{budget * 60:g}", "--size", "28", "--ddim-steps", "10", "--guidance", "2",
-                   "--n", str(COMPARE_SYNTHETIC), "--seed", "0", "--device", "cpu",
+                   *(("--n", "200") if smoke else ()), "--seed", "0", "--device", "cpu",  # n: real training size
                    "--out", _display(folder / "medsyn"), "--quiet"],
         "textbook-ddpm": [py, _display(BENCH / "textbook_ddpm_tstr.py"), "--npz", npz, "--budget-min", f"{budget:g}",
                           *(() if native_bf16() else ("--fp32",)), "--threads", COMPARE_THREADS,
@@ -767,6 +766,12 @@ def run_compare_step(data: Path, work: Path, smoke: bool, skip: Sequence[str] = 
 def _logged_rate(sample_grid: str | None) -> float | None:
     """Median training img/s of a medsyn run (its losses.csv, beside the samples/ folder of `sample_grid`)."""
     return _train_stats(Path(sample_grid).parents[1])["median_img_per_s"] if sample_grid else None
+
+
+def _synthetic_n(med: Mapping[str, Any]) -> int | None:
+    """Synthetic images per medsyn model: `--n`, else what each model generated (the real training size)."""
+    sizes = {dig(m, "generate", "images") for m in med.get("models") or []}
+    return dig(med, "config", "n") or (sizes.pop() if len(sizes) == 1 else None)
 
 
 def compare_section(r: Mapping[str, Any]) -> str:
@@ -820,8 +825,8 @@ def compare_section(r: Mapping[str, Any]) -> str:
            else "") + f"), each process with {r.get('threads')} thread, "
         + ("all started together (the two DDPMs and the textbook cDCGAN train in the same minutes; medsyn's models one "
            "after the other)" if r.get("jobs", 3) > 1 else "one side after the other, so each had a core to itself")
-        + f". medsyn rows: {dig(r, 'medsyn', 'config', 'n') or 'n/a'} "
-        "synthetic images per model, judged by `evaluate --quick` with its defaults (small CNN, 95% CI over test "
+        + f". medsyn rows: {fmt(_synthetic_n(med))} "
+        "synthetic images per model (the real training size unless `--n` was given), judged by `evaluate --quick` with its defaults (small CNN, 95% CI over test "
         "images), recall/coverage at k = 5 in the real classifier's feature space, FID "
         "with its real-vs-real baseline, every privacy check. Textbook rows: their own small CNN, mean ± std over "
         "seeds, and their pixel nearest-neighbour memorisation test (no FID/recall/coverage measured). The load "

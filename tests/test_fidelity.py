@@ -236,6 +236,19 @@ def test_prdc_with_duplicates_and_small_blocks_equals_prdc_package() -> None:
     assert {m: getattr(got, m) for m in expected} == pytest.approx(dict(expected), abs=1e-12)
 
 
+def test_prdc_same_n_compares_equal_sizes() -> None:
+    """A synthetic set 4x the real one covers more by number alone; same_n compares equal, seeded subsets."""
+    real, fake = _gauss(200, 6, 0), _gauss(800, 6, 1, scale=0.5)  # a narrower set: coverage should be low
+    unequal = compute_prdc(real, fake, SPACE, k=5)
+    equal = compute_prdc(real, fake, SPACE, k=5, same_n=True, seed=3)
+    assert (equal.n_real, equal.n_synthetic) == (200, 200)
+    assert unequal.coverage > equal.coverage + 0.1
+    assert compute_prdc(real, fake, SPACE, k=5, same_n=True, seed=3) == equal
+    assert compute_prdc(real, fake, SPACE, k=5, same_n=True, seed=4) != equal
+    small = compute_prdc(real[:120], real[120:], SPACE, k=5, same_n=True)  # 120 vs 80: the real side is cut
+    assert (small.n_real, small.n_synthetic) == (80, 80)
+
+
 def test_prdc_needs_more_than_k_images() -> None:
     with pytest.raises(DataError, match="at least 6 synthetic"):
         compute_prdc(_gauss(20, 3, 0), _gauss(5, 3, 1), SPACE, k=5)

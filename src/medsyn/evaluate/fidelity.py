@@ -299,6 +299,11 @@ class PRDCResult(Result):
     n_synthetic: int
 
 
+def _subset(x: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """`n` rows of `x` drawn without replacement from `seed` (all of `x`, in order, when it has n rows)."""
+    return x if len(x) == n else x[np.sort(np.random.default_rng(seed).choice(len(x), n, replace=False))]
+
+
 def compute_prdc(
     real: np.ndarray | torch.Tensor,
     synthetic: np.ndarray | torch.Tensor,
@@ -307,8 +312,15 @@ def compute_prdc(
     k: int = 5,
     device: str | torch.device | None = None,
     progress: bool = False,
+    same_n: bool = False,
+    seed: int = 0,
 ) -> PRDCResult:
     """Precision, recall, density, coverage (Naeem et al. 2020) as `prdc.compute_prdc`.
+
+    The four values depend on the set sizes (a synthetic set 4x the real one covers more real images by
+    number alone; a larger real set has tighter balls), so Naeem et al. compare equal sizes: with
+    `same_n` the larger set is cut to the smaller one's size by a random subset drawn from `seed`, and
+    `n_real` / `n_synthetic` say what was compared.
 
     Radii are leave-one-out k-NN distances within each set; all comparisons strict (`<`). Exact and
     chunked (no N x N matrix), so 10k x 10k runs in memory on a laptop and on a GPU with `device`.
@@ -321,6 +333,8 @@ def compute_prdc(
     if k < 1:
         raise ConfigError(f"PRDC needs k >= 1, got {k}")
     r, s = as_feature_sets("PRDC", k + 1, real=real, synthetic=synthetic)
+    if same_n:
+        r, s = _subset(r, min(len(r), len(s)), seed), _subset(s, min(len(r), len(s)), seed + 1)
     opts: dict[str, Any] = {"device": device, "progress": progress}
     real_radii = knn(r, r, k, exclude_self=True, **opts).distances[:, -1]
     fake_radii = knn(s, s, k, exclude_self=True, **opts).distances[:, -1]

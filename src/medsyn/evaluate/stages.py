@@ -242,7 +242,8 @@ def fidelity_stage(
             out["kid"] = compute_kid(ref, syn_f, f.space, n_subsets=s.kid_subsets, subset_size=s.kid_subset_size,
                                      seed=s.seed, device=s.device).to_dict()  # fmt: skip
         with stage("fidelity: PRDC"):
-            out["prdc"] = compute_prdc(ref, syn_f, f.space, k=s.prdc_k, device=s.device, progress=progress).to_dict()
+            out["prdc"] = compute_prdc(ref, syn_f, f.space, k=s.prdc_k, device=s.device, progress=progress,
+                                       same_n=True, seed=s.seed).to_dict()
         with stage("fidelity: per-class FID"):
             per_class = per_class_fid(ref, ref_split.labels, syn_f, syn.labels, f.space, syn.classes,
                                       real_groups=ref_split.patient_ids, seed=s.seed)  # fmt: skip

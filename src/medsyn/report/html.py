@@ -232,6 +232,7 @@ def _fidelity(m: Mapping[str, Any], figs: Mapping[str, str | None]) -> str:
             "the same backbone and N.</p>")  # fmt: skip
     if f.get("not_assessable"):
         out += f'<div class="verdict na"><b>Not assessable</b> — {_e(f["not_assessable"])}</div>'
+    prdc_n = f"k = {prdc['k']}, N = {_num(prdc['n_real'])} real, {_num(prdc['n_synthetic'])} synthetic"
     rows = [
         ["FID (all images)", _sig(fid["fid"]), f"N real {_num(fid['n_real'])}, N synthetic {_num(fid['n_synthetic'])}, D {fid['dim']}"],
         ["FID synthetic vs real, same N", f"{_sig(base.get('synthetic_vs_real'))} ± {_sig(base.get('synthetic_vs_real_std'), 2)}",
@@ -240,8 +241,8 @@ def _fidelity(m: Mapping[str, Any], figs: Mapping[str, str | None]) -> str:
          "two disjoint real subsets: what a perfect generator would reach at this N; split "
          + _e(base.get("split", "by image")) + (f" ({_e(base['note'])})" if base.get("note") else "")],
         ["KID", f"{_sig(kid['kid'])} ± {_sig(kid['kid_std'], 2)}", f"{kid['n_subsets']} subsets of {kid['subset_size']}"],
-        ["precision · recall", f"{_num(prdc['precision'])} · {_num(prdc['recall'])}", f"k = {prdc['k']}"],
-        ["density · coverage", f"{_num(prdc['density'])} · {_num(prdc['coverage'])}", f"k = {prdc['k']}"],
+        ["precision · recall", f"{_num(prdc['precision'])} · {_num(prdc['recall'])}", prdc_n],
+        ["density · coverage", f"{_num(prdc['density'])} · {_num(prdc['coverage'])}", prdc_n],
         ["intensity KL real‖synthetic · synthetic‖real", f"{_sig(inten['kl_real_synthetic'], 3)} · {_sig(inten['kl_synthetic_real'], 3)}",
          f"nats, {inten['bins']} bins; Jensen–Shannon {_sig(inten['js'], 3)}"],
     ]  # fmt: skip

@@ -143,7 +143,7 @@ class Scorer:
         real, syn = space(self.sets.val.images), space(images)
         if min(len(real), len(syn)) <= PRDC_K:
             return {}
-        res = compute_prdc(real, syn, space, k=PRDC_K)
+        res = compute_prdc(real, syn, space, k=PRDC_K, same_n=True)
         return {"recall": res.recall, "coverage": res.coverage, "precision": res.precision, "density": res.density}
 
     def privacy(self, images: Any) -> dict[str, Any]:
