@@ -23,8 +23,8 @@ from medsyn.evaluate.privacy import (
     nearest_patient_shares,
     precedence_test,
 )
-from medsyn.evaluate.privacy.density import density_ratio_inference
-from medsyn.evaluate.privacy.membership import attack_result, with_split_shift
+from medsyn.evaluate.privacy.density import density_ratio_inference, with_density_split_shift
+from medsyn.evaluate.privacy.membership import MIAResult, attack_result, with_split_shift
 from medsyn.evaluate.verdicts import Verdict, concentration_context, concentration_verdict, dcr_verdict, mia_verdict
 
 SPACE = FeatureSpace("test-features", "random arrays")
@@ -333,6 +333,30 @@ def test_a_shift_between_the_held_out_splits_is_named_in_the_verdict() -> None:
     same = with_split_shift(attack_result(members, rng.normal(0, 1, 400), **kw), len(val), n_bootstrap=200)
     assert same.split_shift is not None and abs(same.split_shift["auroc"] - 0.5) < 0.1
     assert res.split_shift is None and with_split_shift(res, 5) is res  # too few validation images: left as is
+
+
+def test_the_density_attack_measures_its_split_shift_with_half_the_validation_patients() -> None:
+    """Members and validation images from one distribution, a synthetic set narrower than it (no copies), the
+    test images shifted: the density attack (reference = validation) ranks members above test images by the
+    shift alone, and its split shift, refitted with half the validation patients as reference, says so; with
+    unshifted test images it is ~0.5."""
+    rng = np.random.default_rng(1)
+    syn, (members, val) = rng.normal(0, 0.7, (600, 4)), (rng.normal(0, 1, (n, 4)) for n in (300, 200))
+    val_ids = np.repeat(np.arange(100), 2)  # two images per patient: the halves are drawn by patient
+
+    def attacked(test: np.ndarray) -> MIAResult:
+        res = density_ratio_inference(syn, members, test, val, SPACE, n_bootstrap=200)
+        return with_density_split_shift(res, syn, members, val, test, SPACE, validation_ids=val_ids,
+                                        test_ids=np.arange(1000, 1000 + len(test)), n_bootstrap=200)  # fmt: skip
+
+    shifted = attacked(rng.normal(0, 1, (200, 4)) + np.array([1.5, 0, 0, 0]))
+    assert shifted.ci_low > 0.5 and shifted.split_shift is not None and shifted.split_shift["ci_low"] > 0.5
+    assert "shift between the splits" in mia_verdict(shifted).reason
+    same = attacked(rng.normal(0, 1, (200, 4)))
+    assert same.split_shift is not None and same.split_shift["ci_low"] < 0.5 < same.split_shift["ci_high"]
+    tiny = density_ratio_inference(syn, members, val, val, SPACE, n_bootstrap=20)
+    assert with_density_split_shift(tiny, syn, members, val[:12], val, SPACE, validation_ids=val_ids[:12],
+                                    test_ids=np.arange(200), n_bootstrap=20) is tiny  # halves too small: as is
 
 
 def test_privacy_input_errors(phantom_sets: dict[str, np.ndarray]) -> None:

@@ -4,9 +4,9 @@ generator's run folder is given; and the re-identification attack.
 
 Members are the training images the generator saw (`RealData.members`), non-members the held-out patients'
 images. The density-ratio attack needs real images that are neither: the validation patients are its
-reference and the test patients its non-members. The distance and model attacks also compare their score
-between the validation and the test non-members (`with_split_shift`), which tells a shift between the held-out
-splits apart from leakage. Attacks are not run in the feature space of a classifier
+reference and the test patients its non-members. Every attack also compares its score between validation and
+test non-members (`with_split_shift`; the density attack with half the validation patients as reference,
+`with_density_split_shift`), which tells a shift between the held-out splits apart from leakage. Attacks are not run in the feature space of a classifier
 trained on the member images (its own training images are closer together whatever the generator did).
 """
 
@@ -22,7 +22,7 @@ import numpy as np
 
 from medsyn.errors import DataError
 from medsyn.evaluate.privacy import DCRResult, MIAResult, distance_to_closest_record, membership_inference
-from medsyn.evaluate.privacy.density import density_ratio_inference
+from medsyn.evaluate.privacy.density import density_ratio_inference, with_density_split_shift
 from medsyn.evaluate.privacy.linkage import match_synthetic
 from medsyn.evaluate.privacy.membership import with_split_shift
 from medsyn.evaluate.privacy.model_attack import AttackSet, model_inference
@@ -74,25 +74,30 @@ def privacy_stage(
             mia[key] = mia[f"density {key}"] = {"not_applicable": True, "skipped": IN_OWN_SPACE}
             continue
         held = np.asarray(feats["held"])
-        attacks = {
-            key: partial(membership_inference, feats["syn"], feats["train"], held, sp,
-                         non_member_ids=real.held.patient_ids, device=s.device, progress=progress),
-            f"density {key}": partial(density_ratio_inference, feats["syn"], feats["train"], held[n_val:],
-                                      held[:n_val], sp, non_member_ids=real.splits["test"].patient_ids),
+        attacks = {  # name: (attack, its split shift)
+            key: (partial(membership_inference, feats["syn"], feats["train"], held, sp,
+                          non_member_ids=real.held.patient_ids, device=s.device, progress=progress),
+                  partial(with_split_shift, first=n_val, non_member_ids=real.held.patient_ids, **boot)),
+            f"density {key}": (partial(density_ratio_inference, feats["syn"], feats["train"], held[n_val:],
+                                       held[:n_val], sp, non_member_ids=real.splits["test"].patient_ids),
+                               partial(with_density_split_shift, synthetic=feats["syn"], members=feats["train"],
+                                       validation=held[:n_val], test=held[n_val:], space=sp,
+                                       validation_ids=real.splits["val"].patient_ids,
+                                       test_ids=real.splits["test"].patient_ids, **boot)),
         }  # fmt: skip
-        for name, attack in attacks.items():
+        for name, (attack, shift) in attacks.items():
             with stage(f"privacy: membership inference, {'distance' if name == key else 'density ratio'} ({sp.name})"):
-                run_it = partial(attack, member_ids=members.patient_ids, **boot)
-                _attack(out, name, _shifted(run_it, n_val, real.held.patient_ids, boot) if name == key else run_it)
+                _attack(out, name, partial(attack, member_ids=members.patient_ids, **boot), shift)
     if run is None:
         mia["model"] = {"not_applicable": True, "skipped": NO_RUN}
     else:
         with stage("privacy: membership inference, model-based"):
             drawn = [g["sha256"] for g in syn.manifest["generators"]] if syn.manifest else None
-            _attack(out, "model", _shifted(partial(
+            _attack(out, "model", partial(
                 model_inference, run, real.ds, AttackSet(members.images.rows, members.patient_ids),
                 AttackSet(real.held.images.rows, real.held.patient_ids), drawn=drawn, device=s.device, **boot,
-            ), n_val, real.held.patient_ids, boot))  # fmt: skip
+            ), lambda res: with_split_shift(res, n_val, real.held.patient_ids, **boot)
+               if res.n_non_members == len(real.held.patient_ids) else res)  # the model attack may subsample
     with stage("privacy: re-identification (siamese)"):
         try:
             out.section["reidentification"], out.reid_scores, out.reid_model = _reid(real, syn, s)
@@ -101,25 +106,15 @@ def privacy_stage(
     return out
 
 
-def _attack(out: PrivacyOutcome, key: str, attack: Callable[[], MIAResult]) -> None:
-    """Run one membership attack into `out` (skipped with its reason when the data cannot support it)."""
+def _attack(out: PrivacyOutcome, key: str, attack: Callable[[], MIAResult],
+            shift: Callable[[MIAResult], MIAResult]) -> None:  # fmt: skip
+    """Run one membership attack into `out`, with its split shift (skipped with its reason when the data cannot
+    support it)."""
     try:
-        out.mias[key] = attack()
+        out.mias[key] = shift(attack())
         out.section["membership_inference"][key] = out.mias[key].to_dict()
     except DataError as exc:
         out.section["membership_inference"][key] = skipped(exc)
-
-
-def _shifted(attack: Callable[[], MIAResult], n_val: int, held_ids: np.ndarray, boot: dict[str, int]
-             ) -> Callable[[], MIAResult]:  # fmt: skip
-    """`attack` (its non-members: the held-out images, validation first) with its validation-vs-test shift,
-    when it scored every held-out image in order (the model attack may subsample)."""
-
-    def run() -> MIAResult:
-        res = attack()
-        return with_split_shift(res, n_val, held_ids, **boot) if res.n_non_members == len(held_ids) else res
-
-    return run
 
 
 def _reid(real: RealData, syn: SyntheticSet, s: EvalSettings) -> tuple[dict[str, Any], np.ndarray, ReidModel]:

@@ -9,11 +9,14 @@ Densities: Gaussian kernel density estimates (scipy's `gaussian_kde`, Scott's ba
 projection (sklearn PCA, whitened, fitted on the reference and synthetic images, never on members). DOMIAS
 also allows a normalising flow; a KDE in ~10 dimensions needs no training and no tuning, which matters for
 a check run on every evaluation. Reference images must not be the evaluated non-members: the pipeline uses
-the validation patients as reference and the test patients as non-members.
+the validation patients as reference and the test patients as non-members. So the split shift of the other
+attacks (validation vs test non-members, `with_split_shift`) needs its own fit here: `with_density_split_shift`
+takes half the validation patients as reference and scores the other half beside the test images.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -24,7 +27,7 @@ from sklearn.decomposition import PCA
 from medsyn.errors import DataError
 from medsyn.evaluate.features import FeatureExtractor, FeatureSpace
 from medsyn.evaluate.neighbors import as_feature_sets
-from medsyn.evaluate.privacy.membership import MIA_MIN_IMAGES, MIAResult, attack_result
+from medsyn.evaluate.privacy.membership import MIA_MIN_IMAGES, MIAResult, attack_result, with_split_shift
 
 DENSITY_DIMS = 10  # PCA components the densities are estimated in
 DENSITY_MAX_FIT = 5000  # images per density estimate (a seeded subsample above this; KDE cost is fit x query)
@@ -80,6 +83,38 @@ def density_ratio_inference(
         space=meta.name, implementation=meta.implementation, n_synthetic=len(syn), member_ids=member_ids,
         non_member_ids=non_member_ids, n_bootstrap=n_bootstrap, level=level, seed=seed, notes=notes,
     )  # fmt: skip
+
+
+def with_density_split_shift(
+    res: MIAResult,
+    synthetic: np.ndarray | torch.Tensor,
+    members: np.ndarray | torch.Tensor,
+    validation: np.ndarray | torch.Tensor,
+    test: np.ndarray | torch.Tensor,
+    space: FeatureSpace | FeatureExtractor,
+    *,
+    validation_ids: Any,
+    test_ids: Any,
+    n_bootstrap: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> MIAResult:
+    """`res` (the attack with the validation images as reference, the test images as non-members) with its
+    split shift: the same score refitted with a random half of the validation patients as reference, then
+    compared between the other half and the test images (`with_split_shift`). Without a shift between the
+    held-out splits that is 0.5. Left as is when a half is too small to fit or score."""
+    val_ids, val = np.asarray(validation_ids), np.asarray(validation)
+    patients = np.unique(val_ids)
+    reference = np.isin(val_ids, np.random.default_rng(seed).permutation(patients)[: len(patients) // 2])
+    scored_ids = np.concatenate([val_ids[~reference], np.asarray(test_ids)])
+    try:
+        probe = density_ratio_inference(synthetic, members, np.concatenate([val[~reference], np.asarray(test)]),
+                                        val[reference], space, non_member_ids=scored_ids, n_bootstrap=n_bootstrap,
+                                        level=level, seed=seed)  # fmt: skip
+    except DataError:
+        return res
+    shift = with_split_shift(probe, int((~reference).sum()), scored_ids, n_bootstrap=n_bootstrap, level=level, seed=seed)
+    return replace(res, split_shift=shift.split_shift)
 
 
 def _subsample(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
