@@ -196,7 +196,11 @@ def test_sweep_trains_with_a_tuned_config(base: PreparedDataset, tmp_path: Path)
         SweepConfig(data=str(base.path), train_config={"data": "x", "lr": 1})
     res = CliRunner().invoke(app, ["benchmark", "--data", "phantom?n=60", "--compare", "cgan", "--budget", "1m",
                                    "--config", str(path), "--out", str(tmp_path / "c")])  # fmt: skip
-    assert isinstance(res.exception, ConfigError) and "--config applies to the sweeps" in str(res.exception)
+    assert isinstance(res.exception, ConfigError) and "--config does not apply to --compare" in str(res.exception)
+    res = CliRunner().invoke(app, ["benchmark", "--data", "phantom?n=60", "--compare", "ddpm", "--budget", "1m",
+                                   "--classes", "a,b", "--steps", "5", "--out", str(tmp_path / "c")])  # fmt: skip
+    assert isinstance(res.exception, ConfigError) and "--classes, --steps do not apply to --compare" in str(res.exception)
+    assert "medsyn data prepare --classes" in str(res.exception) and not (tmp_path / "c").exists()
 
 
 def test_resolution_sweep_trains_each_size_on_the_same_patients(base: PreparedDataset, tmp_path: Path) -> None:

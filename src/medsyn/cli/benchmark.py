@@ -100,11 +100,8 @@ def register(app: typer.Typer) -> None:
         if sweep != "epsilon" and any(v is not None for v in dp.values()):
             raise ConfigError("--dp-delta, --dp-max-grad-norm and --dp-unit apply to --sweep epsilon")
         if sweep == "epsilon":
-            unused = {"--config": config, "--classes": classes, "--augment": augment}
-            given = [k for k, v in unused.items() if v is not None]
-            if given:
-                raise ConfigError(f"{', '.join(given)} do not apply to --sweep epsilon (every point trains --model "
-                                  "with its defaults and the network DP needs)")  # fmt: skip
+            _refuse("--sweep epsilon (every point trains --model with its defaults and the network DP needs)",
+                    {"--config": config, "--classes": classes, "--augment": augment})
             if steps is None:
                 raise ConfigError("--sweep epsilon needs --steps: DP-SGD calibrates its noise to the planned steps, so "
                                   "every point trains the same number (--budget is only a safety time limit)")  # fmt: skip
@@ -119,8 +116,10 @@ def register(app: typer.Typer) -> None:
             console.print(f"results: {out / 'results.csv'}  figure: {out / 'epsilon.png'}  report: {out / 'epsilon.html'}")
             return
         if compare is not None:
-            if config is not None:
-                raise ConfigError("--config applies to the sweeps; --compare trains each model with its defaults")
+            _refuse("--compare (each model trains with its defaults for --budget on all of --data's classes; for a "
+                    "subset of classes, give a cache from `medsyn data prepare --classes` as --data)",
+                    {"--config": config, "--classes": classes, "--augment": augment, "--points": points,
+                     "--model": model, "--steps": steps})  # fmt: skip
             if budget is None:
                 raise ConfigError("--compare needs --budget: the training wall time every model gets, e.g. 10m")
             models, widths = parse_models(compare)
@@ -149,3 +148,10 @@ def register(app: typer.Typer) -> None:
                 f"ratio {_f(r['value'])} [{_f(r['ci_low'])}, {_f(r['ci_high'])}]"
             )
         console.print(f"results: {out / 'results.csv'}  figure: {out / 'sweep.png'}  report: {out / 'report.html'}")
+
+
+def _refuse(mode: str, options: dict[str, object]) -> None:
+    """A clear error for options given that `mode` does not read, instead of silently ignoring them."""
+    given = [name for name, value in options.items() if value is not None]
+    if given:
+        raise ConfigError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to {mode}")
