@@ -6,8 +6,9 @@ Members are the training images the generator saw (`RealData.members`), non-memb
 images. The density-ratio attack needs real images that are neither: the validation patients are its
 reference and the test patients its non-members. Every attack also compares its score between validation and
 test non-members (`with_split_shift`; the density attack with half the validation patients as reference,
-`with_density_split_shift`), which tells a shift between the held-out splits apart from leakage. Attacks are not run in the feature space of a classifier
-trained on the member images (its own training images are closer together whatever the generator did).
+`with_density_split_shift`), which tells a shift between the held-out splits apart from leakage. Attacks are
+not run in the feature space of a classifier trained on the member images (its own training images are closer
+together whatever the generator did).
 """
 
 from __future__ import annotations
