@@ -69,7 +69,7 @@ def test_per_class_and_balance_counts(tmp_path: Path, runs: dict[str, Path]) -> 
     )
     largest = max(g["count"] for g in groups)
     assert bal["images"] == sum(largest - g["count"] for g in groups if g["count"])
-    with pytest.raises(ConfigError, match="exactly one"):
+    with pytest.raises(ConfigError, match="choose one of"):
         generate(runs["cgan"], 5, tmp_path / "x", per_class=2)
 
 
@@ -151,8 +151,11 @@ def test_cli_generate_and_export(tmp_path: Path, runs: dict[str, Path]) -> None:
     res = runner.invoke(app, ["export", str(runs["cgan"]), "--out", str(tmp_path / "exp")])
     assert res.exit_code == 0 and (tmp_path / "exp" / "generator.safetensors").is_file()
     assert load_generator(tmp_path / "exp").z_dim == 100  # the models package reads it without pickle
-    bad = runner.invoke(app, ["generate", str(tmp_path / "exp"), "--out", str(tmp_path / "x")])
-    assert isinstance(bad.exception, ConfigError)
+    bad = runner.invoke(app, ["generate", str(tmp_path / "exp"), "--n", "2", "--balance", "--out", str(tmp_path / "x")])
+    assert isinstance(bad.exception, ConfigError) and "choose one of --n, --per-class, --balance" in str(bad.exception)
+    res = runner.invoke(app, ["generate", str(runs["cgan"]), "--out", str(tmp_path / "dist"), "--quiet"])  # no count
+    train = json.loads((runs["cgan"] / "run.json").read_text())["labels"]["train_images"]
+    assert res.exit_code == 0 and len(list((tmp_path / "dist" / "images").iterdir())) == train
 
 
 def test_distribution_plan_has_the_exact_training_composition() -> None:

@@ -429,3 +429,23 @@ def test_quick_explains_fewer_images_and_saliency_can_be_switched_off():
     assert EvalSettings.make(True, 0, "cpu", False).saliency.images == 100
     assert EvalSettings.make(False, 0, "cpu", False).saliency.images == 300
     assert EvalSettings.make(True, 0, "cpu", False, {"saliency": {"images": 0}}).saliency.images == 0
+
+
+def test_a_class_the_synthetic_set_lacks_is_not_scored(real, tmp_path):
+    """A --balance set holds no image of the largest group: TSTR cannot learn that class, so it is left out with
+    the reason (and the utility stage says so when no class is left), instead of scoring a classifier that never
+    saw a positive."""
+    imgs = render_phantom(120, SIZE, seed=4, start=500_000)
+    images, labels = np.round(imgs.images * 255).astype(np.uint8), imgs.labels.copy()
+    labels[:, 0] = 0  # no positive of the first class
+    settings = {**TINY, "saliency": {"images": 0}}
+    m = evaluate(real.path, (images, labels, PHANTOM_CLASSES), tmp_path / "one", quick=True, device="cpu",
+                 settings=settings, quiet=True)  # fmt: skip
+    u = m["utility"]
+    assert PHANTOM_CLASSES[0] not in u["classes"] and set(u["classes"]) == set(PHANTOM_CLASSES[1:])
+    assert any(n.startswith(f"not scored (fewer than 5 positive or negative synthetic images): {PHANTOM_CLASSES[0]}")
+               and "--balance" in n for n in u["notes"])  # fmt: skip
+    labels[:] = 1  # every class positive in every image: none can be learned
+    m = evaluate(real.path, (images, labels, PHANTOM_CLASSES), tmp_path / "none", quick=True, device="cpu",
+                 settings=settings, quiet=True)  # fmt: skip
+    assert "synthetic images" in m["utility"]["skipped"] and m["verdicts"]["useful"]["level"] == "n/a"

@@ -1,4 +1,5 @@
-"""The main job end to end: prepare -> train a conditional GAN -> generate a balanced set -> evaluate.
+"""The main job end to end: prepare -> train a conditional GAN -> generate a set with the training set's size
+and label distribution (what TSTR compares) -> evaluate.
 
 Defaults are sized for a 2-core CPU (a few minutes on the built-in phantom); `data` runs the same
 pipeline on a user's dataset. Each stage is resumable: a rerun reuses the cache, continues training
@@ -39,7 +40,7 @@ def run_demo(
     train(cfg, run_dir, resume=(run_dir / "run.json").is_file(), quiet=quiet)
     synthetic = out / "synthetic"
     if not is_current(synthetic, run_dir):  # missing, or drawn before the run was trained further
-        generate(run_dir, None, synthetic, balance=True, seed=seed, device=device, quiet=quiet)
+        generate(run_dir, None, synthetic, seed=seed, device=device, quiet=quiet)  # the training size and labels
     return evaluate(
         data, synthetic, out / "evaluation", quick=quick, seed=seed, device=device, cache=out / "cache", quiet=quiet
     )

@@ -27,7 +27,7 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", help="auto | cpu | cuda."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
     ) -> None:
-        """prepare -> train -> generate a balanced synthetic set -> evaluate -> report.html."""
+        """prepare -> train -> generate a synthetic set like the training set -> evaluate -> report.html."""
         start = time.perf_counter()
         metrics = run_demo(out, data, size, model, steps, width, not full, seed, device, quiet)
         print_summary(metrics, out / "evaluation", f"medsyn demo ({time.perf_counter() - start:.0f} s)")

@@ -119,7 +119,9 @@ def register(app: typer.Typer) -> None:
     def generate_cmd(
         run: Path = typer.Argument(..., help="Run folder, or a folder written by 'medsyn export'."),
         out: Path = typer.Option(..., "--out", "-o", help="Folder for the synthetic set."),
-        n: int = typer.Option(None, "--n", help="Images, with the training label distribution."),
+        n: int = typer.Option(
+            None, "--n", help="Images, with the training label distribution (default: the training set's size)."
+        ),
         per_class: int = typer.Option(
             None, "--per-class", help="Images per class (and for the negative group, e.g. 'No Finding' or 'normal')."
         ),

@@ -60,18 +60,29 @@ class UtilityOutcome:
     run: UtilityRun | None  # the trained models and their test scores (None when skipped)
 
 
+ONE_SIDED = ("a classifier trained on the synthetic set cannot learn a class it holds no examples (or no "
+             "negatives) of; a --balance set writes only the top-up of each label group, so it lacks the largest "
+             "group: draw with the training distribution (generate --n) or --per-class for TSTR")
+
+
 def utility_stage(real: RealData, syn: SyntheticSet, s: EvalSettings) -> UtilityOutcome:
     """TRTR / TSTR / augmentation on the classes the test split can score (others noted, not fatal)."""
     cfg, classes = s.utility, real.classes
     if not classes:
         return UtilityOutcome({"not_applicable": True, "skipped": "the set has no labels (an image + mask set): there "
                                                                   "is no classification to compare"}, None)  # fmt: skip
-    test = real.splits["test"].labels
-    keep = [j for j in range(len(classes))
-            if min(int((test[:, j] == 1).sum()), int((test[:, j] == 0).sum())) >= cfg.min_test_positives]  # fmt: skip
-    if not keep:
+    def both(labels: np.ndarray, j: int) -> bool:  # enough positives and negatives of class j
+        return min(int((labels[:, j] == 1).sum()), int((labels[:, j] == 0).sum())) >= cfg.min_test_positives
+
+    testable = [j for j in range(len(classes)) if both(real.splits["test"].labels, j)]
+    if not testable:
         return UtilityOutcome({"skipped": f"no class has {cfg.min_test_positives} positive and negative test images; "
                                           "utility needs a larger test split"}, None)  # fmt: skip
+    keep = [j for j in testable if both(syn.labels, j)]  # a class the synthetic set lacks cannot be learned from it
+    one_sided = [classes[j] for j in testable if j not in keep]
+    if not keep:
+        return UtilityOutcome({"skipped": f"no scorable class has {cfg.min_test_positives} positive and negative "
+                                          f"synthetic images ({', '.join(one_sided)}): {ONE_SIDED}"}, None)  # fmt: skip
     names = [classes[j] for j in keep]
     sub = {k: Split(sp.images, sp.labels[:, keep], sp.patient_ids) for k, sp in real.splits.items()}
     try:
@@ -82,12 +93,14 @@ def utility_stage(real: RealData, syn: SyntheticSet, s: EvalSettings) -> Utility
         )  # fmt: skip
     except DataError as exc:
         return UtilityOutcome(skipped(exc), None)
-    dropped = [c for c in classes if c not in names]
-    if dropped:
-        run.report["notes"] = [
-            f"not scored (fewer than {cfg.min_test_positives} positive or negative test images): {', '.join(dropped)}",
-            *run.report["notes"],
-        ]
+    dropped = [classes[j] for j in range(len(classes)) if j not in testable]
+    run.report["notes"] = [
+        *([f"not scored (fewer than {cfg.min_test_positives} positive or negative test images): {', '.join(dropped)}"]
+          if dropped else []),
+        *([f"not scored (fewer than {cfg.min_test_positives} positive or negative synthetic images): "
+           f"{', '.join(one_sided)}; {ONE_SIDED}"] if one_sided else []),
+        *run.report["notes"],
+    ]  # fmt: skip
     return UtilityOutcome(run.report, run)
 
 

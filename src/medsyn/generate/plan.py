@@ -41,11 +41,16 @@ class Plan:
 
 
 def make_plan(meta: dict[str, Any], n: int | None, per_class: int | None, balance: bool, seed: int) -> Plan:
-    """The label plan for a run description (run.json); exactly one of n, per_class, balance is used."""
+    """The label plan for a run description (run.json); at most one of n, per_class, balance is used (none:
+    as many images as the generator's training set, with its label distribution: the set TSTR compares)."""
     chosen = [name for name, v in (("--n", n), ("--per-class", per_class), ("--balance", balance or None))
               if v is not None]  # fmt: skip
-    if len(chosen) != 1:
-        raise ConfigError(f"choose exactly one of --n, --per-class, --balance (got {', '.join(chosen) or 'none'})")
+    if len(chosen) > 1:
+        raise ConfigError(f"choose one of --n, --per-class, --balance (got {', '.join(chosen)})")
+    if not chosen:
+        n = (meta.get("labels") or {}).get("train_images")
+        if n is None:
+            raise ConfigError("give --n, --per-class or --balance: this generator does not record its training size")
     for name, value in (("--n", n), ("--per-class", per_class)):
         if value is not None and value < 1:
             raise ConfigError(f"{name} must be a positive number of images, got {value}")
