@@ -610,6 +610,21 @@ def steps_table(steps: Mapping[str, Any]) -> str:
     return table(["step", "wall s", "CPU s", "exit", "started (UTC)", "load 1-min before / max / after"], rows)
 
 
+def balance_caveat(manifest: Mapping[str, Any]) -> str | None:
+    """A warning for a row whose synthetic set was drawn with `--balance` and so holds no image of a class (the
+    largest label group gets none): its TSTR for that class was scored from a classifier that never saw one."""
+    negative = manifest.get("negative_class")
+    missing = [c for c, n in (manifest.get("counts") or {}).items() if c != negative and not n]
+    if manifest.get("mode") != "balance" or not missing:
+        return None
+    return (f"**Not valid as a TSTR measurement for {', '.join(missing)}: rerun.** This row's synthetic set was "
+            "drawn with `--balance`, the augmentation recipe, which writes no image of the largest label group (and "
+            "none of a group the generator never saw); the evaluation of that time still scored TSTR for those "
+            "classes from a classifier that never saw one. `medsyn evaluate` now leaves such a class out, and this "
+            "script draws the training size and label distribution. The privacy and fidelity figures describe that "
+            "set.")
+
+
 def experiment_section(r: Mapping[str, Any]) -> str:
     exp, m = r.get("experiment") or {}, r.get("metrics") or {}
     steps = dict(ordered(r.get("steps") or {}, OUTPUT))
@@ -618,6 +633,8 @@ def experiment_section(r: Mapping[str, Any]) -> str:
            "```bash\n" + "\n".join(s["command"] for s in steps.values()) + "\n```"]  # fmt: skip
     if r.get("settings"):
         out.append(f"Evaluation settings file (passed with `--settings`): `{json.dumps(r['settings'])}`")
+    if caveat := balance_caveat(r.get("synthetic") or {}):
+        out.append(caveat)
     out.append(steps_table(steps))
     failed = [(n, s) for n, s in steps.items() if s.get("exit_code") != 0]
     if failed or r.get("status") != "ok":

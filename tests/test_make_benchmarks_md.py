@@ -273,3 +273,15 @@ def test_splice_section_by_prefix_replaces_an_experiment_whose_settings_changed(
 def test_compare_section_says_sides_ran_one_after_the_other_at_the_full_budget(mbm):
     text = mbm.compare_section({"budget_min": 10.0, "threads": "1", "jobs": 1, "medsyn": {}, "steps": {}})
     assert "10.0 min each)" in text and "one side after the other" in text and "not the 10 min" not in text
+    two = mbm.compare_section({"budget_min": 10.0, "threads": "1", "jobs": 2, "steps": {},
+                               "medsyn": {"models": [{"model": "cgan", "generate": {"images": 4708}}]}})  # fmt: skip
+    assert "in two processes" in two and "4,708 synthetic images per model" in two
+
+
+def test_a_balance_row_that_lacks_a_class_is_marked_not_valid(mbm):
+    """--balance writes no image of the largest group: a row whose set lacks a class says its TSTR is not valid;
+    a set that lacks only the negative group (every class has images) is not marked."""
+    lacks = {"mode": "balance", "negative_class": "normal", "counts": {"normal": 2280, "pneumonia": 0}}
+    assert "for pneumonia: rerun" in mbm.balance_caveat(lacks)
+    assert mbm.balance_caveat({**lacks, "counts": {"normal": 0, "pneumonia": 10}}) is None
+    assert mbm.balance_caveat({**lacks, "mode": "distribution"}) is None
