@@ -62,15 +62,17 @@ class UtilityOutcome:
 
 ONE_SIDED = ("a classifier trained on the synthetic set cannot learn a class it holds no examples (or no "
              "negatives) of; a --balance set writes only the top-up of each label group, so it lacks the largest "
-             "group: draw with the training distribution (generate --n) or --per-class for TSTR")
+             "group: for TSTR draw the training distribution (generate without a count, or --n) or --per-class")
 
 
 def utility_stage(real: RealData, syn: SyntheticSet, s: EvalSettings) -> UtilityOutcome:
-    """TRTR / TSTR / augmentation on the classes the test split can score (others noted, not fatal)."""
+    """TRTR / TSTR / augmentation on the classes the test split and the synthetic set can score (enough positives
+    and negatives in both; the others noted, not fatal)."""
     cfg, classes = s.utility, real.classes
     if not classes:
         return UtilityOutcome({"not_applicable": True, "skipped": "the set has no labels (an image + mask set): there "
                                                                   "is no classification to compare"}, None)  # fmt: skip
+
     def both(labels: np.ndarray, j: int) -> bool:  # enough positives and negatives of class j
         return min(int((labels[:, j] == 1).sum()), int((labels[:, j] == 0).sum())) >= cfg.min_test_positives
 
