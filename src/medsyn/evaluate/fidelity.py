@@ -30,7 +30,7 @@ import torch
 from medsyn.errors import ConfigError, DataError
 from medsyn.evaluate.data import check_patient_ids
 from medsyn.evaluate.features import FeatureExtractor, FeatureSpace
-from medsyn.evaluate.neighbors import as_feature_sets, ball_counts, knn
+from medsyn.evaluate.neighbors import as_feature_sets, ball_counts, knn, subsample_rows
 from medsyn.io import ARRAY, Result, to_jsonable  # noqa: F401  (benchmark/sweep.py imports it from here)
 
 MIN_FID_IMAGES = 10
@@ -299,11 +299,6 @@ class PRDCResult(Result):
     n_synthetic: int
 
 
-def _subset(x: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """`n` rows of `x` drawn without replacement from `seed` (all of `x`, in order, when it has n rows)."""
-    return x if len(x) == n else x[np.sort(np.random.default_rng(seed).choice(len(x), n, replace=False))]
-
-
 def compute_prdc(
     real: np.ndarray | torch.Tensor,
     synthetic: np.ndarray | torch.Tensor,
@@ -334,7 +329,8 @@ def compute_prdc(
         raise ConfigError(f"PRDC needs k >= 1, got {k}")
     r, s = as_feature_sets("PRDC", k + 1, real=real, synthetic=synthetic)
     if same_n:
-        r, s = _subset(r, min(len(r), len(s)), seed), _subset(s, min(len(r), len(s)), seed + 1)
+        n = min(len(r), len(s))
+        r, s = subsample_rows(r, n, np.random.default_rng(seed)), subsample_rows(s, n, np.random.default_rng(seed + 1))
     opts: dict[str, Any] = {"device": device, "progress": progress}
     real_radii = knn(r, r, k, exclude_self=True, **opts).distances[:, -1]
     fake_radii = knn(s, s, k, exclude_self=True, **opts).distances[:, -1]

@@ -91,6 +91,11 @@ def as_feature_sets(metric: str, min_rows: int, **sets: np.ndarray | torch.Tenso
     return arrays
 
 
+def subsample_rows(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """At most `n` rows of `x`, drawn without replacement and kept in order (all of `x` when it has <= n)."""
+    return x if len(x) <= n else x[np.sort(rng.choice(len(x), n, replace=False))]
+
+
 @contextmanager
 def _ieee_float32() -> Iterator[None]:
     """Disable TF32/bf16 matmul shortcuts: the error bound assumes IEEE float32 products."""

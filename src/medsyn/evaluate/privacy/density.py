@@ -26,7 +26,7 @@ from sklearn.decomposition import PCA
 
 from medsyn.errors import DataError
 from medsyn.evaluate.features import FeatureExtractor, FeatureSpace
-from medsyn.evaluate.neighbors import as_feature_sets
+from medsyn.evaluate.neighbors import as_feature_sets, subsample_rows
 from medsyn.evaluate.privacy.membership import MIA_MIN_IMAGES, MIAResult, attack_result, with_split_shift
 
 DENSITY_DIMS = 10  # PCA components the densities are estimated in
@@ -58,7 +58,7 @@ def density_ratio_inference(
         non_members=non_members, reference=reference,
     )  # fmt: skip
     rng = np.random.default_rng(seed)
-    syn_fit, ref_fit = (_subsample(x, max_fit, rng) for x in (syn, ref))
+    syn_fit, ref_fit = (subsample_rows(x, max_fit, rng) for x in (syn, ref))
     k = min(dims, syn.shape[1], len(ref_fit) - 2, len(syn_fit) - 2)
     if k < 1:
         raise DataError(f"density-ratio membership inference needs at least 3 reference images, got {len(ref)}")
@@ -115,7 +115,3 @@ def with_density_split_shift(
         return res
     shift = with_split_shift(probe, int((~reference).sum()), scored_ids, n_bootstrap=n_bootstrap, level=level, seed=seed)
     return replace(res, split_shift=shift.split_shift)
-
-
-def _subsample(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    return x if len(x) <= n else x[np.sort(rng.choice(len(x), n, replace=False))]
