@@ -19,7 +19,7 @@ from medsyn.models import MODELS, GANConfig, build_gan
 from medsyn.models.registry import build_generator
 from medsyn.report.html import dp_text
 from medsyn.report.markup import round_up
-from medsyn.train import dp_objectives
+from medsyn.train import dp_objectives, losses
 from medsyn.train.data import PoissonBatches
 from medsyn.train.distributed import DistInfo
 from medsyn.train.privacy import DPAccount, PrivateGradients
@@ -223,3 +223,89 @@ def test_denoiser_per_sample_gradients_are_each_images_own() -> None:
                                     params, allow_unused=True)  # fmt: skip
         for ps, g in zip(per_sample, alone, strict=True):
             torch.testing.assert_close(ps[i], torch.zeros_like(ps[i]) if g is None else g, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:Full backward hook")
+def test_parts_are_clipped_apart_each_to_c_over_root_k() -> None:
+    """With two parts, each image's gradient of each part is clipped to C / sqrt 2 (so the whole is <= C) and each
+    part's sum goes to its own optimiser."""
+    torch.manual_seed(0)
+    first, second = torch.nn.Linear(4, 3), torch.nn.Linear(3, 1)
+    both = torch.nn.ModuleList([first, second])
+    x = torch.randn(5, 4) * torch.tensor([[0.1], [1.0], [10.0], [0.01], [3.0]])  # small and large gradients
+    c, parts = 0.5, [first, second]
+    private = PrivateGradients(both, DPAccount(4.0, 1e-3, c, n_train=50, batch=5, noise_multiplier=0.0), "both", parts)
+    opts = [torch.optim.SGD(m.parameters(), lr=0.0) for m in parts]
+    private.enable(True)
+    private.step(second(torch.tanh(first(x))).square().flatten(), opts)
+    private.enable(False)
+    expected = [torch.zeros_like(p) for p in both.parameters()]
+    for i in range(5):
+        for part in parts:
+            params = list(part.parameters())
+            g = torch.autograd.grad(second(torch.tanh(first(x[i : i + 1]))).square().sum(), params)
+            scale = min(1.0, c / 2**0.5 / (torch.cat([t.flatten() for t in g]).norm().item() + 1e-6))
+            for t, p in zip(g, params, strict=True):
+                k = [id(q) for q in both.parameters()].index(id(p))
+                expected[k] += t * scale / 5
+    for p, e in zip(both.parameters(), expected, strict=True):
+        torch.testing.assert_close(p.grad, e, rtol=1e-4, atol=1e-8)
+    with pytest.raises(ValueError, match="one of the clipped parts"):
+        PrivateGradients(both, private.account, "both", [first])
+
+
+def _painter_updates(cache: Path, c: float, b: int, pairs: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+    """The gradients PrivatePaintObjective hands its two optimisers (painter, discriminator) for `pairs`
+    = (images in [-1, 1], uint8 masks, labels), noise off, from the same initial weights every call."""
+    from medsyn.train.twostage import PrivatePaintObjective
+
+    cfg = tiny(cache, model="twostage", batch=b, dp_epsilon=4.0, dp_delta=1e-3, dp_max_grad_norm=c).resolved()
+    model = GANConfig("twostage", 16, 1, 3, cfg.z_dim, cfg.width, cfg.model_extra)
+    rt = Runtime(torch.device("cpu"), "fp32", False, 0)
+    torch.manual_seed(1)
+    account = DPAccount(4.0, 1e-3, c, n_train=10 * b, batch=b, noise_multiplier=0.0)
+    obj = PrivatePaintObjective(cfg, model, rt, DistInfo(), account, None)
+    seen: list[torch.Tensor] = []
+    for opt, net in ((obj.opt_g, obj.G), (obj.opt_d, obj.D)):
+        opt.step = lambda *a, net=net, **k: seen.append(torch.cat([p.grad.flatten() for p in net.parameters()]))
+    images, masks, labels = pairs
+    obj.masks = masks
+    obj.train_step(images, labels, 0)
+    assert len(seen) == 2 and all(torch.isfinite(s).all() for s in seen)
+    if len(images) == 1:  # a pair alone, unclipped: D's gradient is its loss's, the painter's its own (pix2pix's)
+        obj.private.enable(False)
+        condition = obj.G.condition(masks, labels)
+        painted = obj.G(masks, labels)
+        d_loss = losses.d_loss("ns", obj.D(condition, images), obj.D(condition, painted.detach()))
+        g_loss = losses.g_loss("ns", obj.D(condition, painted)) + 100.0 * (painted - images).abs().mean()
+        for loss, net, got in ((g_loss, obj.G, seen[0]), (d_loss, obj.D, seen[1])):
+            own = torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(net.parameters()))]) / b
+            torch.testing.assert_close(got, own, rtol=1e-3, atol=1e-4 * own.abs().max().item())
+    return seen
+
+
+@pytest.mark.filterwarnings("ignore:Full backward hook")
+def test_painter_pairs_are_each_their_own_and_one_replaced_pair_is_bounded(cache: Path) -> None:
+    """Stage II's private update. Unclipped (C huge), the update of a batch is the sum of each pair's alone:
+    no layer mixes pairs, D's gradient comes from D's loss only and the painter's from its own (through a frozen
+    copy of D). Clipped (C = 1e-3), replacing one pair by an extreme one moves the painter's and D's updates
+    together by at most 2C / (q N), each by at most 2 (C / sqrt 2) / (q N)."""
+    b = 4
+    torch.manual_seed(0)
+    images = torch.rand(b, 1, 16, 16) * 2 - 1
+    masks = (torch.rand(b, 1, 16, 16) > 0.5).to(torch.uint8)
+    labels = (torch.rand(b, 3) > 0.5).float()
+    whole = _painter_updates(cache, 1e6, b, (images, masks, labels))
+    alone = [_painter_updates(cache, 1e6, b, (images[i : i + 1], masks[i : i + 1], labels[i : i + 1]))
+             for i in range(b)]  # fmt: skip
+    for part in range(2):
+        scale = whole[part].abs().max().item()  # biases before an InstanceNorm: float noise around 0, not compared
+        torch.testing.assert_close(whole[part], sum(a[part] for a in alone), rtol=1e-3, atol=1e-4 * scale)
+    c = 1e-3
+    extreme_images, extreme_masks, extreme_labels = images.clone(), masks.clone(), labels.clone()
+    extreme_images[0], extreme_masks[0], extreme_labels[0] = 1e4 * torch.sign(torch.randn(1, 16, 16)), 1 - masks[0], 1 - labels[0]
+    moved = [(u - v).norm().item() for u, v in zip(_painter_updates(cache, c, b, (images, masks, labels)),
+                                                   _painter_updates(cache, c, b, (extreme_images, extreme_masks, extreme_labels)),
+                                                   strict=True)]  # fmt: skip
+    assert all(0.1 * c / b < m <= 2 * c / 2**0.5 / b * (1 + 1e-4) for m in moved), moved
+    assert (moved[0] ** 2 + moved[1] ** 2) ** 0.5 <= 2 * c / b * (1 + 1e-4)

@@ -259,5 +259,11 @@ def test_cli_train_and_config_reproduces(tmp_path: Path, cache: Path) -> None:
     assert runner.invoke(app, again).exit_code == 0
     assert loss_rows(tmp_path / "a") == loss_rows(tmp_path / "b")
     assert yaml.safe_load((tmp_path / "b" / "config.yaml").read_text())["model"] == "cgan"
+    # a settings file without the data, beside a SPEC on the command line (it used to be refused: no 'data')
+    (tmp_path / "settings.yaml").write_text("model: cgan\nsteps: 3\nbatch: 8\nwidth: 8\nsize: 16\nlog_every: 1\n")
+    beside = ["train", str(cache), "--config", str(tmp_path / "settings.yaml"), "--device", "cpu", "--out",
+              str(tmp_path / "s"), "--quiet"]  # fmt: skip
+    assert runner.invoke(app, beside).exit_code == 0
+    assert yaml.safe_load((tmp_path / "s" / "config.yaml").read_text())["data"] == str(cache.absolute())
     bad = runner.invoke(app, ["train", str(cache), "--model", "vqgan", "--out", str(tmp_path / "c")])
     assert isinstance(bad.exception, ConfigError)

@@ -112,7 +112,6 @@ def test_impossible_model_options_are_one_line_errors(extra: dict, match: str) -
     [
         ({"model": "twostage", "loss": "wgan-gp"}, "twostage cannot use loss wgan-gp"),
         ({"model": "twostage", "augment": "ada"}, "twostage cannot use augment ada"),
-        ({"model": "twostage", "dp_epsilon": 1.0}, "not twostage"),
         ({"model": "cgan", "stage": "masks"}, "applies to --model twostage"),
         ({"model": "twostage", "stage": "all"}, "stage must be one of"),
     ],

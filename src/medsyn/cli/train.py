@@ -23,7 +23,7 @@ console = Console()
 def _base_config(spec: str | None, config: Path | None, out: Path, resume: bool) -> dict[str, Any]:
     """Settings before command-line overrides: --config FILE, else the run's own config when resuming."""
     if config is not None:
-        base = TrainConfig.from_yaml(config).to_dict()
+        base = TrainConfig.from_yaml(config, data=spec).to_dict()
     elif resume and spec is None:
         base = read_run_meta(out)["config"]
     else:

@@ -42,11 +42,15 @@ Options (`model_extra`), and why:
   is a mean over pixels, so its pull per pixel is ~5x weaker than the L1 term's at weight 10 (see style_dim).
 - `d_layers` 'auto': PatchDiscriminator layers, 3 (pix2pix's 70x70 patches at 256 px) where the image is at
   least 32 px, fewer below (16 and 28 px: 2) so its patches stay smaller than the image.
+- `d_norm` 'batch' (pix2pix's, and the mask GAN's) or 'group' (GroupNorm, per image: what `--dp-epsilon` sets,
+  since BatchNorm mixes a batch's images); both discriminators. `mbstd` 4: the mask GAN discriminator's
+  minibatch-stddev group (models/dcgan.py), 0 under `--dp-epsilon` for the same reason.
 - `mask_share` 0.5 and `mask_steps` (None: `steps`): Stage I's share of `--time-limit` and its step count.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -70,10 +74,13 @@ TWOSTAGE_DEFAULTS: dict[str, Any] = {
     "diversity_weight": 10.0,
     "diversity_cap": 0.2,
     "d_layers": "auto",
+    "d_norm": "batch",
+    "mbstd": 4,
     "mask_share": 0.5,
     "mask_steps": None,
 }
 MAX_LEVELS = 6
+D_NORMS = ("batch", "group")
 
 
 def twostage_options(cfg: GANConfig) -> dict[str, Any]:
@@ -109,6 +116,10 @@ def twostage_options(cfg: GANConfig) -> dict[str, Any]:
         v = opts[key]
         if isinstance(v, bool) or not isinstance(v, int | float) or not (low <= v < high):
             raise ConfigError(f"{cfg.name}: {key} must be a number in [{low:g}, {high:g}), got {v!r}")
+    if opts["d_norm"] not in D_NORMS:
+        raise ConfigError(f"{cfg.name}: d_norm must be one of {list(D_NORMS)}, got {opts['d_norm']!r}")
+    if not _count(opts["mbstd"], 0):
+        raise ConfigError(f"{cfg.name}: mbstd must be an integer >= 0, got {opts['mbstd']!r}")
     if not isinstance(opts["mask_conditional"], bool):
         raise ConfigError(f"{cfg.name}: mask_conditional must be true or false, got {opts['mask_conditional']!r}")
     if opts["mask_share"] == 0:
@@ -132,7 +143,8 @@ def mask_config(cfg: GANConfig) -> GANConfig:
     opts = twostage_options(cfg)
     labels = opts["mask_labels"]
     name = "cgan" if cfg.num_classes and opts["mask_conditional"] else "dcgan"
-    return GANConfig(name, cfg.size, len(labels) - 1, cfg.num_classes, cfg.z_dim, cfg.width)
+    extra = {"d_norm": opts["d_norm"], "mbstd": opts["mbstd"]}
+    return GANConfig(name, cfg.size, len(labels) - 1, cfg.num_classes, cfg.z_dim, cfg.width, extra)
 
 
 def encode_masks(masks: torch.Tensor, values: list[int]) -> torch.Tensor:
@@ -201,8 +213,9 @@ class PairDiscriminator(nn.Module):
 
     def __init__(self, cfg: GANConfig, opts: dict[str, Any], condition_channels: int) -> None:
         super().__init__()
+        norm = "BATCH" if opts["d_norm"] == "batch" else ("GROUP", {"num_groups": math.gcd(32, cfg.width)})
         self.net = PatchDiscriminator(spatial_dims=2, channels=cfg.width, in_channels=condition_channels + cfg.channels,
-                                      num_layers_d=int(opts["d_layers"]))  # fmt: skip
+                                      num_layers_d=int(opts["d_layers"]), norm=norm)  # fmt: skip
 
     def forward(self, condition: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         return self.net(torch.cat([condition, images], dim=1))[-1].flatten(1)

@@ -41,10 +41,13 @@ STAGES = ("both", "masks", "images")
 #: Models whose discriminator uses BatchNorm by default; a gradient penalty is ill-defined with batch
 #: statistics (Gulrajani et al. 2017), so wgan-gp switches their critic to no normalisation.
 _BATCHNORM_CRITICS = ("dcgan", "cgan", "acgan")
-#: Models `--dp-epsilon` trains privately (train/privacy.py): the network that reads real images is a DCGAN-family
-#: discriminator or the ddpm denoiser. stylegan2's discriminator (minibatch-stddev, R1 by default) and ldm (its
-#: autoencoder reads real images too) are refused rather than given a guarantee that would not hold.
-DP_MODELS = ("cgan", "acgan", "ddpm")
+#: Models `--dp-epsilon` trains privately (train/privacy.py): the networks that read real images are a DCGAN-family
+#: discriminator, the ddpm denoiser, or twostage's mask discriminator, painter and pair discriminator. stylegan2's
+#: discriminator (minibatch-stddev, R1 by default) and ldm (its autoencoder reads real images too) are refused
+#: rather than given a guarantee that would not hold.
+DP_MODELS = ("cgan", "acgan", "ddpm", "twostage")
+#: Models whose discriminators DP switches to GroupNorm and no minibatch-stddev channel (both mix a batch's images).
+_DP_RENORMED = (*_BATCHNORM_CRITICS, "twostage")
 
 
 @dataclass
@@ -123,7 +126,8 @@ class TrainConfig:
         return header + yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike[str]) -> TrainConfig:
+    def from_yaml(cls, path: str | os.PathLike[str], data: str | None = None) -> TrainConfig:
+        """`data`: the dataset, over the file's own (a SPEC given beside the file; the file may then leave it out)."""
         path = Path(path)
         try:
             d = yaml.safe_load(path.read_text())
@@ -131,6 +135,8 @@ class TrainConfig:
             raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+        if data is not None and isinstance(d, dict):
+            d = {**d, "data": data}
         try:
             return cls.from_dict(d)
         except TypeError as exc:
@@ -226,20 +232,37 @@ class TrainConfig:
         if self.dp_unit not in (None, "image", "patient"):
             raise ConfigError(f"dp_unit must be image or patient, got {self.dp_unit!r}")
         if self.model not in DP_MODELS:
-            raise ConfigError(f"--dp-epsilon supports: {', '.join(DP_MODELS)}; not {self.model} ({_DP_REFUSED[self.model]})")
+            raise ConfigError(
+                f"--dp-epsilon supports: {', '.join(DP_MODELS)}; not {self.model} ({_DP_REFUSED[self.model]})"
+            )
         why = {
-            "augment ada": (self.augment == "ada", "ADA sets its strength from D's outputs on real images, "
-                            "a statistic DP-SGD does not privatise; use --augment diffaugment or none"),
-            f"r1_gamma {self.r1_gamma}": (bool(self.r1_gamma), "R1 differentiates D's input gradient, which "
-                                          "per-sample gradients (Opacus hooks) cannot"),
-            "loss wgan-gp": (self.loss == "wgan-gp", "the gradient penalty needs a double backward, which "
-                             "per-sample gradients (Opacus hooks) cannot; use ns or hinge"),
-            "precision fp16": (self.precision == "fp16", "fp16 loss scaling skips steps on overflow, a decision "
-                               "that depends on the data; use bf16 or fp32"),
+            "augment ada": (
+                self.augment == "ada",
+                "ADA sets its strength from D's outputs on real images, "
+                "a statistic DP-SGD does not privatise; use --augment diffaugment or none",
+            ),
+            f"r1_gamma {self.r1_gamma}": (
+                bool(self.r1_gamma),
+                "R1 differentiates D's input gradient, which per-sample gradients (Opacus hooks) cannot",
+            ),
+            "loss wgan-gp": (
+                self.loss == "wgan-gp",
+                "the gradient penalty needs a double backward, which "
+                "per-sample gradients (Opacus hooks) cannot; use ns or hinge",
+            ),
+            "precision fp16": (
+                self.precision == "fp16",
+                "fp16 loss scaling skips steps on overflow, a decision that depends on the data; use bf16 or fp32",
+            ),
         }
         refused = [f"{k}: {reason}" for k, (bad, reason) in why.items() if bad]
         if refused:
             raise ConfigError(f"--dp-epsilon cannot be combined with {refused[0]}")
+        if self.model == "twostage" and self.model_extra.get("style_dim"):
+            raise ConfigError(
+                "--dp-epsilon cannot be combined with a twostage style code (style_dim): each mask is "
+                "painted twice per step, which the per-pair clipping does not cover; use style_dim 0"
+            )
         mbstd = self.model_extra.get("mbstd", 0)
         if mbstd:
             raise ConfigError(
@@ -255,7 +278,7 @@ class TrainConfig:
         extra = dict(self.model_extra)
         if loss == "wgan-gp" and self.model in _BATCHNORM_CRITICS:
             extra.setdefault("d_norm", "none")
-        if self.dp_epsilon is not None and self.model in _BATCHNORM_CRITICS:
+        if self.dp_epsilon is not None and self.model in _DP_RENORMED:
             extra.setdefault("d_norm", "group")  # BatchNorm mixes a batch's images; GroupNorm is per image
             extra.setdefault("mbstd", 0)  # so does the minibatch-stddev channel
         return replace(
@@ -282,7 +305,6 @@ _DP_REFUSED = {
     "dcgan": "it trains one generator per class, and an image of several classes would pay the budget once per class",
     "stylegan2": "its discriminator's minibatch-stddev layer, R1 penalty and equalised-LR layers are not per-sample",
     "ldm": "its autoencoder reads the real images too and is not trained privately",
-    "twostage": "neither its mask discriminator nor its image discriminator is trained privately yet",
 }
 
 

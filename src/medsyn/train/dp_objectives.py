@@ -14,6 +14,10 @@ are post-processing of private outputs.
 
 Diffusion (ddpm): the denoiser reads the real images; each image's noise-prediction loss (its own timestep,
 noise and label dropout) gets one clipped gradient per step.
+
+twostage: Stage I is the GAN rule above on masks; Stage II's painter reads the real masks and images too, so
+the painter and its discriminator are updated together from each pair's clipped gradient (train/twostage.py
+`PrivatePaintObjective`).
 """
 
 from __future__ import annotations
@@ -144,18 +148,30 @@ class PrivateGANObjective(GANObjective):
         return {**super().log_values(), "epsilon": self.account.epsilon()}
 
 
-class PrivateDiffusionObjective(DiffusionObjective):
-    """A denoiser trained with DP-SGD: one clipped gradient per training image and step."""
+class PrivateRule:
+    """What a private objective whose every network reads real images has beside its family's rule: the account,
+    one DP-SGD mechanism (`private`), the public divergence guard and the epsilon column."""
 
     columns = ["epsilon"]
     units: torch.Tensor | None = None  # patient-level DP: this step's images' patient numbers (set by the loop)
 
+    def make_private(self, account: DPAccount, module: torch.nn.Module, what: str, device: torch.device,
+                     parts: list[torch.nn.Module] | None = None) -> None:  # fmt: skip
+        self.account = account
+        self.private = PrivateGradients(module, account, what, parts)
+        self.guard = PublicGuard(device)
+
+    def log_values(self) -> dict[str, float]:
+        return {"epsilon": self.account.epsilon()}
+
+
+class PrivateDiffusionObjective(PrivateRule, DiffusionObjective):
+    """A denoiser trained with DP-SGD: one clipped gradient per training image and step."""
+
     def __init__(self, cfg: TrainConfig, model: GANConfig, rt: Runtime, info: DistInfo, account: DPAccount,
                  label_pool: torch.Tensor | None) -> None:  # fmt: skip
         super().__init__(cfg, model, rt, info)
-        self.account = account
-        self.private = PrivateGradients(self.G.net, account, f"{cfg.model}'s denoiser")
-        self.guard = PublicGuard(rt.device)
+        self.make_private(account, self.G.net, f"{cfg.model}'s denoiser", rt.device)
 
     def train_step(self, real: torch.Tensor, y: torch.Tensor | None, step: int) -> dict[str, torch.Tensor]:
         per_image = None
@@ -168,9 +184,6 @@ class PrivateDiffusionObjective(DiffusionObjective):
         self.private.step(per_image, self.opt, units=self.units)
         self.guard.record([self.G.net], [])
         return terms
-
-    def log_values(self) -> dict[str, float]:
-        return {"epsilon": self.account.epsilon()}
 
 
 def private_objective(cfg: TrainConfig, model: GANConfig, rt: Runtime, info: DistInfo, family: str,

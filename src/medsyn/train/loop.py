@@ -44,6 +44,8 @@ from medsyn.train.privacy import DPAccount
 from medsyn.train.progress import progress
 from medsyn.train.runtime import Runtime, derive_seed
 
+#: A DP-SGD update rule: (config, model, runtime, dist info, privacy account, label pool or None) -> Objective.
+PrivateRule = Callable[[TrainConfig, GANConfig, Runtime, DistInfo, DPAccount, torch.Tensor | None], Objective]
 SAMPLE_COLUMNS = 8
 MAX_SAMPLE_ROWS = 20
 OBJECTIVES: dict[str, type[GANObjective] | type[DiffusionObjective]] = {
@@ -67,9 +69,14 @@ class Trainer:
         rt: Runtime,
         info: DistInfo,
         objective: Callable[[TrainConfig, GANConfig, Runtime, DistInfo], Objective] | None = None,
+        private: PrivateRule | None = None,
+        account: DPAccount | None = None,
     ) -> None:
         """`groups`: the groups this generator draws (all of them when conditional); `index` seeds it;
-        `objective`: the update rule (default: the model family's; the LDM's autoencoder stage has its own)."""
+        `objective`: the update rule (default: the model family's; the LDM's autoencoder stage has its own);
+        `private`: its DP-SGD form under `--dp-epsilon` (default: the model family's, when `objective` is None);
+        `account`: a privacy account shared with other trainers on the same images (twostage's stages), else
+        this trainer calibrates its own."""
         self.cfg, self.rt, self.info, self.out, self.index, self.groups = cfg, rt, info, out, index, groups
         self.conditional = MODELS[cfg.model].conditional
         self.rows = data.rows if self.conditional else data.group_rows(groups[0])
@@ -78,12 +85,12 @@ class Trainer:
         seed_everything(derive_seed(cfg.seed, index))  # identical initial weights on every rank
         family = MODELS[cfg.model].family
         self.dp: DPAccount | None = None  # differentially private training (train/privacy.py)
-        if cfg.dp_epsilon is not None and objective is None:
-            self.units = data.patients(self.rows) if cfg.dp_unit == "patient" else None  # patient-level DP
-            n_patients = None if self.units is None else int(self.units.max()) + 1
-            self.dp = DPAccount.for_run(cfg, len(self.rows), n_patients)
+        if cfg.dp_epsilon is not None and (objective is None or private is not None):
+            self.units = dp_units(cfg, data, self.rows)
+            self.dp = account or DPAccount.for_run(cfg, len(self.rows), dp_patients(self.units))
             pool = torch.from_numpy(data.labels[self.rows]) if self.conditional else None
-            self.objective: Objective = private_objective(cfg, self.gan_cfg, rt, info, family, self.dp, pool)
+            rule = private or (lambda c, m, r, i, a, p: private_objective(c, m, r, i, family, a, p))
+            self.objective: Objective = rule(cfg, self.gan_cfg, rt, info, self.dp, pool)
         else:
             self.objective = (objective or OBJECTIVES[family])(cfg, self.gan_cfg, rt, info)
         self.G = self.objective.G
@@ -169,8 +176,8 @@ class Trainer:
             self.acc.copy_(ck["acc"])
             self.step, self.images_seen = int(ck["step"]), int(ck["images_seen"])
             self.train_seconds = float(ck.get("train_seconds", 0.0))  # absent in checkpoints before 0.2
-            if self.dp is not None:
-                self.dp.load_state_dict(ck["privacy"])
+            if self.dp is not None and int(ck["privacy"]["steps"]) >= self.dp.steps:  # a shared account may
+                self.dp.load_state_dict(ck["privacy"])  # have counted another trainer's later steps: keep those
             rngs = ck["rng"]
         except (KeyError, RuntimeError, ValueError, TypeError) as exc:
             why = " ".join(str(exc).split())[:200]
@@ -385,6 +392,15 @@ class Trainer:
         """The counters of `state_dict` that say how far training got (cheap: no weights, no collectives)."""
         dp = {"privacy": self.dp.state_dict()} if self.dp is not None else {}
         return {"step": self.step, "images_seen": self.images_seen, "train_seconds": self.train_seconds, **dp}
+
+
+def dp_units(cfg: TrainConfig, data: TrainData, rows: np.ndarray) -> np.ndarray | None:
+    """Each row's patient number under patient-level DP (`--dp-unit patient`), else None (one unit per image)."""
+    return data.patients(rows) if cfg.dp_unit == "patient" else None
+
+
+def dp_patients(units: np.ndarray | None) -> int | None:
+    return None if units is None else int(units.max()) + 1
 
 
 def _match_param_layout(opt: torch.optim.Optimizer) -> None:

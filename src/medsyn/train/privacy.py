@@ -1,7 +1,8 @@
 """Differentially private training (DP-SGD, Abadi et al. 2016) with Opacus: the accountant and the mechanism.
 
-What is private: the one network that reads real images, a GAN's discriminator or a diffusion model's
-denoiser (train/dp_objectives.py says how each step uses it). Every step
+What is private: the networks that read real images, a GAN's discriminator or a diffusion model's denoiser
+(train/dp_objectives.py says how each step uses it), or for twostage the mask GAN's discriminator in Stage I and
+both the painter and its discriminator in Stage II, which both read the real pairs (train/twostage.py). Every step
   1. draws a Poisson sample of the training images: each image independently with probability q = batch / N
      (train/data.py `PoissonBatches`; the batch size varies), the sampling the analysis below assumes;
   2. computes one gradient per image (Opacus' `GradSampleModule` hooks), clips each to norm C,
@@ -44,6 +45,7 @@ from medsyn.errors import ConfigError
 from medsyn.models import MODELS, GANConfig, build_gan
 from medsyn.models.diffusion import DiffusionGenerator
 from medsyn.models.registry import build_generator
+from medsyn.models.twostage import MaskPainter, PairDiscriminator, mask_config, twostage_options
 from medsyn.train.config import TrainConfig
 
 CLIP_EPS = 1e-6  # Opacus' guard in the clipping factor C / (norm + eps)
@@ -96,8 +98,10 @@ class DPAccount:
                 sigma = get_noise_multiplier(target_epsilon=cfg.dp_epsilon, target_delta=delta, sample_rate=q,
                                              steps=cfg.steps, accountant=ACCOUNTANT)  # fmt: skip
         except ValueError as exc:  # Opacus: "The privacy budget is too low."
-            raise ConfigError(f"--dp-epsilon {cfg.dp_epsilon} at delta {delta:.3g} over {cfg.steps} steps needs more "
-                              f"noise than Opacus calibrates ({exc}); raise epsilon or train fewer steps") from None
+            raise ConfigError(
+                f"--dp-epsilon {cfg.dp_epsilon} at delta {delta:.3g} over {cfg.steps} steps needs more "
+                f"noise than Opacus calibrates ({exc}); raise epsilon or train fewer steps"
+            ) from None
         account = cls(cfg.dp_epsilon, delta, cfg.dp_max_grad_norm or 1.0, n_train, cfg.batch, sigma, n_patients)
         account.delta_default = cfg.dp_delta is None
         return account
@@ -194,6 +198,8 @@ def new_secret() -> int:
 
 # ---------------------------------------------------------------------- the mechanism
 NOISE_STREAM, SAMPLING_STREAM = 1, 2
+
+
 def check_dp_compatible(module: nn.Module, what: str, hint: str = "") -> None:
     """One-line ConfigError when `module`'s layers cannot give per-sample gradients (Opacus' validators:
     BatchNorm and other layers that mix a batch's samples, trainable layers with buffers such as spectral norm)."""
@@ -207,7 +213,15 @@ def check_dp_compatible(module: nn.Module, what: str, hint: str = "") -> None:
 
 def check_private_model(model: GANConfig) -> None:
     """Build the network DP training would make private (a GAN's discriminator, a denoiser) and check it."""
-    if MODELS[model.name].family == "gan":
+    if model.name == "twostage":  # its mask discriminator, painter and pair discriminator
+        hint = "; use model_extra d_norm: group (the default with --dp-epsilon)"
+        opts = twostage_options(model)
+        check_dp_compatible(build_gan(mask_config(model))[1], "twostage's mask discriminator", hint)
+        painter = MaskPainter(model, opts)
+        check_dp_compatible(painter, "twostage's painter")
+        check_dp_compatible(PairDiscriminator(model, opts, painter.condition_channels), "twostage's pair discriminator",
+                            hint)  # fmt: skip
+    elif MODELS[model.name].family == "gan":
         hint = "; use model_extra d_norm: group (the default with --dp-epsilon) or none"
         check_dp_compatible(build_gan(model)[1], f"{model.name}'s discriminator", hint)
     else:
@@ -219,11 +233,22 @@ def check_private_model(model: GANConfig) -> None:
 class PrivateGradients:
     """Per-sample clipping and Gaussian noise for one network; Opacus' `GradSampleModule` computes the
     per-sample gradients. Hooks are attached on the first step, after the trainer has copied its EMA
-    network, so no copy carries them."""
+    network, so no copy carries them.
 
-    def __init__(self, module: nn.Module, account: DPAccount, what: str) -> None:
+    `parts`: submodules of `module` that are clipped apart (twostage's painter and its discriminator, updated
+    together from each pair): each image's gradient of each part is clipped to C / sqrt(k) for k parts, so the
+    whole image's gradient still has norm <= C and one Gaussian mechanism of sensitivity C covers both. Apart,
+    because one joint clip would let the larger gradient (the painter's L1 term) shrink the other to nothing."""
+
+    def __init__(self, module: nn.Module, account: DPAccount, what: str, parts: list[nn.Module] | None = None) -> None:
         check_dp_compatible(module, what)
         self.module, self.account, self.what = module, account, what
+        params = [p for p in module.parameters() if p.requires_grad]
+        owner = {id(p): i for i, part in enumerate(parts or [module]) for p in part.parameters()}
+        if any(id(p) not in owner for p in params):
+            raise ValueError(f"{what}: every trainable parameter must belong to one of the clipped parts")
+        self.part_of = torch.tensor([owner[id(p)] for p in params])
+        self.parts = len(parts or [module])
         self._hooked: GradSampleModule | None = None
         self.dropped = torch.zeros((), dtype=torch.long)  # images dropped for a non-finite gradient (kept private)
 
@@ -240,10 +265,11 @@ class PrivateGradients:
         hooked = self._hooks()
         hooked.enable_hooks() if on else hooked.disable_hooks()
 
-    def step(self, per_sample_loss: torch.Tensor | None, opt: torch.optim.Optimizer,
+    def step(self, per_sample_loss: torch.Tensor | None, opt: torch.optim.Optimizer | list[torch.optim.Optimizer],
              public_loss: torch.Tensor | None = None, units: torch.Tensor | None = None) -> None:  # fmt: skip
         """One DP-SGD update of the module from its per-image losses (None: an empty Poisson batch), whose
-        forward ran after `enable(True)` (the hooks record the layers' inputs during the forward).
+        forward ran after `enable(True)` (the hooks record the layers' inputs during the forward); `opt`: the
+        optimiser of its parameters, or one per part.
 
         `public_loss`: a term that reads no real image (a GAN's generated batch, computed with the hooks off):
         its exact gradient is added to the noised one, as post-processing of the private weights.
@@ -256,7 +282,9 @@ class PrivateGradients:
             with _quiet():
                 public = list(torch.autograd.grad(public_loss, params, allow_unused=True))
         self.enable(True)
-        opt.zero_grad(set_to_none=True)
+        opts = opt if isinstance(opt, list) else [opt]
+        for o in opts:
+            o.zero_grad(set_to_none=True)
         c, sigma = self.account.max_grad_norm, self.account.noise_multiplier
         expected = self.account.expected_batch
         if per_sample_loss is not None:
@@ -273,14 +301,17 @@ class PrivateGradients:
                 inverse = torch.unique(units.to(grads[0].device), return_inverse=True)[1]
                 m = int(inverse.max()) + 1
                 grads = [g.new_zeros((m, *g.shape[1:])).index_add_(0, inverse, g) for g in grads]
-            norms = torch.stack([g.flatten(1).norm(dim=1) for g in grads], dim=1).norm(dim=1)
+            layer_norms = torch.stack([g.flatten(1).norm(dim=1) for g in grads], dim=1)  # (units, params)
+            part = self.part_of.to(layer_norms.device)
+            norms = torch.stack([layer_norms[:, part == k].norm(dim=1) for k in range(self.parts)], dim=1)
             # an image whose gradient is not finite (an inf/NaN loss, an overflow) has no norm to clip to C:
             # it is dropped (factor 0, its entries zeroed so that 0 * inf cannot make the sum NaN). Dropping
             # changes the sum by that image's contribution, at most C, like any other image.
-            finite = torch.isfinite(norms)
-            factor = torch.where(finite, (c / (norms + CLIP_EPS)).clamp(max=1.0), torch.zeros_like(norms))
-            sums = [torch.einsum("i,i...->...", factor, torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0))
-                    for g in grads]  # fmt: skip
+            finite = torch.isfinite(norms).all(dim=1, keepdim=True)
+            bound = c / self.parts**0.5
+            factors = torch.where(finite, (bound / (norms + CLIP_EPS)).clamp(max=1.0), torch.zeros_like(norms))
+            sums = [torch.einsum("i,i...->...", factors[:, k], torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0))
+                    for g, k in zip(grads, self.part_of.tolist(), strict=True)]  # fmt: skip
             self.dropped += (~finite).sum()  # on the device, never published (it depends on the real images)
         else:  # an empty Poisson batch: the update is noise alone
             sums = [torch.zeros_like(p, dtype=torch.float32) for p in params]
@@ -290,7 +321,8 @@ class PrivateGradients:
             grad = (s + noise) / expected
             p.grad = (grad if pub is None else grad + pub.float()).to(p.dtype)
             p.grad_sample = None
-        opt.step()
+        for o in opts:
+            o.step()
         self.account.step()
         self.enable(False)
 

@@ -13,6 +13,13 @@ trains Stage I and then Stage II. Each checkpoints and resumes exactly like any 
 continues the stage it was killed in, and once Stage II has started, `both` never trains Stage I again (even
 if a resume raises `--steps` or `--time-limit`); only an explicit `--stage masks` does.
 
+Differential privacy (`--dp-epsilon`): both stages read the real training pairs, so both are DP-SGD, with one
+privacy account for the run: sigma is calibrated for Stage I's and Stage II's planned steps together, every
+noisy step of either stage is counted in it (whichever order the stages run in), and the run's epsilon is the
+composition of all of them (train/privacy.py). Stage I is the private GAN rule (its discriminator, the mask
+generator by post-processing); Stage II's painter reads each real mask and is pulled towards its real image, so
+the painter and its discriminator are both private (`PrivatePaintObjective`).
+
 Budget: Stage I trains `mask_steps` steps (default `steps`) or until it has used `mask_share` (0.5) of
 `--time-limit`; Stage II trains `steps` steps or until the rest of the limit (the limit minus Stage I's time)
 is spent, so a stage that finishes early leaves its time to the other. Both use the run's learning rates and
@@ -21,12 +28,14 @@ is spent, so a stage that finishes early leaves its time to the other. Both use 
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from medsyn.data.cache import to_signed
 from medsyn.models import GANConfig, save_generator
@@ -44,10 +53,12 @@ from medsyn.train.checkpoint import checkpoint_file, load_checkpoint
 from medsyn.train.config import TrainConfig
 from medsyn.train.data import Group, TrainData
 from medsyn.train.distributed import DistInfo, average_buffers
+from medsyn.train.dp_objectives import PrivateGANObjective, PrivateRule
 from medsyn.train.gan import GANObjective
 from medsyn.train.logs import save_grid
-from medsyn.train.loop import MAX_SAMPLE_ROWS, SAMPLE_COLUMNS, Trainer
+from medsyn.train.loop import MAX_SAMPLE_ROWS, SAMPLE_COLUMNS, Trainer, dp_patients, dp_units
 from medsyn.train.objective import optimise
+from medsyn.train.privacy import DPAccount
 from medsyn.train.progress import progress, training_done
 from medsyn.train.runtime import Runtime
 
@@ -67,9 +78,10 @@ class MaskTrainer(Trainer):
     masks = True
 
     def __init__(self, cfg: TrainConfig, data: TrainData, groups: list[Group], out: Path, rt: Runtime,
-                 info: DistInfo, model: GANConfig) -> None:  # fmt: skip
+                 info: DistInfo, model: GANConfig, account: DPAccount | None = None) -> None:  # fmt: skip
         super().__init__(cfg, data, groups, MASKS_INDEX, out, rt, info,
-                         objective=lambda c, m, r, i: GANObjective(c, mask_config(m), r, i))  # fmt: skip
+                         objective=lambda c, m, r, i: GANObjective(c, mask_config(m), r, i),
+                         private=_private_masks, account=account)  # fmt: skip
         self.gan_cfg = mask_config(model)  # what its checkpoint rebuilds: the mask generator
         self.values, self.channels = list(twostage_options(model)["mask_labels"]), model.channels
 
@@ -154,14 +166,60 @@ class PaintObjective(GANObjective):
         return {}
 
 
+def _private_masks(cfg: TrainConfig, model: GANConfig, rt: Runtime, info: DistInfo, account: DPAccount,
+                   pool: torch.Tensor | None) -> PrivateGANObjective:  # fmt: skip
+    """Stage I under DP: the private GAN rule on the mask GAN (its label pool only when it is conditional)."""
+    masks = mask_config(model)
+    return PrivateGANObjective(cfg, masks, rt, info, account, pool if masks.name == "cgan" else None)
+
+
+class PrivatePaintObjective(PrivateRule, PaintObjective):
+    """Stage II under DP-SGD. Each Poisson-sampled pair gives one loss: D's real and painted terms on it plus the
+    painter's adversarial and L1 terms on it; the painter's and D's gradients of that loss are clipped apart
+    (C / sqrt 2 each, train/privacy.py `parts`) and noised together, one Gaussian mechanism per step. Both are
+    computed at the step's weights (a simultaneous update, not pix2pix's alternation: alternating would read the
+    same pairs twice per step). The painter's adversarial term goes through a frozen copy of D (`shadow`, not
+    hooked), so D's per-pair gradient is its own loss's only. The painter has InstanceNorm (per image) and D
+    GroupNorm (`d_norm` group): no layer mixes the pairs of a batch."""
+
+    def __init__(self, cfg: TrainConfig, model: GANConfig, rt: Runtime, info: DistInfo, account: DPAccount,
+                 label_pool: torch.Tensor | None) -> None:  # fmt: skip
+        super().__init__(cfg, model, rt, info)
+        self.shadow = copy.deepcopy(self.D).requires_grad_(False)  # before the hooks exist: the copy has none
+        pair = nn.ModuleList([self.G, self.D])
+        self.make_private(account, pair, "twostage's painter and pair discriminator", rt.device, [self.G, self.D])
+
+    def train_step(self, real: torch.Tensor, y: torch.Tensor | None, step: int) -> dict[str, torch.Tensor]:
+        per_pair, terms, kind = None, {}, self.cfg.loss
+        self.private.enable(True)
+        if real.shape[0]:
+            assert self.masks is not None
+            condition = self.G.condition(self.masks, y).contiguous(memory_format=self.rt.memory_format)
+            with torch.no_grad():
+                torch._foreach_copy_(list(self.shadow.parameters()), list(self.D.parameters()))
+            with self.rt.autocast():
+                painted = self.G(self.masks, y).float()
+                real_logits, fake_logits = self.D(condition, real), self.D(condition, painted.detach())
+                logits = self.shadow(condition, painted)
+            d_pair = torch.vmap(lambda r, f: losses.d_loss(kind, r, f))(real_logits.float(), fake_logits.float())
+            adversarial = torch.vmap(lambda f: losses.g_loss(kind, f))(logits.float())
+            l1 = (painted - real.float()).abs().flatten(1).mean(1)
+            per_pair = d_pair + adversarial + self.l1_weight * l1
+            terms = {"d_loss": d_pair.mean().detach(), "g_loss": adversarial.mean().detach(), "l1": l1.mean().detach()}
+        self.private.step(per_pair, [self.opt_g, self.opt_d], units=self.units)
+        self.guard.record([self.G, self.D], [])
+        return terms
+
+
 class PaintTrainer(Trainer):
     """Stage II: the shared loop with PaintObjective; its grid paints fixed real training masks."""
 
     masks = True
 
     def __init__(self, cfg: TrainConfig, data: TrainData, groups: list[Group], out: Path, rt: Runtime,
-                 info: DistInfo, model: GANConfig) -> None:  # fmt: skip
-        super().__init__(cfg, data, groups, IMAGES_INDEX, out, rt, info, objective=PaintObjective)
+                 info: DistInfo, model: GANConfig, account: DPAccount | None = None) -> None:  # fmt: skip
+        super().__init__(cfg, data, groups, IMAGES_INDEX, out, rt, info, objective=PaintObjective,
+                         private=PrivatePaintObjective, account=account)  # fmt: skip
         self.values, self.channels = list(twostage_options(model)["mask_labels"]), model.channels
         shown = [g for g in groups if len(data.group_rows(g))][:GRID_GROUPS]
         self.grid_names = [name for g in shown for name in (f"{g.name} mask", "painted", "real")]
@@ -215,25 +273,45 @@ def train_twostage(
     stage = cfg.stage or "both"
     mask_cfg, mask_limit = stage_config(cfg, model)
     m_state, i_state = (_last(out / MASKS_DIR), _last(out / IMAGES_DIR)) if resume else (None, None)
+    account = _shared_account(cfg, mask_cfg, data, (m_state, i_state))
     wanted = stage == "masks" or (stage == "both" and i_state is None)  # both: never back to Stage I
     if wanted and (m_state is None or not training_done(m_state, mask_cfg.steps, mask_limit)):
-        trainer: Trainer = MaskTrainer(mask_cfg, data, groups, out / MASKS_DIR, rt, info, model)
+        trainer: Trainer = MaskTrainer(mask_cfg, data, groups, out / MASKS_DIR, rt, info, model, account)
         trainer.fit(m_state, show_progress, label="twostage masks", time_limit_s=mask_limit)
         del trainer
         m_state = _last(out / MASKS_DIR)
     m_seconds = float(m_state["train_seconds"]) if m_state is not None else 0.0
     limit = None if cfg.time_limit_s is None else max(cfg.time_limit_s - m_seconds, 0.0)
     if stage != "masks" and (i_state is None or not training_done(i_state, cfg.steps, limit)):
-        trainer = PaintTrainer(cfg, data, groups, out / IMAGES_DIR, rt, info, model)
+        trainer = PaintTrainer(cfg, data, groups, out / IMAGES_DIR, rt, info, model, account)
         trainer.fit(i_state, show_progress, label="twostage images", time_limit_s=limit)
         del trainer
         i_state = _last(out / IMAGES_DIR)
     if info.main:
         _save_joined(model, m_state, i_state, out)
     planned = (("masks", m_state, mask_cfg.steps, mask_limit), ("images", i_state, cfg.steps, limit))
-    stages = [{"stage": name, **progress(state, steps, lim)} for name, state, steps, lim in planned if state is not None]
+    stages = [
+        {"stage": name, **progress(state, steps, lim)} for name, state, steps, lim in planned if state is not None
+    ]
     total = round(sum(s["train_seconds"] for s in stages), 3)
-    return {**{k: v for k, v in stages[-1].items() if k != "stage"}, "train_seconds": total, "stages": stages}
+    reached = {**{k: v for k, v in stages[-1].items() if k != "stage"}, "train_seconds": total, "stages": stages}
+    if account is not None:  # the whole run's: the account after the stage that ran last
+        reached["privacy"] = max((s["privacy"] for s in stages), key=lambda p: int(p["steps"]))
+    return reached
+
+
+def _shared_account(cfg: TrainConfig, mask_cfg: TrainConfig, data: TrainData,
+                    states: tuple[dict[str, Any] | None, ...]) -> DPAccount | None:  # fmt: skip
+    """Under `--dp-epsilon`, the run's one privacy account: calibrated for both stages' planned steps, continued
+    from whichever stage's checkpoint has counted the most steps (None without DP)."""
+    if cfg.dp_epsilon is None:
+        return None
+    units = dp_units(cfg, data, data.rows)
+    account = DPAccount.for_run(replace(cfg, steps=mask_cfg.steps + cfg.steps), len(data.rows), dp_patients(units))
+    done = [s["privacy"] for s in states if s is not None and "privacy" in s]
+    if done:
+        account.load_state_dict(max(done, key=lambda p: int(p["steps"])))
+    return account
 
 
 def _save_joined(model: GANConfig, masks: dict[str, Any] | None, images: dict[str, Any] | None, out: Path) -> None:
