@@ -98,6 +98,8 @@ def test_masks_encode_decode_and_the_generator_round_trips(tmp_path: Path) -> No
         ({"mask_steps": 0}, "mask_steps"),
         ({"style_dim": -1}, "style_dim must be an integer >= 0"),
         ({"diversity_cap": -0.1}, "diversity_cap"),
+        ({"d_norm": "spectral"}, "d_norm must be one of \\['batch', 'group'\\]"),
+        ({"mbstd": -1}, "mbstd must be an integer >= 0"),
         ({"mask_conditional": "yes"}, "mask_conditional must be true or false"),
     ],
 )
