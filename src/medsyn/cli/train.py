@@ -78,7 +78,7 @@ def register(app: typer.Typer) -> None:
             help="Stop (with a checkpoint) after this much training time, e.g. 90m, 2h; kept by --resume.",
         ),
         dp_epsilon: float = typer.Option(
-            None, "--dp-epsilon", help="Train with DP-SGD (Opacus) to this epsilon (cgan, acgan, ddpm; one process)."
+            None, "--dp-epsilon", help="Train with DP-SGD (Opacus) to this epsilon (cgan, acgan, ddpm, twostage; one process)."
         ),
         dp_delta: float = typer.Option(None, "--dp-delta", help="DP delta (default 0.1 / training images)."),
         dp_max_grad_norm: float = typer.Option(
@@ -93,7 +93,7 @@ def register(app: typer.Typer) -> None:
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     ) -> None:
         """Train a GAN or diffusion model; under torchrun it trains data-parallel on every process (rank 0 writes);
-        with --dp-epsilon, differentially private (the network that reads real images: DP-SGD)."""
+        with --dp-epsilon, differentially private (the networks that read real images: DP-SGD)."""
         base = _base_config(spec, config, out, resume)
         given = {
             "model": model, "size": size, "steps": steps, "batch": batch, "width": width, "loss": loss,
