@@ -45,7 +45,7 @@ from medsyn.train.progress import progress
 from medsyn.train.runtime import Runtime, derive_seed
 
 #: A DP-SGD update rule: (config, model, runtime, dist info, privacy account, label pool or None) -> Objective.
-PrivateRule = Callable[[TrainConfig, GANConfig, Runtime, DistInfo, DPAccount, torch.Tensor | None], Objective]
+PrivateFactory = Callable[[TrainConfig, GANConfig, Runtime, DistInfo, DPAccount, torch.Tensor | None], Objective]
 SAMPLE_COLUMNS = 8
 MAX_SAMPLE_ROWS = 20
 OBJECTIVES: dict[str, type[GANObjective] | type[DiffusionObjective]] = {
@@ -69,7 +69,7 @@ class Trainer:
         rt: Runtime,
         info: DistInfo,
         objective: Callable[[TrainConfig, GANConfig, Runtime, DistInfo], Objective] | None = None,
-        private: PrivateRule | None = None,
+        private: PrivateFactory | None = None,
         account: DPAccount | None = None,
     ) -> None:
         """`groups`: the groups this generator draws (all of them when conditional); `index` seeds it;
