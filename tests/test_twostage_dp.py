@@ -83,3 +83,11 @@ def test_stages_trained_one_at_a_time_continue_one_account(cache: Path, tmp_path
     masks, images = (load_checkpoint(run / sub / "checkpoints" / "last.pt")["privacy"] for sub in ("masks", "images"))
     assert masks["steps"] == entry["steps"] == 6 and images["steps"] == 3
     assert entry["epsilon"] == pytest.approx(opacus_epsilon(entry["noise_multiplier"], entry["sample_rate"], 6, 1e-3))
+
+
+def test_patient_level_dp_counts_patients_in_both_stages(cache: Path, tmp_path: Path) -> None:
+    run = train(dp(cache, dp_unit="patient", steps=2), tmp_path / "run", quiet=True)
+    entry = meta(run)["differential_privacy"]
+    patients = load_checkpoint(run / "images" / "checkpoints" / "last.pt")["privacy"]["train_patients"]
+    assert entry["unit"].startswith("one patient") and entry["train_patients"] == patients > 0
+    assert entry["steps"] == 4 and entry["delta"] == 1e-3

@@ -77,7 +77,8 @@ class LossLog:
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
         ax.grid(alpha=0.3)
-        ax.legend(loc="upper left", fontsize=8)
+        if ax.lines:  # none when every logged loss is NaN (e.g. a private run's empty Poisson batches)
+            ax.legend(loc="upper left", fontsize=8)
         if "aug_p" in self.columns:
             p = np.array([float(r["aug_p"]) if r["aug_p"] else np.nan for r in rows])
             if np.nanmax(p, initial=0.0) > 0:
