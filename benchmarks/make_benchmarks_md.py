@@ -40,6 +40,10 @@ from medsyn.io import atomic_path, write_json_atomic, write_text_atomic
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("MEDSYN_SHARED_DATA", REPO.parent / "shared" / "data"))
 BENCH = Path(os.environ.get("MEDSYN_SHARED_BENCH", REPO.parent / "shared" / "bench"))  # textbook references
+#: metrics.json's membership-inference keys -> (attack, space), for the rows of attacks that were not run
+MIA_ROWS = {"pixel": ("distance", "pixels"), "feature": ("distance", "features"),
+            "density pixel": ("density ratio", "pixels"), "density feature": ("density ratio", "features"),
+            "model": ("model-based", "the run's own model")}  # fmt: skip
 RAREST = 3  # classes shown in the augmentation-gain table, fewest training positives first
 LOAD_SAMPLE_S = 2.0
 
@@ -512,8 +516,10 @@ def privacy_section(m: Mapping[str, Any]) -> str:
                          fmt(near.get("synthetic"), pct=True),
                          f"held-out images: {fmt(near.get('holdout'), pct=True)}; that patient's share of training "
                          f"images: {fmt(near.get('training'), pct=True)}"])  # fmt: skip
-    for space, d in (p.get("membership_inference") or {}).items():
-        rows.append([f"membership inference AUROC ({d.get('space', space)})", ci(d, "auroc"), "0.5 = no leakage"])
+    for key, d in (p.get("membership_inference") or {}).items():
+        attack, where = MIA_ROWS.get(key, (key, key))
+        rows.append([f"membership inference AUROC, {d.get('attack') or attack} ({d.get('space') or where})",
+                     ci(d, "auroc"), "0.5 = no leakage"])  # fmt: skip
     reid = p.get("reidentification") or {}
     match = dig(reid, "matching", "gallery_calibrated", str(REID_FPR)) or {}
     rows += [["re-identification: verification AUROC (held-out patients)", ci(reid.get("verification") or reid, "auroc"),

@@ -126,7 +126,7 @@ def test_render_puts_measured_numbers_in_tables(mbm, tmp_path):
         "| KID | 0.046 ± 0.001 |",
         "| coverage | 0.740 | k = 5 |",
         "DCR (pixels28): synthetic closer to train than held-out p1 | 1.2%",
-        "| membership inference AUROC (pixels28) | 0.513 [0.490, 0.530] |",
+        "| membership inference AUROC, distance (pixels28) | 0.513 [0.490, 0.530] |",
         "nearest to one training patient | 45.0% | held-out images: 12.0%; that patient's share of training images: 8.5% |",
         "n/a (no patient has two images)",
         "| training, median of logged rates | 812.5 |",
