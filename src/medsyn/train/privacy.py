@@ -247,8 +247,8 @@ class PrivateGradients:
         owner = {id(p): i for i, part in enumerate(parts or [module]) for p in part.parameters()}
         if any(id(p) not in owner for p in params):
             raise ValueError(f"{what}: every trainable parameter must belong to one of the clipped parts")
-        self.part_of = torch.tensor([owner[id(p)] for p in params])
-        self.parts = len(parts or [module])
+        self.part_of = [owner[id(p)] for p in params]  # each trainable parameter's part, in parameters() order
+        self.part_params = [[i for i, k in enumerate(self.part_of) if k == part] for part in range(len(parts or [module]))]
         self._hooked: GradSampleModule | None = None
         self.dropped = torch.zeros((), dtype=torch.long)  # images dropped for a non-finite gradient (kept private)
 
@@ -302,16 +302,15 @@ class PrivateGradients:
                 m = int(inverse.max()) + 1
                 grads = [g.new_zeros((m, *g.shape[1:])).index_add_(0, inverse, g) for g in grads]
             layer_norms = torch.stack([g.flatten(1).norm(dim=1) for g in grads], dim=1)  # (units, params)
-            part = self.part_of.to(layer_norms.device)
-            norms = torch.stack([layer_norms[:, part == k].norm(dim=1) for k in range(self.parts)], dim=1)
+            norms = torch.stack([layer_norms[:, idx].norm(dim=1) for idx in self.part_params], dim=1)
             # an image whose gradient is not finite (an inf/NaN loss, an overflow) has no norm to clip to C:
             # it is dropped (factor 0, its entries zeroed so that 0 * inf cannot make the sum NaN). Dropping
             # changes the sum by that image's contribution, at most C, like any other image.
             finite = torch.isfinite(norms).all(dim=1, keepdim=True)
-            bound = c / self.parts**0.5
+            bound = c / len(self.part_params) ** 0.5
             factors = torch.where(finite, (bound / (norms + CLIP_EPS)).clamp(max=1.0), torch.zeros_like(norms))
             sums = [torch.einsum("i,i...->...", factors[:, k], torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0))
-                    for g, k in zip(grads, self.part_of.tolist(), strict=True)]  # fmt: skip
+                    for g, k in zip(grads, self.part_of, strict=True)]  # fmt: skip
             self.dropped += (~finite).sum()  # on the device, never published (it depends on the real images)
         else:  # an empty Poisson batch: the update is noise alone
             sums = [torch.zeros_like(p, dtype=torch.float32) for p in params]
